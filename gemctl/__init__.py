@@ -1,0 +1,1 @@
+"""Orchestration: recipes, DVC pipeline, launch, MLflow lineage and the CLI."""

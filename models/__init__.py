@@ -1,0 +1,1 @@
+"""GEM model code: backbone, connector, depth generator, action experts. Plain torch/transformers/diffusers."""
