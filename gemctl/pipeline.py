@@ -1,0 +1,105 @@
+"""The DVC side: render a resolved recipe into the pipeline's params and reproduce stages, skipping what is current.
+
+dvc.yaml declares every stage once, `foreach` recipe name in params.yaml; `render` writes runs/<name>/params.yaml
+(only when its content changes) and adds the name to that list. `reproduce` then asks DVC for `<stage>@<name>`:
+DVC runs what is out of date upstream, and restores from its run-cache a stage it has run before with the same
+inputs (switching back to an earlier recipe is a cache hit, not a re-run).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from gem_stages.config import STAGES
+from gem_stages.errors import InputError
+
+from gem_stages.files import atomic_write_text
+from .project import Project
+from .recipe import Recipe, dump
+
+PIPELINE = ("data", *STAGES)
+
+
+def upstream(stage: str) -> list[str]:
+    """The stage and everything it depends on, in run order."""
+    if stage not in PIPELINE:
+        raise InputError(f"unknown stage '{stage}': choose one of {', '.join(PIPELINE)}")
+    return list(PIPELINE[: PIPELINE.index(stage) + 1])
+
+
+def render(project: Project, recipe: Recipe) -> Path:
+    """Write the resolved recipe where its DVC stages read it; list the recipe in params.yaml's `recipes`."""
+    path = project.params_file(recipe.name)
+    text = "# Resolved recipe, rendered by gemctl: edit recipes/, not this file.\n" + dump(recipe)
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
+    index = project.root / "params.yaml"
+    data = yaml.safe_load(index.read_text()) if index.is_file() else None
+    data = data or {}
+    names = list(data.get("recipes") or [])
+    if recipe.name not in names:
+        data["recipes"] = [*names, recipe.name]
+        atomic_write_text(index, yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@dataclass
+class ReproResult:
+    ran: list[str] = field(default_factory=list)  # stages DVC executed (or restored from its run-cache)
+    skipped: list[str] = field(default_factory=list)  # stages that were already up to date
+
+
+def _stage_on_path() -> None:
+    # DVC runs each stage's `gemctl stage run ...` in a shell: make it find this gemctl even when the venv is
+    # not activated.
+    bindir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if bindir not in path.split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + path
+
+
+def reproduce(project: Project, recipe: str, stage: str, force: bool = False) -> ReproResult:
+    """Bring `stage@recipe` and its upstream up to date with DVC."""
+    from dvc.repo import Repo
+    from dvc.stage.exceptions import StageCmdFailedError
+
+    wanted = upstream(stage)
+    _stage_on_path()
+    with Repo(str(project.root)) as repo:
+        try:
+            if force:
+                # Re-run just this stage; upstream is still brought up to date first.
+                if len(wanted) > 1:
+                    repo.reproduce(f"{wanted[-2]}@{recipe}")
+                stages = repo.reproduce(f"{stage}@{recipe}", force=True, single_item=True)
+            else:
+                stages = repo.reproduce(f"{stage}@{recipe}")
+        except Exception as e:  # DVC wraps the failing command's exit in ReproductionError
+            cause = e
+            while cause.__cause__ is not None and not isinstance(cause, StageCmdFailedError):
+                cause = cause.__cause__
+            raise StageFailed(recipe, stage, str(cause)) from e
+    ran = [s.addressing.split("@")[0] for s in stages]
+    return ReproResult(ran=ran, skipped=[s for s in wanted if s not in ran])
+
+
+class StageFailed(RuntimeError):
+    """A stage command exited non-zero under DVC; nothing was recorded in dvc.lock for it."""
+
+    def __init__(self, recipe: str, stage: str, detail: str):
+        super().__init__(f"{stage}@{recipe} failed: {detail}")
+        self.recipe, self.stage, self.detail = recipe, stage, detail
+
+
+def status(project: Project, recipe: str) -> dict[str, bool]:
+    """{stage: up to date?} for a recipe's pipeline."""
+    from dvc.repo import Repo
+
+    with Repo(str(project.root)) as repo:
+        changed = repo.status(targets=[f"stage4@{recipe}"], with_deps=True)
+    return {s: not any(k.startswith(f"{s}@{recipe}") for k in changed) for s in PIPELINE}

@@ -1,0 +1,171 @@
+"""Recipes: YAML files in recipes/ that compose (`extends:`), take dotted overrides, and resolve to typed, hashed configs.
+
+    recipes/tiny.yaml ──extends──► recipes/base.yaml
+          │ + overrides (-o stages.stage3.lr=3e-5)
+          ▼
+    Recipe (dataclasses, validated) ──► content hash, flat params, runs/<name>/params.yaml
+
+The resolved recipe written to runs/<name>/params.yaml is what the stage programs read: it is the single source of
+truth of a run, and DVC tracks its sections as params so that a changed stage setting re-runs only that stage and
+the stages downstream of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gem_models.config import GemModelConfig
+from gem_stages.config import RuntimeConfig, StagesConfig
+from gem_stages.data.config import DataConfig
+from gem_stages.errors import InputError
+
+from .launch.resources import Resources
+from .schema import ConfigError, dotted_keys, flatten, from_dict, suggest, to_dict
+
+
+@dataclass
+class Recipe:
+    # Recipe name: the file name in recipes/ (outputs go to runs/<name>/).
+    name: str = "unnamed"
+    # One line on what this recipe is for.
+    description: str = ""
+    # Seed of every random draw (model init, data order, noise): same recipe + seed = same weights.
+    seed: int = field(default=0, metadata={"min": 0})
+    # The GEM model: backbone, connector, depth generator, action expert.
+    model: GemModelConfig = field(default_factory=GemModelConfig)
+    # Training data: built-in gem-synth or your own annotation files.
+    data: DataConfig = field(default_factory=DataConfig)
+    # Device, precision and distributed strategy shared by all stages.
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    # The four training stages.
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    # Cluster resources for `--executor slurm`.
+    resources: Resources = field(default_factory=Resources)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 (first 12 hex) of the resolved settings; the description does not count."""
+        d = self.to_dict()
+        d.pop("description", None)
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def flat_params(self) -> dict[str, Any]:
+        return flatten(self.to_dict())
+
+
+def available(recipes_dir: Path) -> list[str]:
+    return sorted(p.stem for p in recipes_dir.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise InputError(f"recipe file {path.name}{where} is not valid YAML: fix the syntax") from None
+    if not isinstance(data, dict):
+        raise InputError(f"recipe file {path.name} must be a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` wins; nested mappings merge key by key; lists are replaced whole."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_raw(recipes_dir: Path, name: str, _chain: tuple[str, ...] = ()) -> dict:
+    """The recipe's settings with its `extends:` chain merged in (parents first)."""
+    path = recipes_dir / f"{name}.yaml"
+    if not path.is_file():
+        names = available(recipes_dir)
+        if _chain:
+            raise InputError(f"recipe '{_chain[-1]}' extends unknown recipe '{name}': {suggest(name, names)}")
+        raise InputError(f"unknown recipe '{name}': {suggest(name, names)} (recipes live in recipes/*.yaml)")
+    if name in _chain:
+        raise InputError(f"recipe '{name}' extends itself through {' -> '.join((*_chain, name))}: break the cycle")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise InputError(f"recipe '{name}': extends must be a recipe name, got {parent!r}")
+        data = deep_merge(load_raw(recipes_dir, parent, (*_chain, name)), data)
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'stages.stage3.lr=3e-5' -> (['stages','stage3','lr'], 3e-5). Values are YAML scalars or flow lists."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise InputError(f"bad override '{text}': write it as key.path=value, e.g. -o stages.stage3.lr=3e-5")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        raise InputError(f"bad override '{text}': the value is not a valid YAML value") from None
+    # YAML 1.1 reads '3e-5' as a string; numbers in scientific notation are what users type for lrs.
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed) if any(c in parsed for c in "eE.") else int(parsed)
+        except ValueError:
+            pass
+    return key.split("."), parsed
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    valid = dotted_keys(Recipe)
+    for text in overrides:
+        path, value = parse_override(text)
+        dotted = ".".join(path)
+        if dotted not in valid and not _under_mapping(dotted, valid):
+            raise InputError(f"unknown key '{dotted}' in override '{text}': {suggest(dotted, valid)}")
+        node = data
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return data
+
+
+def _under_mapping(dotted: str, valid: list[str]) -> bool:
+    # Free-form mappings (e.g. resources.extra_sbatch.<flag>) accept any sub-key.
+    return any(dotted.startswith(v + ".") and v.endswith("extra_sbatch") for v in valid)
+
+
+def resolve(recipes_dir: Path, name: str, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load, compose, override and validate a recipe into a typed `Recipe`."""
+    data = load_raw(recipes_dir, name)
+    data = apply_overrides(data, list(overrides))
+    data["name"] = name
+    try:
+        return from_dict(Recipe, data)
+    except ConfigError as e:
+        raise ConfigError(f"recipe '{name}': {e}") from None
+
+
+def from_params(path: Path) -> Recipe:
+    """The resolved recipe a stage runs with (runs/<name>/params.yaml, written by `write_params`)."""
+    if not path.is_file():
+        raise InputError(f"no resolved recipe at {path}: run the stage through `gemctl train` (it renders it)")
+    return from_dict(Recipe, _read_yaml(path))
+
+
+def dump(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

@@ -1,0 +1,36 @@
+"""The rich summary printed after `gemctl train` / `gemctl run`."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .pipeline import ReproResult, upstream
+from .project import Project
+from .recipe import Recipe
+from .stage_runner import read_summary
+
+
+def _losses(summary: dict) -> str:
+    losses = summary.get("losses") or {}
+    parts = [f"{k}={v:.4f}" for k, v in losses.items() if k not in ("lr",)]
+    return " ".join(parts)
+
+
+def print_run(console: Console, project: Project, recipe: Recipe, stage: str, result: ReproResult,
+              seconds: float) -> None:
+    if not result.ran:
+        console.print(f"[green]{stage}@{recipe.name} is up to date[/green]: nothing changed, nothing ran "
+                      f"({seconds:.1f} s). Use --force to re-run it.")
+    table = Table(title=f"recipe {recipe.name} (hash {recipe.content_hash})", title_justify="left")
+    for col in ("stage", "this call", "steps", "final losses", "checkpoint", "mlflow run"):
+        table.add_column(col, overflow="fold")
+    for s in upstream(stage):
+        summary = read_summary(project, recipe.name, s) or {}
+        state = "[yellow]ran[/yellow]" if s in result.ran else "[dim]up to date[/dim]"
+        ckpt = project.stage_dir(recipe.name, s) / ("model" if s != "data" else "")
+        table.add_row(s, state, str(summary.get("step", "")), _losses(summary),
+                      str(ckpt.relative_to(project.root)), summary.get("mlflow_run_id", "")[:12])
+    console.print(table)
+    if result.ran:
+        console.print(f"ran {', '.join(result.ran)} in {seconds:.1f} s; lineage in {project.tracking_uri}")

@@ -1,0 +1,176 @@
+"""MLflow lineage: one run per stage execution, linking recipe, code, data digest, parent checkpoint and the result.
+
+    run (stage3@tiny)
+      params   flattened resolved recipe
+      tags     gemctl.stage / recipe / recipe_hash / git_commit / git_dirty / versions
+      inputs   dataset (name, DVC digest), parent stage's LoggedModel
+      metrics  loss parts per step
+      outputs  LoggedModel of the stage's checkpoint (registered as <recipe>-<stage>)
+
+The default store is embedded in the project (sqlite, artifacts beside it); $GEMCTL_TRACKING_URI or --tracking-uri
+points elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from gem_stages.errors import InputError
+
+from .project import Project
+from .schema import flatten
+
+EXPERIMENT = "gemctl"
+_MAX_PARAMS_PER_BATCH = 100
+_MAX_PARAM_LEN = 6000
+
+
+def setup(project: Project) -> str:
+    """Point mlflow at the project's store; create the experiment with its artifact location. Returns its id."""
+    import mlflow
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    uri = project.tracking_uri
+    if uri.startswith("sqlite:"):
+        Path(uri.split("sqlite:///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = project.artifact_root.resolve().as_uri() if uri.startswith("sqlite:") else None
+    try:
+        return mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+    except Exception:  # another process created it first
+        return mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
+
+
+def code_version(root: Path) -> dict[str, str]:
+    """git commit and whether code (not outputs or the lock file) differs from it."""
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "none"
+    dirty = git("status", "--porcelain", "--", "gemctl", "models", "stages", "recipes", "dvc.yaml", "pyproject.toml")
+    return {"gemctl.git_commit": commit, "gemctl.git_dirty": "true" if dirty else "false"}
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("gemctl", "torch", "transformers", "diffusers", "accelerate", "dvc", "mlflow"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[f"gemctl.version.{pkg}"] = importlib.metadata.version(pkg)
+    return out
+
+
+class StageRun:
+    """Context manager around one stage execution. Also the stage's Tracker (log_metrics).
+
+    On a user input error the run is deleted (no partial lineage); on a crash it ends FAILED; on preemption it stays
+    RUNNING and the resumed job continues the same run (`resume_run_id`).
+    """
+
+    def __init__(self, project: Project, recipe, stage: str, *, data: dict | None = None,
+                 parent: dict | None = None, resume_run_id: str | None = None):
+        self.project, self.recipe, self.stage = project, recipe, stage
+        self.data, self.parent, self.resume_run_id = data, parent, resume_run_id
+        self.run_id: str | None = None
+        self._buffer: list[Any] = []
+        self._last_flush = 0.0
+        self.preempted = False
+
+    def __enter__(self) -> StageRun:
+        import mlflow
+
+        exp = setup(self.project)
+        if self.resume_run_id:
+            run = mlflow.start_run(run_id=self.resume_run_id)
+        else:
+            run = mlflow.start_run(experiment_id=exp, run_name=f"{self.stage}@{self.recipe.name}")
+            self._log_start()
+        self.run_id = run.info.run_id
+        return self
+
+    def _log_start(self) -> None:
+        import mlflow
+        from mlflow.entities import LoggedModelInput
+
+        params = {k: str(v)[:_MAX_PARAM_LEN] for k, v in flatten(self.recipe.to_dict()).items()}
+        items = list(params.items())
+        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+            mlflow.log_params(dict(items[i:i + _MAX_PARAMS_PER_BATCH]))
+        mlflow.set_tags({
+            "gemctl.stage": self.stage,
+            "gemctl.recipe": self.recipe.name,
+            "gemctl.recipe_hash": self.recipe.content_hash,
+            "gemctl.executor": os.environ.get("GEMCTL_EXECUTOR", "local"),
+            **code_version(self.project.root),
+            **package_versions(),
+        })
+        if self.data:
+            from mlflow.data.meta_dataset import MetaDataset
+            from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource
+
+            ds = MetaDataset(FileSystemDatasetSource(self.data["uri"]), name=self.data["name"],
+                             digest=self.data["digest"])
+            mlflow.log_input(ds, context="training")
+        if self.parent:
+            mlflow.set_tags({"gemctl.parent_run_id": self.parent["run_id"],
+                             "gemctl.parent_checkpoint": self.parent["checkpoint"]})
+            if self.parent.get("model_id"):
+                mlflow.log_inputs(models=[LoggedModelInput(self.parent["model_id"])])
+
+    # Tracker protocol ------------------------------------------------------------------------------------------
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self._buffer += [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        # sqlite commits are ~10 ms each: batch them, but keep the UI at most a few seconds behind
+        if len(self._buffer) >= 200 or time.monotonic() - self._last_flush > 5:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer and self.run_id:
+            from mlflow import MlflowClient
+
+            MlflowClient().log_batch(self.run_id, metrics=self._buffer)
+            self._buffer = []
+        self._last_flush = time.monotonic()
+
+    # ------------------------------------------------------------------------------------------------------------
+    def log_checkpoint(self, checkpoint: Path, step: int, digest: str | None = None) -> str:
+        """Record the stage's checkpoint as a LoggedModel output (external: weights stay where DVC keeps them)."""
+        import mlflow
+        from mlflow.entities import LoggedModelOutput
+
+        name = f"{self.recipe.name}-{self.stage}"
+        tags = {"gemctl.checkpoint": str(checkpoint), "gemctl.stage": self.stage,
+                "gemctl.recipe": self.recipe.name, "gemctl.recipe_hash": self.recipe.content_hash}
+        if digest:
+            tags["gemctl.checkpoint_digest"] = digest
+        model = mlflow.create_external_model(name=name, source_run_id=self.run_id, tags=tags)
+        mlflow.log_outputs(models=[LoggedModelOutput(model.model_id, step)])
+        mlflow.register_model(f"models:/{model.model_id}", name)
+        return model.model_id
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        import mlflow
+
+        self.flush()
+        if exc_type is None:
+            # a preempted run is reopened (RUNNING again) by the requeued job that resumes it
+            mlflow.end_run("KILLED" if self.preempted else "FINISHED")
+        elif issubclass(exc_type, InputError):
+            mlflow.end_run("FAILED")
+            mlflow.delete_run(self.run_id)
+        else:
+            mlflow.end_run("FAILED")
+        return False

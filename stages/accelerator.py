@@ -1,0 +1,47 @@
+"""The one place that builds the Accelerator: device, mixed precision and the distributed strategy of a recipe."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .config import RuntimeConfig
+from .errors import InputError
+
+
+def resolve_mixed_precision(runtime: RuntimeConfig, on_cuda: bool) -> str:
+    if runtime.mixed_precision != "auto":
+        if runtime.mixed_precision != "no" and not on_cuda:
+            # CPU autocast in bf16 is slower than fp32 on most CPUs and fp16 is unsupported; say so, don't guess.
+            raise InputError(
+                f"runtime.mixed_precision={runtime.mixed_precision} needs a GPU: use -o runtime.mixed_precision=auto")
+        return runtime.mixed_precision
+    if on_cuda and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def build_accelerator(runtime: RuntimeConfig):
+    from accelerate import Accelerator
+
+    if runtime.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("runtime.device=cuda but no CUDA device is visible: use -o runtime.device=auto")
+    on_cuda = runtime.device != "cpu" and torch.cuda.is_available()
+    kwargs: dict = {"cpu": not on_cuda, "mixed_precision": resolve_mixed_precision(runtime, on_cuda)}
+    # A sharding strategy only means something with several processes; one process trains plainly.
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if runtime.distributed == "fsdp" and multi_process:
+        from accelerate import FullyShardedDataParallelPlugin
+
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(sharding_strategy="FULL_SHARD")
+    elif runtime.distributed == "deepspeed_zero2" and multi_process:
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise InputError("runtime.distributed=deepspeed_zero2 needs DeepSpeed: pip install deepspeed, "
+                             "or use -o runtime.distributed=fsdp") from None
+        from accelerate import DeepSpeedPlugin
+
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(zero_stage=2, gradient_clipping=None)
+    return Accelerator(**kwargs)
