@@ -23,7 +23,8 @@ app.add_typer(recipe_app, name="recipe")
 app.add_typer(stage_app, name="stage")
 
 console = Console()
-err = Console(stderr=True)
+# soft_wrap: an error stays one line however narrow the terminal
+err = Console(stderr=True, soft_wrap=True)
 
 RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Recipe name (a file in recipes/).")]
 OverrideOpt = Annotated[Optional[list[str]], typer.Option(

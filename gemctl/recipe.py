@@ -26,7 +26,7 @@ from gem_stages.data.config import DataConfig
 from gem_stages.errors import InputError
 
 from .launch.resources import Resources
-from .schema import ConfigError, dotted_keys, flatten, from_dict, suggest, to_dict
+from .schema import ConfigError, deep_merge, dotted_keys, flatten, from_dict, suggest, to_dict
 
 
 @dataclass
@@ -79,25 +79,14 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def deep_merge(base: dict, over: dict) -> dict:
-    """`over` wins; nested mappings merge key by key; lists are replaced whole."""
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 def load_raw(recipes_dir: Path, name: str, _chain: tuple[str, ...] = ()) -> dict:
     """The recipe's settings with its `extends:` chain merged in (parents first)."""
     path = recipes_dir / f"{name}.yaml"
     if not path.is_file():
         names = available(recipes_dir)
         if _chain:
-            raise InputError(f"recipe '{_chain[-1]}' extends unknown recipe '{name}': {suggest(name, names)}")
-        raise InputError(f"unknown recipe '{name}': {suggest(name, names)} (recipes live in recipes/*.yaml)")
+            raise InputError(f"recipe '{_chain[-1]}' extends unknown recipe '{name}': {suggest(name, names, 'recipes')}")
+        raise InputError(f"unknown recipe '{name}': {suggest(name, names, 'available recipes')} (recipes/*.yaml)")
     if name in _chain:
         raise InputError(f"recipe '{name}' extends itself through {' -> '.join((*_chain, name))}: break the cycle")
     data = _read_yaml(path)

@@ -39,12 +39,12 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def suggest(key: str, valid: list[str]) -> str:
-    """'did you mean ...' text for a mistyped key, or the list of valid keys when nothing is close."""
+def suggest(key: str, valid: list[str], what: str = "valid keys") -> str:
+    """'did you mean ...' text for a mistyped key, or the list of valid names when nothing is close."""
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     if close:
         return f"did you mean '{close[0]}'?"
-    return "valid keys: " + ", ".join(sorted(valid))
+    return f"{what}: " + ", ".join(sorted(valid))
 
 
 def _convert(value: Any, tp: Any, key: str, meta: dict) -> Any:
@@ -124,7 +124,13 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _convert(data[name], hints[name], prefix + name, dict(f.metadata))
+            value = data[name]
+            if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict) \
+                    and f.default_factory is not dataclasses.MISSING:
+                # A partial section overrides its field's own default (stage3's defaults differ from stage1's),
+                # not the section class's bare defaults.
+                value = deep_merge(dataclasses.asdict(f.default_factory()), value)
+            kwargs[name] = _convert(value, hints[name], prefix + name, dict(f.metadata))
     try:
         obj = cls(**kwargs)
     except TypeError as e:  # a required field without a default was not given
@@ -138,6 +144,17 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
         except ValueError as e:
             raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
     return obj
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` wins; nested mappings merge key by key; lists are replaced whole."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
 
 
 def to_dict(obj: Any) -> Any:

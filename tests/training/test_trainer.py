@@ -1,0 +1,136 @@
+"""The trainer on a small stand-in model: schedule, accumulation, freezing, and exact resume."""
+
+import math
+
+import pytest
+import torch
+
+from gem_stages.config import LossWeights, RuntimeConfig, TrainStageConfig
+from gem_stages.tracker import ListTracker
+from gem_stages.trainer import MicroBatches, lr_lambda, step_seed, train
+
+
+class Toy(torch.nn.Module):
+    """Two parts ("connector", "depth_generator") and a loss that uses the step generator, like GemModel."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.a = torch.nn.Linear(4, 4)
+        self.b = torch.nn.Linear(4, 1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+
+    def groups(self):
+        return {"connector": self.a, "depth_generator": self.b}
+
+    def forward(self, batch, weights, generator):
+        noise = torch.randn(batch["x"].shape, generator=generator)
+        pred = self.b(torch.tanh(self.a(batch["x"] + 0.1 * noise)))
+        depth = ((pred.squeeze(-1) - batch["y"]) ** 2).mean()
+        return {"loss": weights["depth"] * depth, "depth": depth.detach()}
+
+
+SAMPLES = [{"x": torch.randn(4, generator=torch.Generator().manual_seed(i)), "y": torch.tensor(float(i % 3))}
+           for i in range(10)]
+
+
+def collate(items):
+    return {"x": torch.stack([s["x"] for s in items]), "y": torch.stack([s["y"] for s in items])}
+
+
+def cfg(**kw):
+    base = dict(trainable=["connector", "depth_generator"], steps=8, lr=1e-2, batch_size=3, grad_accum=2,
+                warmup_ratio=0.25, loss=LossWeights(depth=1.0), log_every=1)
+    base.update(kw)
+    return TrainStageConfig(**base)
+
+
+def run(tmp_path, config, stop_after=None, name="w"):
+    model = Toy()
+    calls = {"n": 0}
+
+    def should_stop():
+        calls["n"] += 1
+        return stop_after is not None and calls["n"] > stop_after
+
+    tracker = ListTracker()
+    result = train(model, model.groups(), config, RuntimeConfig(device="cpu"), SAMPLES, collate, seed=7,
+                   work_dir=tmp_path / name, tracker=tracker, should_stop=should_stop)
+    return model, result, tracker
+
+
+def state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_exact_resume_matches_uninterrupted_run(tmp_path):
+    ref, ref_result, _ = run(tmp_path, cfg(), name="ref")
+    assert ref_result.status == "completed" and ref_result.step == 8
+
+    _, first, _ = run(tmp_path, cfg(), stop_after=3, name="resumed")
+    assert first.status == "preempted" and first.step == 3
+    assert (tmp_path / "resumed" / "ckpt-00000003").is_dir()
+    resumed, second, _ = run(tmp_path, cfg(), name="resumed")
+    assert second.status == "completed" and second.resumed_from == 3 and second.step == 8
+    for k, v in state(ref).items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_periodic_checkpoints_keep_the_newest(tmp_path):
+    run(tmp_path, cfg(checkpoint_every=2, keep_checkpoints=2))
+    names = sorted(p.name for p in (tmp_path / "w").iterdir())
+    assert names == ["ckpt-00000004", "ckpt-00000006"]
+
+
+def test_frozen_groups_do_not_change(tmp_path):
+    model = Toy()
+    before = state(model)
+    train(model, model.groups(), cfg(trainable=["depth_generator"]), RuntimeConfig(device="cpu"), SAMPLES, collate,
+          seed=0, work_dir=tmp_path / "w")
+    after = model.state_dict()
+    assert torch.equal(before["a.weight"], after["a.weight"]) and torch.equal(before["a.bias"], after["a.bias"])
+    assert not torch.equal(before["b.weight"], after["b.weight"])
+
+
+def test_unknown_group_is_refused(tmp_path):
+    model = Toy()
+    with pytest.raises(ValueError, match="no such part"):
+        train(model, model.groups(), cfg(trainable=["action_expert"]), RuntimeConfig(device="cpu"), SAMPLES,
+              collate, seed=0, work_dir=tmp_path / "w")
+
+
+def test_loss_decreases_and_is_logged_every_step(tmp_path):
+    _, result, tracker = run(tmp_path, cfg(steps=30, warmup_ratio=0.0, schedule="constant"))
+    steps = [s for s, _ in tracker.points]
+    assert steps == list(range(1, 31))
+    first, last = tracker.points[0][1]["depth"], tracker.points[-1][1]["depth"]
+    assert last < 0.5 * first
+    assert set(result.losses) >= {"loss", "depth", "lr"}
+
+
+def test_schedule_shapes():
+    f = lr_lambda("cosine", warmup=2, total=10)
+    assert [round(f(s), 4) for s in (0, 1)] == [0.5, 1.0]
+    assert f(2) == pytest.approx(1.0) and f(6) == pytest.approx(0.5) and f(10) == pytest.approx(0.0)
+    assert lr_lambda("linear", 0, 4)(2) == pytest.approx(0.5)
+    assert lr_lambda("constant", 1, 4)(3) == 1.0
+    assert math.isclose(lr_lambda("cosine", 0, 4)(1), 0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_micro_batches_cover_each_epoch_once_and_shard_by_rank():
+    data = list(range(12))
+    one = MicroBatches(data, list, batch_size=3, seed=1)
+    epoch = [i for m in range(4) for i in one.indices(m)]
+    assert sorted(epoch) == data  # 4 micro-batches of 3 = one epoch, each sample once
+    r0 = MicroBatches(data, list, batch_size=3, seed=1, rank=0, world_size=2)
+    r1 = MicroBatches(data, list, batch_size=3, seed=1, rank=1, world_size=2)
+    sharded = [i for m in range(2) for i in r0.indices(m) + r1.indices(m)]
+    assert sorted(sharded) == data
+    assert MicroBatches(data, list, 3, seed=1).indices(5) == one.indices(5)  # pure function of (seed, m)
+
+
+def test_step_seed_is_stable_and_distinct():
+    assert step_seed(0, 3, 1, 0) == step_seed(0, 3, 1, 0)
+    assert len({step_seed(0, 3, s, m) for s in range(50) for m in range(4)}) == 200
