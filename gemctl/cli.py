@@ -140,7 +140,7 @@ def run_all(recipe: RecipeOpt = "tiny", override: OverrideOpt = None, executor: 
 
 @stage_app.command("run")
 def stage_run(stage: str, recipe: RecipeOpt) -> None:
-    """Run one stage program for a recipe already rendered to runs/<recipe>/params.yaml (used by dvc.yaml)."""
+    """Run one stage program for a recipe already rendered to runs/<recipe>/params.json (used by dvc.yaml)."""
     from .project import find_project
     from .stage_runner import run_stage
     from gem_stages.files import atomic_write_text

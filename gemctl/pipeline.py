@@ -1,13 +1,14 @@
 """The DVC side: render a resolved recipe into the pipeline's params and reproduce stages, skipping what is current.
 
-dvc.yaml declares every stage once, `foreach` recipe name in params.yaml; `render` writes runs/<name>/params.yaml
-(only when its content changes) and adds the name to that list. `reproduce` then asks DVC for `<stage>@<name>`:
+dvc.yaml declares every stage once, `foreach` recipe name in params.yaml; `render` writes runs/<name>/params.json
+(only when its content changes; JSON because DVC re-reads it for every stage and its YAML parser is slow) and adds the name to that list. `reproduce` then asks DVC for `<stage>@<name>`:
 DVC runs what is out of date upstream, and restores from its run-cache a stage it has run before with the same
 inputs (switching back to an earlier recipe is a cache hit, not a re-run).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from gem_stages.errors import InputError
 
 from gem_stages.files import atomic_write_text
 from .project import Project
-from .recipe import Recipe, dump
+from .recipe import Recipe
 
 PIPELINE = ("data", *STAGES)
 
@@ -35,7 +36,7 @@ def upstream(stage: str) -> list[str]:
 def render(project: Project, recipe: Recipe) -> Path:
     """Write the resolved recipe where its DVC stages read it; list the recipe in params.yaml's `recipes`."""
     path = project.params_file(recipe.name)
-    text = "# Resolved recipe, rendered by gemctl: edit recipes/, not this file.\n" + dump(recipe)
+    text = json.dumps(recipe.to_dict(), indent=1) + "\n"
     if not path.is_file() or path.read_text() != text:
         atomic_write_text(path, text)
     index = project.root / "params.yaml"
@@ -71,6 +72,7 @@ def reproduce(project: Project, recipe: str, stage: str, force: bool = False) ->
     wanted = upstream(stage)
     _stage_on_path()
     with Repo(str(project.root)) as repo:
+        repo.scm_context.quiet = True  # gemctl's summary says what to commit; skip DVC's per-stage git hints
         try:
             if force:
                 # Re-run just this stage; upstream is still brought up to date first.

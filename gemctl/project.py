@@ -26,7 +26,7 @@ class Project:
         return self.runs_dir / recipe
 
     def params_file(self, recipe: str) -> Path:
-        return self.recipe_dir(recipe) / "params.yaml"
+        return self.recipe_dir(recipe) / "params.json"
 
     def stage_dir(self, recipe: str, stage: str) -> Path:
         return self.recipe_dir(recipe) / stage

@@ -3,9 +3,9 @@
     recipes/tiny.yaml ──extends──► recipes/base.yaml
           │ + overrides (-o stages.stage3.lr=3e-5)
           ▼
-    Recipe (dataclasses, validated) ──► content hash, flat params, runs/<name>/params.yaml
+    Recipe (dataclasses, validated) ──► content hash, flat params, runs/<name>/params.json
 
-The resolved recipe written to runs/<name>/params.yaml is what the stage programs read: it is the single source of
+The resolved recipe written to runs/<name>/params.json is what the stage programs read: it is the single source of
 truth of a run, and DVC tracks its sections as params so that a changed stage setting re-runs only that stage and
 the stages downstream of it.
 """
@@ -150,10 +150,10 @@ def resolve(recipes_dir: Path, name: str, overrides: list[str] | tuple[str, ...]
 
 
 def from_params(path: Path) -> Recipe:
-    """The resolved recipe a stage runs with (runs/<name>/params.yaml, written by `write_params`)."""
+    """The resolved recipe a stage runs with (runs/<name>/params.json, written by `pipeline.render`)."""
     if not path.is_file():
         raise InputError(f"no resolved recipe at {path}: run the stage through `gemctl train` (it renders it)")
-    return from_dict(Recipe, _read_yaml(path))
+    return from_dict(Recipe, json.loads(path.read_text()))
 
 
 def dump(recipe: Recipe) -> str:

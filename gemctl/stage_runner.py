@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -51,11 +52,25 @@ def _stage_key(recipe: Recipe, stage: str) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _quiet_libraries() -> None:
+    """Keep stage logs to gemctl's own progress: no per-file progress bars or registry chatter."""
+    import logging
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import mlflow  # noqa: F401  (configures its loggers on import: quieten them after)
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run `stage` of recipe `recipe_name` in project `root`. Returns the stage summary (status "preempted" if it
     checkpointed on request and must be run again to finish)."""
     from .tracking import StageRun
 
+    _quiet_libraries()
     project = Project(Path(root))
     recipe = from_params(project.params_file(recipe_name))
     out_dir = project.stage_dir(recipe_name, stage)

@@ -13,8 +13,8 @@ from .stage_runner import read_summary
 
 def _losses(summary: dict) -> str:
     losses = summary.get("losses") or {}
-    parts = [f"{k}={v:.4f}" for k, v in losses.items() if k not in ("lr",)]
-    return " ".join(parts)
+    order = ["loss", "lm", "depth", "action"]  # total first, then the parts
+    return " ".join(f"{k}={losses[k]:.4f}" for k in order if k in losses)
 
 
 def print_run(console: Console, project: Project, recipe: Recipe, stage: str, result: ReproResult,
@@ -34,3 +34,4 @@ def print_run(console: Console, project: Project, recipe: Recipe, stage: str, re
     console.print(table)
     if result.ran:
         console.print(f"ran {', '.join(result.ran)} in {seconds:.1f} s; lineage in {project.tracking_uri}")
+        console.print("commit dvc.lock and runs/*/params.json to record this state in git")

@@ -3,7 +3,7 @@
     run (stage3@tiny)
       params   flattened resolved recipe
       tags     gemctl.stage / recipe / recipe_hash / git_commit / git_dirty / versions
-      inputs   dataset (name, DVC digest), parent stage's LoggedModel
+      inputs   dataset (name, DVC digest); the parent stage's run and LoggedModel as tags
       metrics  loss parts per step
       outputs  LoggedModel of the stage's checkpoint (registered as <recipe>-<stage>)
 
@@ -19,6 +19,7 @@ import logging
 import os
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,6 @@ class StageRun:
 
     def _log_start(self) -> None:
         import mlflow
-        from mlflow.entities import LoggedModelInput
 
         params = {k: str(v)[:_MAX_PARAM_LEN] for k, v in flatten(self.recipe.to_dict()).items()}
         items = list(params.items())
@@ -115,17 +115,19 @@ class StageRun:
             **package_versions(),
         })
         if self.data:
+            from mlflow.data.dataset_source_registry import resolve_dataset_source
             from mlflow.data.meta_dataset import MetaDataset
-            from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource
 
-            ds = MetaDataset(FileSystemDatasetSource(self.data["uri"]), name=self.data["name"],
-                             digest=self.data["digest"])
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
+                warnings.simplefilter("ignore")
+                source = resolve_dataset_source(self.data["uri"])
+            ds = MetaDataset(source, name=self.data["name"], digest=self.data["digest"])
             mlflow.log_input(ds, context="training")
         if self.parent:
+            # Model inputs (log_inputs(models=...)) are Databricks-only in MLflow 3: the link is kept as tags.
             mlflow.set_tags({"gemctl.parent_run_id": self.parent["run_id"],
+                             "gemctl.parent_model_id": self.parent.get("model_id") or "",
                              "gemctl.parent_checkpoint": self.parent["checkpoint"]})
-            if self.parent.get("model_id"):
-                mlflow.log_inputs(models=[LoggedModelInput(self.parent["model_id"])])
 
     # Tracker protocol ------------------------------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:

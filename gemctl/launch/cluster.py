@@ -122,6 +122,7 @@ def query(job_ids: Iterable[str]) -> dict[str, dict[str, str]]:
     """State, ExitCode, NodeList, Start, End, Elapsed of each job (array element ids like '12_3' work), in one
     sacct call. A job sacct does not know yet (just submitted) is missing from the answer. Without accounting
     (no slurmdbd) falls back to squeue, and a job gone from the queue reads as FINISHED."""
+    job_ids = list(job_ids)
     ids = sorted({j.split("_")[0] for j in job_ids})
     if not ids:
         return {}
@@ -136,6 +137,9 @@ def query(job_ids: Iterable[str]) -> dict[str, dict[str, str]]:
         row["State"] = row["State"].split()[0] if row["State"] else "UNKNOWN"  # "CANCELLED by 0"
         for jid in _expand(row["JobID"]):
             info[jid] = row
+    for jid in job_ids:  # an array cancelled before any element ran has one row, under the array id
+        if jid not in info and jid.split("_")[0] in info:
+            info[jid] = info[jid.split("_")[0]]
     return info
 
 

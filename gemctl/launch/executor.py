@@ -1,0 +1,371 @@
+"""Run a function as a job (debug: in this process, local: a subprocess, slurm: sbatch) and block on it like
+`sbatch -W`, reporting state changes and log lines as they come.
+
+    result = launch(partial(train, cfg), kind="slurm", resources=Resources(gpus_per_node=8), job_dir=d, name="stage3")
+
+The function must be picklable with no arguments (a functools.partial of a module-level function). It runs once
+per rank, from a snapshot of the project's code taken at submit time (see snapshot.py), with signals caught for
+preemption-safe resume (preemption.py) and torch.distributed variables exported (distributed.py).
+submitit is imported inside functions: `gemctl --help` must not pay for it.
+"""
+
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence
+
+from gem_stages.errors import InputError
+
+from . import cluster, registry, snapshot
+from .resources import Resources
+from .runner import Failure, JobMain
+
+Kind = Literal["local", "slurm", "debug"]
+KINDS = ("local", "slurm", "debug")
+
+
+@dataclass
+class JobUpdate:
+    """A state change (state set) or a new line in one rank's log (line set)."""
+
+    job_id: str
+    state: Optional[str] = None
+    line: Optional[str] = None
+    stream: str = ""  # "stdout" | "stderr"
+    task: int = 0  # rank
+
+
+@dataclass
+class LaunchResult:
+    job_id: str
+    state: str  # COMPLETED, FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, ...
+    exit_code: Optional[int]
+    value: Any  # what the function returned on rank 0 (None unless COMPLETED)
+    values: list  # what it returned on each rank
+    error: Optional[str]  # the job's traceback, or why SLURM ended it
+    stdout: Path  # rank 0's logs
+    stderr: Path
+    requeues: int
+    node: str
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "COMPLETED"
+
+    def log_tail(self, n: int = 40) -> str:
+        """The last n lines of rank 0's stderr (else stdout): what to show when a job failed."""
+        for p in (self.stderr, self.stdout):
+            if p.exists() and p.stat().st_size:
+                return "\n".join(p.read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+
+class _Tail:
+    """New complete lines of a log file since the last call."""
+
+    def __init__(self, path: Path, stream: str, task: int) -> None:
+        self.path, self.stream, self.task, self.offset, self.partial = path, stream, task, 0, ""
+
+    def lines(self, final: bool = False) -> list[str]:
+        if self.path.exists():
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+            self.offset += len(chunk)
+            *lines, self.partial = (self.partial + chunk.decode(errors="replace")).split("\n")
+        else:
+            lines = []
+        if final and self.partial:
+            lines, self.partial = lines + [self.partial], ""
+        return lines
+
+
+class JobHandle:
+    """A submitted job. `wait()` blocks until it ends; `wait_all()` waits for many with one sacct call per poll."""
+
+    def __init__(self, job: Any, kind: str, resources: Resources, name: str, job_dir: Path,
+                 project: Optional[Path], tags: Mapping[str, str]) -> None:
+        self._job = job
+        self.kind = kind
+        self.job_id = {"slurm": job.job_id, "local": f"local-{job.job_id}"}.get(kind, f"debug-{job.job_id[6:]}")
+        self.num_tasks = 1 if kind == "debug" else resources.world_size
+        self._task_paths = [job.paths] if self.num_tasks == 1 else [job.task(k).paths for k in range(self.num_tasks)]
+        self.stdout, self.stderr = self._task_paths[0].stdout, self._task_paths[0].stderr
+        self.state, self.node, self.requeues = "PENDING", "", 0
+        self.result: Optional[LaunchResult] = None
+        self._exit_code: Optional[int] = None
+        self._grace_since: Optional[float] = None
+        self._tails = [_Tail(getattr(p, s), s, k) for k, p in enumerate(self._task_paths) for s in ("stdout", "stderr")]
+        self._project = project
+        self._record = registry.JobRecord(
+            job_id=self.job_id, kind=kind, name=name, state=self.state, submitted=time.time(),
+            stdout=str(self.stdout), stderr=str(self.stderr), job_dir=str(job_dir), tags=dict(tags),
+        )
+        self._save()
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.job_id}, {self.state})"
+
+    def cancel(self) -> None:
+        if self.kind != "debug":
+            self._job.cancel(check=False)
+
+    def wait(self, on_update: Optional[Callable[[JobUpdate], None]] = None) -> LaunchResult:
+        return wait_all([self], on_update)[0]
+
+    # -- internals, driven by wait_all --
+
+    def _save(self) -> None:
+        if self._project is not None:
+            registry.save(self._project, self._record)
+
+    def _set(self, state: str, emit: Callable[[JobUpdate], None], node: str = "") -> None:
+        if state == self.state:
+            return
+        if self.state == "RUNNING" and state in ("REQUEUED", "PENDING", "REQUEUE_HOLD", "REQUEUE_FED"):
+            self.requeues += 1
+            state = "REQUEUED"  # a short REQUEUED may be missed between polls; report it anyway
+        self.state = state
+        self.node = node or self.node
+        rec = self._record
+        rec.state, rec.node, rec.requeues = state, self.node, self.requeues
+        if state == "RUNNING" and rec.start is None:
+            rec.start = time.time()
+        if state in cluster.TERMINAL:
+            rec.end = time.time()
+        self._save()
+        emit(JobUpdate(self.job_id, state=state))
+
+    def _observe(self, info: dict[str, dict[str, str]], emit: Callable[[JobUpdate], None]) -> None:
+        if self.kind == "slurm":
+            row = info.get(self.job_id)
+            if row:  # sacct may not know a job for a moment after sbatch
+                self._set(row["State"], emit, row.get("NodeList", ""))
+                code, _, sig = row.get("ExitCode", "").partition(":")
+                if code.isdigit() and row["State"] in cluster.TERMINAL:
+                    self._exit_code = int(code) or (128 + int(sig) if sig.isdigit() and int(sig) else 0)
+        elif self.kind == "local":
+            rc = self._job._process.poll() if self._job._process is not None else 0
+            self._set("RUNNING" if rc is None else "FINISHED", emit, "localhost")
+            self._exit_code = rc
+
+    def _pump(self, emit: Callable[[JobUpdate], None], final: bool = False) -> None:
+        for t in self._tails:
+            for line in t.lines(final):
+                emit(JobUpdate(self.job_id, line=line, stream=t.stream, task=t.task))
+
+    def _outcomes(self) -> list[Optional[tuple]]:
+        from submitit.core.utils import pickle_load
+
+        out = []
+        for p in self._task_paths:
+            try:
+                out.append(pickle_load(p.result_pickle) if p.result_pickle.exists() else None)
+            except EOFError:  # being written
+                out.append(None)
+        return out
+
+    def _grace(self, seconds: float) -> bool:
+        """True for `seconds` after the first call: lets SLURM or the file system catch up."""
+        self._grace_since = self._grace_since or time.time()
+        return time.time() - self._grace_since < seconds
+
+    def _done(self, emit: Callable[[JobUpdate], None]) -> bool:
+        outcomes = self._outcomes()
+        errors = [o[1] for o in outcomes if o and o[0] == "error"]
+        ended = self.state in cluster.TERMINAL
+        if not ended and not all(outcomes) and not errors:
+            return False
+        if not ended and errors and self.kind == "slurm" and self._grace(10):
+            return False  # the job failed: wait for SLURM to end it, to report its exit code
+        if ended and self.state in ("COMPLETED", "FINISHED") and not all(outcomes) and not errors and self._grace(5):
+            return False  # ended cleanly: its result file may not be visible yet (shared file systems)
+        self._pump(emit, final=True)
+        values = [o[1] if o and o[0] == "success" else None for o in outcomes]
+        if outcomes and all(o and o[0] == "success" for o in outcomes):
+            state, error, code = "COMPLETED", None, 0
+        elif errors:
+            state, error, code = "FAILED", errors[0], self._exit_code or 1
+        else:
+            state = self.state if self.state not in ("COMPLETED", "FINISHED") else "FAILED"
+            error, code = _why(state, self), self._exit_code
+        self._record.exit_code = code
+        self._set(state, emit)
+        self.result = LaunchResult(
+            job_id=self.job_id, state=state, exit_code=code, value=values[0], values=values, error=error,
+            stdout=self.stdout, stderr=self.stderr, requeues=self.requeues, node=self.node,
+        )
+        return True
+
+    def _run_in_process(self, emit: Callable[[JobUpdate], None]) -> None:
+        self._set("RUNNING", emit, "in-process")
+        value = self._job.result()
+        failed = isinstance(value, Failure)
+        self._record.exit_code = 1 if failed else 0
+        self._set("FAILED" if failed else "COMPLETED", emit)
+        self.result = LaunchResult(
+            job_id=self.job_id, state=self.state, exit_code=self._record.exit_code,
+            value=None if failed else value, values=[None if failed else value],
+            error=value.traceback if failed else None, stdout=self.stdout, stderr=self.stderr, requeues=0,
+            node="in-process",
+        )
+
+
+def _why(state: str, h: JobHandle) -> str:
+    reasons = {
+        "TIMEOUT": "hit its time limit (raise resources.time_min, or make the training code stop on should_stop)",
+        "CANCELLED": "was cancelled",
+        "OUT_OF_MEMORY": "ran out of memory (raise resources.mem_gb)",
+        "NODE_FAIL": "lost its node",
+        "LOST": "lost its controller process",
+    }
+    return f"job {h.job_id} {reasons.get(state, f'ended ({state}) without a result')}; logs: {h.stderr}"
+
+
+def wait_all(handles: Sequence[JobHandle], on_update: Optional[Callable[[JobUpdate], None]] = None) -> list[LaunchResult]:
+    """Block until every job has ended; on_update gets state changes and new log lines of all of them."""
+    emit = on_update or (lambda _u: None)
+    for h in handles:
+        if h.result is None:
+            emit(JobUpdate(h.job_id, state=h.state))  # PENDING: the job id, as soon as there is one
+    for h in handles:
+        if h.kind == "debug" and h.result is None:
+            h._run_in_process(emit)
+    waiting = [h for h in handles if h.result is None]
+    t0, next_query = time.time(), 0.0
+    while waiting:
+        now = time.time()
+        if now >= next_query:
+            # sacct every 0.5 s at first, then less often (a week-long job should not poll once a second);
+            # result files are checked on every pass, so a finished job is seen at once anyway
+            slurm_ids = [h.job_id for h in waiting if h.kind == "slurm"]
+            info = cluster.query(slurm_ids) if slurm_ids else {}
+            for h in waiting:
+                h._observe(info, emit)
+            next_query = now + min(15.0, max(0.5, (now - t0) / 20))
+        for h in waiting:
+            h._pump(emit)
+        waiting = [h for h in waiting if not h._done(emit)]
+        if waiting:
+            time.sleep(0.2)
+    return [h.result for h in handles]  # type: ignore[misc]
+
+
+def _slurm_params(res: Resources, name: str, code_dir: Optional[Path]) -> dict[str, Any]:
+    p: dict[str, Any] = dict(
+        job_name=name, time=res.time_min, nodes=res.nodes, ntasks_per_node=res.ntasks_per_node,
+        cpus_per_task=res.cpus_per_task, signal_delay_s=res.signal_delay_s, array_parallelism=res.array_parallelism,
+        setup=snapshot.setup_lines(code_dir) if code_dir else [],
+    )
+    if res.gpus_per_node:
+        p["gpus_per_node"] = res.gpus_per_node
+    if res.mem_gb is not None:
+        p["mem"] = f"{int(res.mem_gb * 1024)}M"
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(res, key) is not None:
+            p[key] = getattr(res, key)
+    if res.extra_sbatch:  # an empty value is a bare flag (--exclusive)
+        p["additional_parameters"] = {k.lstrip("-"): (v if v != "" else True) for k, v in res.extra_sbatch.items()}
+    return p
+
+
+def _submit(fns: Sequence[Callable[[], Any]], *, kind: str, resources: Resources, job_dir: Path, name: str,
+            project: Optional[Path], tags: Sequence[Mapping[str, str]], code: Optional[Mapping[str, Path]],
+            array: bool) -> list[JobHandle]:
+    import submitit
+    from submitit.core.utils import FailedJobError, environment_variables
+
+    if kind not in KINDS:
+        raise InputError(f"unknown executor '{kind}' (one of: {', '.join(KINDS)})")
+    job_dir = Path(job_dir).absolute()
+    job_dir.mkdir(parents=True, exist_ok=True)
+    if kind == "slurm":
+        cluster.check(resources)
+    if kind == "local" and resources.nodes > 1:
+        raise InputError(f"resources.nodes={resources.nodes}: the local executor runs on this machine only")
+    # debug runs in this process, which has imported the working tree already: no snapshot there
+    code_dir = snapshot.take(job_dir, code) if kind != "debug" and code != {} else None
+    env: dict[str, str] = {}
+    if kind == "debug":
+        ex = submitit.DebugExecutor(folder=job_dir)
+    elif kind == "local":
+        ex = submitit.LocalExecutor(folder=job_dir)
+        ex.update_parameters(timeout_min=resources.time_min, tasks_per_node=resources.ntasks_per_node,
+                             gpus_per_node=resources.gpus_per_node, signal_delay_s=resources.signal_delay_s)
+        # the snapshot goes through the environment, not `setup`: with setup submitit starts the controller
+        # through a shell, whose pid (the job id) then does not forward SIGINT to cancel it
+        if code_dir:
+            path = ":".join(x for x in (str(code_dir), os.environ.get("PYTHONPATH", "")) if x)
+            env = {"PYTHONPATH": path, "PYTHONSAFEPATH": "1", "GEMCTL_CODE": str(code_dir)}
+    else:
+        ex = submitit.SlurmExecutor(folder=job_dir)
+        ex.update_parameters(**_slurm_params(resources, name, code_dir))
+    mains = [JobMain(fn, resources.max_requeues, in_process=kind == "debug") for fn in fns]
+    try:
+        with environment_variables(**env):
+            if array:
+                with ex.batch():
+                    jobs = [ex.submit(m) for m in mains]
+            else:
+                jobs = [ex.submit(mains[0])]
+    except FailedJobError as e:  # sbatch said no (bad account, qos, constraint...): its last line says why
+        lines = [x for x in str(e).splitlines() if x.strip()]
+        raise InputError(f"sbatch refused the job: {lines[-1] if lines else e}") from None
+    return [JobHandle(j, kind, resources, name, job_dir, project, t) for j, t in zip(jobs, tags)]
+
+
+def submit(fn: Callable[[], Any], *, kind: Kind, resources: Resources, job_dir: Path, name: str,
+           project: Optional[Path] = None, tags: Optional[Mapping[str, str]] = None,
+           code: Optional[Mapping[str, Path]] = None) -> JobHandle:
+    """Submit fn() and return at once. project: folder whose job registry records it (for `gemctl status`);
+    tags: stage/point/sweep/run labels for that record; code: import name -> folder to snapshot
+    (None = the project's packages, {} = no snapshot: the job imports whatever its PYTHONPATH has)."""
+    return _submit([fn], kind=kind, resources=resources, job_dir=job_dir, name=name, project=project,
+                   tags=[tags or {}], code=code, array=False)[0]
+
+
+def launch(fn: Callable[[], Any], *, kind: Kind, resources: Resources, job_dir: Path, name: str,
+           on_update: Optional[Callable[[JobUpdate], None]] = None, project: Optional[Path] = None,
+           tags: Optional[Mapping[str, str]] = None, code: Optional[Mapping[str, Path]] = None) -> LaunchResult:
+    """Submit fn() and block until it ends (through requeues), like `sbatch -W`. Ctrl-C cancels the job."""
+    handle = submit(fn, kind=kind, resources=resources, job_dir=job_dir, name=name, project=project, tags=tags,
+                    code=code)
+    try:
+        return handle.wait(on_update)
+    except KeyboardInterrupt:
+        handle.cancel()
+        raise
+
+
+def launch_array(fns: Sequence[Callable[[], Any]], *, kind: Kind, resources: Resources, job_dir: Path, name: str,
+                 project: Optional[Path] = None, tags: Optional[Sequence[Mapping[str, str]]] = None,
+                 code: Optional[Mapping[str, Path]] = None) -> list[JobHandle]:
+    """Submit the functions as ONE job array (at most resources.array_parallelism run at once) and return
+    their handles without waiting; then `wait_all(handles, on_update)`. tags: one mapping per function.
+    (The local executor starts them all at once; debug runs them one by one in wait_all.)"""
+    fns = list(fns)
+    tags = list(tags) if tags is not None else [{} for _ in fns]
+    if len(tags) != len(fns):
+        raise InputError(f"launch_array: {len(fns)} functions but {len(tags)} tag sets")
+    if not fns:
+        return []
+    return _submit(fns, kind=kind, resources=resources, job_dir=job_dir, name=name, project=project, tags=tags,
+                   code=code, array=True)
+
+
+def dry_run(*, resources: Resources, job_dir: Path, name: str, array_size: Optional[int] = None,
+            code: Optional[Mapping[str, Path]] = None) -> str:
+    """The sbatch script that `launch(kind="slurm")` would submit (nothing is submitted or copied)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    job_dir = Path(job_dir).absolute()
+    code_dir = None
+    if code != {}:
+        code_dir = job_dir / "code" / snapshot.content_hash(snapshot.project_packages() if code is None else code)
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(job_dir))])
+    map_count = array_size if array_size and array_size > 1 else None
+    return _make_sbatch_string(command=command, folder=job_dir, map_count=map_count,
+                               **_slurm_params(resources, name, code_dir))
