@@ -13,7 +13,10 @@ from transformers import (
 
 from .config import BackboneConfig
 
-BACKBONE_CLASSES = {"qwen3_vl": Qwen3VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}
+BACKBONE_CLASSES = {
+    "qwen3_vl": Qwen3VLForConditionalGeneration,
+    "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+}
 
 
 def _mrope_section(head_dim: int, family: str) -> list[int]:
@@ -30,56 +33,73 @@ def _mrope_section(head_dim: int, family: str) -> list[int]:
 
 
 def tiny_backbone_config(cfg: BackboneConfig, tokenizer: PreTrainedTokenizerBase):
-    """A transformers config for a small random-init backbone whose special-token ids come from `tokenizer`."""
+    """A transformers config for a small random-init backbone, special-token ids from `tokenizer`."""
     if cfg.hidden_size % cfg.num_heads:
-        raise ValueError(f"backbone hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
+        raise ValueError(
+            f"backbone hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}"
+        )
     if len(tokenizer) > cfg.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but backbone vocab_size is {cfg.vocab_size}")
     head_dim = cfg.hidden_size // cfg.num_heads
     tid = tokenizer.convert_tokens_to_ids
-    token_ids = dict(
-        image_token_id=tid("<|image_pad|>"),
-        video_token_id=tid("<|video_pad|>"),
-        vision_start_token_id=tid("<|vision_start|>"),
-        vision_end_token_id=tid("<|vision_end|>"),
-    )
-    text = dict(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=32768,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    vision = dict(
-        depth=cfg.vision_depth,
-        hidden_size=cfg.vision_hidden_size,
-        intermediate_size=4 * cfg.vision_hidden_size,
-        num_heads=cfg.vision_heads,
-        patch_size=cfg.patch_size,
-        spatial_merge_size=cfg.spatial_merge_size,
-        temporal_patch_size=2,
-        out_hidden_size=cfg.hidden_size,
-    )
+    token_ids = {
+        "image_token_id": tid("<|image_pad|>"),
+        "video_token_id": tid("<|video_pad|>"),
+        "vision_start_token_id": tid("<|vision_start|>"),
+        "vision_end_token_id": tid("<|vision_end|>"),
+    }
+    text = {
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "max_position_embeddings": 32768,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision = {
+        "depth": cfg.vision_depth,
+        "hidden_size": cfg.vision_hidden_size,
+        "intermediate_size": 4 * cfg.vision_hidden_size,
+        "num_heads": cfg.vision_heads,
+        "patch_size": cfg.patch_size,
+        "spatial_merge_size": cfg.spatial_merge_size,
+        "temporal_patch_size": 2,
+        "out_hidden_size": cfg.hidden_size,
+    }
     if cfg.family == "qwen3_vl":
-        text.update(head_dim=head_dim, rope_parameters={
-            "rope_type": "default", "rope_theta": 5_000_000.0, "mrope_interleaved": True,
-            "mrope_section": _mrope_section(head_dim, cfg.family)})
-        # Deepstack taps at ~1/4, 1/2, 3/4 depth: [5, 11, 17] for the real 24-block ViT, [0] for a 2-block one.
+        text.update(
+            head_dim=head_dim,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 5_000_000.0,
+                "mrope_interleaved": True,
+                "mrope_section": _mrope_section(head_dim, cfg.family),
+            },
+        )
+        # Deepstack taps at ~1/4, 1/2, 3/4 depth: [5, 11, 17] for the real 24-block ViT, [0] for 2 blocks.
         deepstack = sorted({max(0, cfg.vision_depth * k // 4 - 1) for k in (1, 2, 3)})
         # 256 learned positions (a 16x16 patch grid), interpolated for other sizes; the real model has 2304.
         vision.update(num_position_embeddings=256, deepstack_visual_indexes=deepstack)
         # Tied input/output embeddings, as in Qwen3-VL-2B.
         return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **token_ids)
-    text.update(rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0,
-                                 "mrope_section": _mrope_section(head_dim, cfg.family)})
-    # Window attention over 4x4 merged tokens (112 px at patch 14, as released); full attention every 8th block
-    # and in the last one.
+    text.update(
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 1_000_000.0,
+            "mrope_section": _mrope_section(head_dim, cfg.family),
+        },
+    )
+    # Window attention over 4x4 merged tokens (112 px at patch 14, as released); full attention every 8th
+    # block and in the last one.
     vision.update(
         window_size=4 * cfg.patch_size * cfg.spatial_merge_size,
-        fullatt_block_indexes=[k for k in range(cfg.vision_depth) if (k + 1) % 8 == 0 or k == cfg.vision_depth - 1],
+        fullatt_block_indexes=[
+            k for k in range(cfg.vision_depth) if (k + 1) % 8 == 0 or k == cfg.vision_depth - 1
+        ],
         hidden_act="silu",
     )
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **token_ids)
@@ -97,7 +117,7 @@ def build_backbone(cfg: BackboneConfig, tokenizer: PreTrainedTokenizerBase, seed
 
 
 def load_backbone(path: str, family: str) -> PreTrainedModel:
-    """Local directory or hub id; weights in float32 (master weights; mixed precision is the trainer's autocast)."""
+    """Local directory or hub id; float32 master weights (mixed precision is the trainer's autocast)."""
     model = BACKBONE_CLASSES[family].from_pretrained(path, dtype=torch.float32)
     expected = {"qwen3_vl": "qwen3_vl", "qwen2_5_vl": "qwen2_5_vl"}[family]
     if model.config.model_type != expected:
@@ -108,14 +128,18 @@ def load_backbone(path: str, family: str) -> PreTrainedModel:
 def vision_token_ids(model: PreTrainedModel) -> dict[str, int]:
     """Ids of <|vision_start|>, <|vision_end|>, <|image_pad|> as the backbone's config knows them."""
     c = model.config
-    return {"vision_start": c.vision_start_token_id, "vision_end": c.vision_end_token_id, "image_pad": c.image_token_id}
+    return {
+        "vision_start": c.vision_start_token_id,
+        "vision_end": c.vision_end_token_id,
+        "image_pad": c.image_token_id,
+    }
 
 
 def backbone_module_groups(model: PreTrainedModel) -> dict[str, nn.Module]:
-    """vision = ViT without its merger(s); merger = patch merger (+ Qwen3-VL deepstack mergers); language = LLM.
+    """vision = ViT without merger(s); merger = patch merger (+ Qwen3-VL deepstack mergers); language = LLM.
 
-    The deepstack mergers project ViT features into the LLM width exactly like the final merger, so they train or
-    freeze with it (the released script trains the merger and the LLM and freezes the ViT).
+    The deepstack mergers project ViT features into the LLM width exactly like the final merger, so they train
+    or freeze with it (the released script trains the merger and the LLM and freezes the ViT).
     """
     visual = model.model.visual
     merger_names = [n for n in ("merger", "deepstack_merger_list") if hasattr(visual, n)]

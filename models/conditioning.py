@@ -1,8 +1,8 @@
 """Depth-generator condition: each image's visual-token states from the backbone's last layer.
 
 For every image, the positions strictly between its <|vision_start|> and <|vision_end|> tokens (its
-<|image_pad|> tokens), gathered into a padded [num_images, max_len, hidden] tensor with a bool mask. Images are
-ordered as the processor orders them (sample by sample, left to right), which is also the order of
+<|image_pad|> tokens), gathered into a padded [num_images, max_len, hidden] tensor with a bool mask. Images
+are ordered as the processor orders them (sample by sample, left to right), which is also the order of
 `image_grid_thw` and `image_sample_index`. Works for any batch size, padding side and images per sample.
 """
 
@@ -10,11 +10,17 @@ import torch
 from torch import Tensor
 
 
-def image_token_spans(input_ids: Tensor, vision_start_id: int, vision_end_id: int) -> tuple[Tensor, Tensor, Tensor]:
+def image_token_spans(
+    input_ids: Tensor, vision_start_id: int, vision_end_id: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """(sample index, first token position, token count) of every image, in processor order."""
     starts = (input_ids == vision_start_id).nonzero()  # row-major: sample by sample, left to right
     ends = (input_ids == vision_end_id).nonzero()
-    if starts.shape != ends.shape or not torch.equal(starts[:, 0], ends[:, 0]) or bool((ends[:, 1] <= starts[:, 1]).any()):
+    if (
+        starts.shape != ends.shape
+        or not torch.equal(starts[:, 0], ends[:, 0])
+        or bool((ends[:, 1] <= starts[:, 1]).any())
+    ):
         raise ValueError("unbalanced <|vision_start|>/<|vision_end|> tokens in input_ids")
     return starts[:, 0], starts[:, 1] + 1, ends[:, 1] - starts[:, 1] - 1
 
@@ -25,7 +31,9 @@ def gather_image_tokens(
     """hidden [B, L, H] -> (conditions [N, max_len, H] with zeros in padding, mask [N, max_len] bool)."""
     sample, first, count = image_token_spans(input_ids, vision_start_id, vision_end_id)
     if sample.numel() == 0:
-        return hidden.new_zeros(0, 0, hidden.shape[-1]), torch.zeros(0, 0, dtype=torch.bool, device=hidden.device)
+        return hidden.new_zeros(0, 0, hidden.shape[-1]), torch.zeros(
+            0, 0, dtype=torch.bool, device=hidden.device
+        )
     max_len = int(count.max())
     offsets = torch.arange(max_len, device=hidden.device)
     mask = offsets[None, :] < count[:, None]

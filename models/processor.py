@@ -1,13 +1,14 @@
 """GemProcessor: LLaVA/Qwen-style samples -> one batch of tensors for GemModel (text, images, depth targets).
 
-Sample: {"images": [PIL.Image, ...], "conversations": [{"from": "human"|"gpt"|"system", "value": "...<image>..."}],
+Sample: {"images": [PIL.Image, ...],
+         "conversations": [{"from": "human"|"gpt"|"system", "value": "...<image>..."}, ...],
          "depths": [np.ndarray (H, W) metres | None per image]}  ("depths" optional).
 
-Chat layout (Qwen): <|im_start|>user\n ... <|im_end|>\n<|im_start|>assistant\n ... <|im_end|>\n, every <image>
-replaced by <|vision_start|> + N x <|image_pad|> + <|vision_end|> with N = t*h*w / merge^2 of the image's patch
-grid. Labels are -100 except the assistant answers and their <|im_end|>. A conversation that ends with a user turn
-gets the generation prompt "<|im_start|>assistant\n" appended (VLA prompts and evaluation), identically in
-training and inference.
+Chat layout (Qwen): <|im_start|>user\n ... <|im_end|>\n<|im_start|>assistant\n ... <|im_end|>\n, every
+<image> replaced by <|vision_start|> + N x <|image_pad|> + <|vision_end|> with N = t*h*w / merge^2 of the
+image's patch grid. Labels are -100 except the assistant answers and their <|im_end|>. A conversation that
+ends with a user turn gets the generation prompt "<|im_start|>assistant\n" appended (VLA prompts and
+evaluation), identically in training and inference.
 
 No torchvision: the image processor is transformers' PIL implementation and there is no video processor.
 """
@@ -40,11 +41,15 @@ def make_image_processor(cfg: BackboneConfig, pretrained: str | None = None) -> 
         proc = Qwen2VLImageProcessorPil.from_pretrained(pretrained)
         proc.size = size
         return proc
-    # Qwen3-VL normalises with mean/std 0.5, Qwen2.5-VL with CLIP statistics (as their released processors do).
+    # Qwen3-VL normalises with mean/std 0.5, Qwen2.5-VL with CLIP statistics (as released).
     mean, std = ([0.5] * 3, [0.5] * 3) if cfg.family == "qwen3_vl" else (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
     return Qwen2VLImageProcessorPil(
-        size=size, patch_size=cfg.patch_size, merge_size=cfg.spatial_merge_size, temporal_patch_size=2,
-        image_mean=list(mean), image_std=list(std),
+        size=size,
+        patch_size=cfg.patch_size,
+        merge_size=cfg.spatial_merge_size,
+        temporal_patch_size=2,
+        image_mean=list(mean),
+        image_std=list(std),
     )
 
 
@@ -80,8 +85,9 @@ class GemProcessor:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tid("<|endoftext|>")
         self.merge_size = image_processor.merge_size
         self._newline = self._text_ids("\n")
-        self._headers = {role: [self.im_start_id] + self._text_ids(f"{role}\n") for role in ("system", "user",
-                                                                                                "assistant")}
+        self._headers = {
+            role: [self.im_start_id] + self._text_ids(f"{role}\n") for role in ("system", "user", "assistant")
+        }
 
     # ----- text -----
     def _text_ids(self, text: str) -> list[int]:
@@ -91,7 +97,12 @@ class GemProcessor:
         pieces = text.split(IMAGE_PLACEHOLDER)
         ids = self._text_ids(pieces[0])
         for n, piece in zip(tokens_per_image, pieces[1:]):
-            ids += [self.vision_start_id] + [self.image_pad_id] * n + [self.vision_end_id] + self._text_ids(piece)
+            ids += (
+                [self.vision_start_id]
+                + [self.image_pad_id] * n
+                + [self.vision_end_id]
+                + self._text_ids(piece)
+            )
         return ids
 
     def _rounds(self, conversations: list[dict], tokens_per_image: list[int]) -> list[_Round]:
@@ -99,12 +110,18 @@ class GemProcessor:
         for turn in conversations:
             role = ROLES.get(turn["from"])
             if role is None:
-                raise ValueError(f"unknown conversation role {turn['from']!r}; expected one of {sorted(ROLES)}")
+                raise ValueError(
+                    f"unknown conversation role {turn['from']!r}; expected one of {sorted(ROLES)}"
+                )
             text = turn["value"]
             if role == "assistant":
                 answer = self._text_ids(text) + [self.im_end_id]
                 ids += self._headers["assistant"] + answer + self._newline
-                labels += [IGNORE_INDEX] * len(self._headers["assistant"]) + answer + [IGNORE_INDEX] * len(self._newline)
+                labels += (
+                    [IGNORE_INDEX] * len(self._headers["assistant"])
+                    + answer
+                    + [IGNORE_INDEX] * len(self._newline)
+                )
                 rounds.append(_Round(ids, labels, used))
                 ids, labels, used = [], [], 0
                 continue
@@ -123,19 +140,29 @@ class GemProcessor:
 
     # ----- one sample -----
     def _encode(self, sample: dict) -> dict:
-        images = [im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)) for im in sample.get("images") or []]
+        images = [
+            im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im))
+            for im in sample.get("images") or []
+        ]
         images = [im.convert("RGB") for im in images]
-        depths = list(sample.get("depths") or [None] * len(images))
+        depths = sample.get("depths")
+        depths = [None] * len(images) if depths is None else list(depths)
         if len(depths) != len(images):
             raise ValueError(f"{len(depths)} depth maps for {len(images)} images")
         conversations = [dict(t) for t in sample["conversations"]]
-        n_placeholders = sum(t["value"].count(IMAGE_PLACEHOLDER) for t in conversations if ROLES.get(t["from"]) == "user")
-        if n_placeholders == 0 and images:  # LLaVA data without placeholders: images go first in the first user turn
+        n_placeholders = sum(
+            t["value"].count(IMAGE_PLACEHOLDER) for t in conversations if ROLES.get(t["from"]) == "user"
+        )
+        if (
+            n_placeholders == 0 and images
+        ):  # LLaVA data without placeholders: images go first in the first user turn
             first_user = next(t for t in conversations if ROLES.get(t["from"]) == "user")
             first_user["value"] = (IMAGE_PLACEHOLDER + "\n") * len(images) + first_user["value"]
             n_placeholders = len(images)
         if n_placeholders != len(images):
-            raise ValueError(f"{n_placeholders} {IMAGE_PLACEHOLDER} placeholders in user turns but {len(images)} images")
+            raise ValueError(
+                f"{n_placeholders} {IMAGE_PLACEHOLDER} placeholders in user turns but {len(images)} images"
+            )
 
         pixels, grids = [], []
         for im in images:
@@ -150,9 +177,10 @@ class GemProcessor:
             rounds.pop()
         total = sum(len(r.ids) for r in rounds)
         if total > self.max_length:
+            n_image_tokens = sum(tokens_per_image[: rounds[0].num_images])
             raise ValueError(
-                f"the first round of a sample needs {total} tokens ({sum(tokens_per_image[: rounds[0].num_images])} "
-                f"of them image tokens) but max_length is {self.max_length}; raise max_length or lower max_pixels"
+                f"the first round of a sample needs {total} tokens ({n_image_tokens} of them image tokens) "
+                f"but max_length is {self.max_length}; raise max_length or lower max_pixels"
             )
         n_keep = sum(r.num_images for r in rounds)
         depth_targets = []
@@ -161,8 +189,8 @@ class GemProcessor:
                 depth = np.asarray(depth)
                 if depth.shape[:2] != (im.height, im.width):
                     raise ValueError(
-                        f"depth map size {depth.shape[0]}x{depth.shape[1]} (HxW) does not match its image size "
-                        f"{im.height}x{im.width} (HxW)"
+                        f"depth map size {depth.shape[0]}x{depth.shape[1]} (HxW) does not match its "
+                        f"image size {im.height}x{im.width} (HxW)"
                     )
                 depth = encode_depth(depth, self.depth_long_side, self.depth_multiple_of)
             depth_targets.append(depth)
@@ -171,8 +199,10 @@ class GemProcessor:
             "labels": [i for r in rounds for i in r.labels],
             "pixels": pixels[:n_keep],
             "grids": grids[:n_keep],
-            "sizes": [depth_target_size(im.height, im.width, self.depth_long_side, self.depth_multiple_of)
-                      for im in images[:n_keep]],
+            "sizes": [
+                depth_target_size(im.height, im.width, self.depth_long_side, self.depth_multiple_of)
+                for im in images[:n_keep]
+            ],
             "depths": depth_targets,
         }
 
@@ -197,15 +227,21 @@ class GemProcessor:
             "labels": labels,
             # M-RoPE needs to know which tokens are image tokens (1) vs text (0); both Qwen families read it.
             "mm_token_type_ids": (input_ids == self.image_pad_id).int(),
-            "image_sample_index": torch.tensor([b for b, e in enumerate(enc) for _ in e["grids"]], dtype=torch.long),
-            "depth_sizes": torch.tensor([s for e in enc for s in e["sizes"]], dtype=torch.long).reshape(-1, 2),
+            "image_sample_index": torch.tensor(
+                [b for b, e in enumerate(enc) for _ in e["grids"]], dtype=torch.long
+            ),
+            "depth_sizes": torch.tensor([s for e in enc for s in e["sizes"]], dtype=torch.long).reshape(
+                -1, 2
+            ),
         }
         pixels = [p for e in enc for p in e["pixels"]]
         if pixels:
             batch["pixel_values"] = torch.from_numpy(np.concatenate(pixels)).float()
             batch["image_grid_thw"] = torch.from_numpy(np.stack([g for e in enc for g in e["grids"]])).long()
         depths = [d for e in enc for d in e["depths"]]
-        batch["depth_image_index"] = torch.tensor([i for i, d in enumerate(depths) if d is not None], dtype=torch.long)
+        batch["depth_image_index"] = torch.tensor(
+            [i for i, d in enumerate(depths) if d is not None], dtype=torch.long
+        )
         batch["depth_pixel_values"] = [d for d in depths if d is not None]
         return batch
 
@@ -217,14 +253,18 @@ class GemProcessor:
         os.makedirs(directory, exist_ok=True)
         self.tokenizer.save_pretrained(directory)
         self.image_processor.save_pretrained(directory)
-        settings = {"max_length": self.max_length, "depth_long_side": self.depth_long_side,
-                    "depth_multiple_of": self.depth_multiple_of, "padding_side": self.padding_side}
+        settings = {
+            "max_length": self.max_length,
+            "depth_long_side": self.depth_long_side,
+            "depth_multiple_of": self.depth_multiple_of,
+            "padding_side": self.padding_side,
+        }
         with open(os.path.join(directory, SETTINGS_FILE), "w") as f:
             json.dump(settings, f, indent=2)
 
     @classmethod
     def from_pretrained(cls, directory: str, **overrides) -> "GemProcessor":
-        """Tokenizer + image processor from `directory`; settings from its gem_processor.json unless overridden."""
+        """Tokenizer + image processor from `directory`; settings from gem_processor.json or overrides."""
         settings = {}
         path = os.path.join(directory, SETTINGS_FILE)
         if os.path.exists(path):

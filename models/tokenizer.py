@@ -1,8 +1,8 @@
-"""Tokenizers: Qwen's own (pretrained) or a tiny byte-level BPE trained offline on a corpus (random-init models).
+"""Tokenizers: Qwen's own (pretrained) or a tiny byte-level BPE trained offline on a corpus (random init).
 
-The tiny tokenizer uses Qwen2's normaliser (NFC), pre-tokeniser regex and byte-level alphabet, so any text encodes
-without unknown tokens, and it is wrapped in transformers' `Qwen2Tokenizer` so everything downstream (chat layout,
-save_pretrained/from_pretrained, AutoTokenizer) treats it exactly like the real one.
+The tiny tokenizer uses Qwen2's normaliser (NFC), pre-tokeniser regex and byte-level alphabet, so any text
+encodes without unknown tokens, and it is wrapped in transformers' `Qwen2Tokenizer` so everything downstream
+(chat layout, save_pretrained/from_pretrained, AutoTokenizer) treats it exactly like the real one.
 """
 
 import json
@@ -39,7 +39,7 @@ DEFAULT_CORPUS = [
 
 
 def train_tiny_tokenizer(corpus: Iterable[str] | None, vocab_size: int) -> Qwen2Tokenizer:
-    """Byte-level BPE with Qwen's special tokens at ids 0..6; deterministic for a given corpus (same order)."""
+    """Byte-level BPE with Qwen's special tokens at ids 0..6; deterministic for a given corpus and order."""
     texts = list(corpus) if corpus is not None else list(DEFAULT_CORPUS)
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.NFC()
@@ -73,7 +73,9 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     """A saved tiny tokenizer or a real Qwen-VL tokenizer (local dir or hub id)."""
     tok = AutoTokenizer.from_pretrained(path)
     # <|endoftext|> doubles as unk in Qwen2Tokenizer, so only the chat/vision tokens are checked.
-    missing = [t for t in QWEN_SPECIAL_TOKENS[1:6] if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
+    missing = [
+        t for t in QWEN_SPECIAL_TOKENS[1:6] if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)
+    ]
     if missing:
         raise ValueError(f"tokenizer at {path} lacks Qwen special tokens {missing}")
     return tok

@@ -28,6 +28,8 @@ def build_accelerator(runtime: RuntimeConfig):
     if runtime.device == "cuda" and not torch.cuda.is_available():
         raise InputError("runtime.device=cuda but no CUDA device is visible: use -o runtime.device=auto")
     on_cuda = runtime.device != "cpu" and torch.cuda.is_available()
+    if runtime.cpu_threads:
+        torch.set_num_threads(runtime.cpu_threads)
     kwargs: dict = {"cpu": not on_cuda, "mixed_precision": resolve_mixed_precision(runtime, on_cuda)}
     # A sharding strategy only means something with several processes; one process trains plainly.
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -76,6 +76,8 @@ class RuntimeConfig:
     gradient_checkpointing: bool = False
     # DataLoader worker processes (0 = load in the training process).
     num_workers: int = field(default=0, metadata={"min": 0})
+    # torch intra-op CPU threads (0 = torch's default). Tiny models run fastest on 1: more threads spin on small ops.
+    cpu_threads: int = field(default=0, metadata={"min": 0})
 
 
 @dataclass

@@ -90,6 +90,8 @@ def train_stage(stage: str, *, model_cfg: GemModelConfig, stage_cfg: TrainStageC
                 progress: Callable | None = None) -> dict:
     """Run one training stage; write <out_dir>/model and <out_dir>/summary.json atomically. Returns the summary."""
     model = load_model(stage, model_cfg, stage_cfg, seed, data_dir, init_dir)
+    if runtime.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
     samples = stage_samples(stage, model, model_cfg, data_dir)
     if progress is None:
         from .progress import RichProgress

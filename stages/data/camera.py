@@ -5,6 +5,7 @@ z-depth (distance along the optical axis), which is what depth maps store.
 """
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -24,6 +25,13 @@ class Camera:
     @property
     def cy(self) -> float:
         return self.height / 2.0
+
+    @cached_property
+    def rays(self) -> np.ndarray:
+        """ray_directions(), computed once per camera (episode cameras render every step)."""
+        rays = self.ray_directions()
+        rays.flags.writeable = False
+        return rays
 
     def ray_directions(self) -> np.ndarray:
         """(H*W, 3) world directions through pixel centres, row-major; camera-space forward component is 1."""

@@ -11,10 +11,14 @@ CAMERA_NAMES = ("front", "top", "side")
 
 @dataclass
 class AnnotationSet:
-    name: str = "gem"  # set name; a "%NN" suffix keeps NN percent of its samples, chosen by seed ("gem%50")
+    name: str = "gem"  # set name; a "%NN" suffix keeps NN% of its samples, chosen by seed ("gem%50")
     annotations: str = ""  # JSONL file, one LLaVA/Qwen-style sample per line
-    data_path: str = ""  # image root: the samples' image paths are relative to it
-    depth_root: str = ""  # depth of image p is <depth_root>/depth/<basename of p> (16-bit PNG, mm); "" = no depth
+    data_path: str = ""  # image root the sample paths are relative to; "" = the JSONL file's folder
+    depth_root: str = ""  # depth of image p: <depth_root>/depth/<basename of p> (16-bit mm PNG); "" = none
+
+
+SIZE = {"min": 32, "max": 1024, "multiple_of": 32}  # image sides: the depth VAE downsamples by 32
+COUNT = {"min": 0, "max": 1_000_000}
 
 
 @dataclass
@@ -23,21 +27,22 @@ class DataConfig:
     seed: int = 0  # every random choice: same seed -> byte-identical synth files and the same %-sampling
 
     # --- gem-synth (source: synth) ---
-    num_scenes: int = field(default=50, metadata={"min": 0, "max": 1_000_000})  # tabletop scenes that get questions
-    image_height: int = field(default=64, metadata={"min": 32, "max": 1024, "multiple_of": 32})  # pixels
-    image_width: int = field(default=64, metadata={"min": 32, "max": 1024, "multiple_of": 32})  # pixels
-    questions_per_scene: int = field(default=4, metadata={"min": 1, "max": 9})  # distinct question kinds per scene
-    two_view_fraction: float = field(default=0.15, metadata={"min": 0.0, "max": 1.0})  # scenes also seen from a 2nd view (two-image questions)
-    objects_min: int = field(default=3, metadata={"min": 2, "max": 8})  # fewest objects on a scene's table
-    objects_max: int = field(default=5, metadata={"min": 2, "max": 8})  # most objects on a scene's table
-    num_episodes: int = field(default=8, metadata={"min": 0, "max": 1_000_000})  # scripted pick-and-place episodes
-    episode_max_steps: int = field(default=40, metadata={"min": 10, "max": 1000})  # step cap; the expert needs about 25-35
-    cameras: list[str] = field(default_factory=lambda: ["front", "top"])  # episode cameras, from front/top/side
+    num_scenes: int = field(default=50, metadata=COUNT)  # tabletop scenes that get questions
+    image_height: int = field(default=64, metadata=SIZE)  # pixels, scenes and episodes alike
+    image_width: int = field(default=64, metadata=SIZE)  # pixels
+    questions_per_scene: int = field(default=4, metadata={"min": 1, "max": 9})  # distinct kinds per scene
+    two_view_fraction: float = field(default=0.15, metadata={"min": 0.0, "max": 1.0})  # scenes with 2 images
+    objects_min: int = field(default=3, metadata={"min": 2, "max": 8})  # fewest objects on a table
+    objects_max: int = field(default=5, metadata={"min": 2, "max": 8})  # most objects on a table
+    num_episodes: int = field(default=8, metadata=COUNT)  # scripted pick-and-place episodes
+    episode_max_steps: int = field(default=40, metadata={"min": 10, "max": 1000})  # the expert needs 15-30
+    cameras: list[str] = field(default_factory=lambda: ["front", "top"])  # episode cameras: front/top/side
 
     # --- user files (source: files) ---
-    files: list[AnnotationSet] = field(default_factory=list)  # annotation sets, each with its image and depth roots
-    episodes_dir: str = ""  # directory of episode_*.hdf5 files (reference layout); "" = no episodes
-    check_images: Literal["header", "decode"] = "header"  # "header": read sizes only (fast); "decode": also decode pixels (finds truncated files)
+    files: list[AnnotationSet] = field(default_factory=list)  # annotation sets with image and depth roots
+    episodes_dir: str = ""  # folder searched recursively for *.hdf5 episodes; "" = no episodes
+    # "header" reads image sizes only (fast); "decode" also decodes every pixel (finds truncated files)
+    check_images: Literal["header", "decode"] = "header"  # how hard prepare checks each image
 
 
 def check_config(cfg: DataConfig) -> None:
@@ -53,11 +58,15 @@ def check_config(cfg: DataConfig) -> None:
             raise InputError(f"data.cameras is empty: list one or two of {', '.join(CAMERA_NAMES)}")
         for name in cfg.cameras:
             if name not in CAMERA_NAMES:
-                raise InputError(f"data.cameras has unknown camera '{name}': use one of {', '.join(CAMERA_NAMES)}")
+                raise InputError(
+                    f"data.cameras has unknown camera '{name}': use one of {', '.join(CAMERA_NAMES)}"
+                )
         if len(set(cfg.cameras)) != len(cfg.cameras):
             raise InputError(f"data.cameras lists a camera twice ({cfg.cameras}): list each camera once")
         if cfg.num_scenes == 0 and cfg.num_episodes == 0:
-            raise InputError("data.num_scenes and data.num_episodes are both 0: set at least one of them above 0")
+            raise InputError(
+                "data.num_scenes and data.num_episodes are both 0: set at least one of them above 0"
+            )
     if cfg.source == "files" and not cfg.files and not cfg.episodes_dir:
         raise InputError(
             "data.source is 'files' but data.files is empty and data.episodes_dir is unset: "
@@ -80,4 +89,6 @@ def _check_ranges(obj, prefix: str) -> None:
             if lo is not None and value < lo or hi is not None and value > hi:
                 raise InputError(f"{key} is {value}, outside [{lo}, {hi}]: set a value in that range")
             if step and value % step:
-                raise InputError(f"{key} is {value}, not a multiple of {step}: use e.g. {max(step, value // step * step)}")
+                raise InputError(
+                    f"{key} is {value}, not a multiple of {step}: use e.g. {max(step, value // step * step)}"
+                )

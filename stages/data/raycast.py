@@ -12,6 +12,33 @@ import numpy as np
 T_MIN = 1e-7  # hits closer than this are the ray's own surface (shadow rays start on a surface)
 
 
+def hit_culled(prim, origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """prim.hit, evaluated only on rays that pass through the primitive's bounding sphere.
+
+    Most rays miss a small object; the sphere test costs a few operations per ray where the exact tests cost
+    dozens. `hit` is elementwise, so the result is bit-identical to prim.hit(origins, dirs).
+    """
+    if not hasattr(prim, "bounds"):  # planes: already cheap
+        return prim.hit(origins, dirs)
+    center, radius = prim.bounds()
+    radius = radius * (1 + 1e-6) + 1e-9  # conservative against rounding
+    oc = center - origins
+    if oc.ndim == 1:
+        along = dirs @ oc
+        oc2 = oc @ oc
+    else:
+        along = np.einsum("ij,ij->i", dirs, oc)
+        oc2 = np.einsum("ij,ij->i", oc, oc)
+    dd = np.einsum("ij,ij->i", dirs, dirs)
+    # squared distance from the centre to the ray's line, and the sphere not entirely behind the origin
+    near = (oc2 * dd - along * along <= radius * radius * dd) & (along > -radius * np.sqrt(dd))
+    t = np.full(len(dirs), np.inf)
+    index = np.flatnonzero(near)
+    if index.size:
+        t[index] = prim.hit(origins if origins.ndim == 1 else origins[index], dirs[index])
+    return t
+
+
 def _nearest_positive(*candidates: np.ndarray) -> np.ndarray:
     t = np.stack(candidates)
     t = np.where(t > T_MIN, t, np.inf)
@@ -36,6 +63,9 @@ class Sphere:
 
     def normal(self, points):
         return (points - np.asarray(self.center)) / self.radius
+
+    def bounds(self) -> tuple[np.ndarray, float]:
+        return np.asarray(self.center), self.radius
 
 
 @dataclass(frozen=True)
@@ -68,6 +98,9 @@ class Box:
         c, s = np.cos(self.yaw), np.sin(self.yaw)
         x, y = n_local[:, 0], n_local[:, 1]
         return np.stack([c * x - s * y, s * x + c * y, n_local[:, 2]], axis=-1)
+
+    def bounds(self) -> tuple[np.ndarray, float]:
+        return np.asarray(self.center), float(np.linalg.norm(self.half))
 
 
 @dataclass(frozen=True)
@@ -109,6 +142,10 @@ class Cylinder:
         on_top = (np.abs(p[:, 2] - self.height) < tol) & (radial < self.radius - tol)
         on_bottom = (np.abs(p[:, 2]) < tol) & (radial < self.radius - tol)
         return np.where(on_top[:, None], top, np.where(on_bottom[:, None], bottom, side))
+
+    def bounds(self) -> tuple[np.ndarray, float]:
+        center = np.asarray(self.base) + [0.0, 0.0, self.height / 2]
+        return center, float(np.hypot(self.radius, self.height / 2))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Answer formats (tests and evaluations parse them):
   box          "[x1, y1, x2, y2]"  pixel-edge coordinates, x2/y2 one past the last visible pixel
   point        "(x, y)"            column, row of a visible pixel of the object
   closer       "The <name>."
-  left_right   "Left." | "Right."  where the first-named object is, relative to the second, in the image
+  left_right   "Left." | "Right."  where the first-named object's visible centroid is, relative to the second's
   count        "<n>"
   depth_order  "<name>, <name>, <name>"  nearest to farthest (mean depth of visible pixels)
   two_view     "The first image." | "The second image."
@@ -16,12 +16,13 @@ Answer formats (tests and evaluations parse them):
   next_step    one step, as in plan
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from itertools import pairwise
 
 import numpy as np
 
-from .synth_scene import PICKABLE, SHAPES, COLOURS, ObjectView, SceneObject
+from .synth_scene import COLOURS, PICKABLE, SHAPES, ObjectView, SceneObject
 
 DEPTH_MARGIN_M = 0.03  # two depths closer than this are too close to call
 COLUMN_MARGIN = 0.06  # fraction of the image width separating "left" from "right"
@@ -77,7 +78,7 @@ def ask_point(rng, facts: SceneFacts) -> Question | None:
 
 def _depth_separated(facts: SceneFacts, indices: list[int], view: int = 0) -> bool:
     depths = sorted(facts.views[view][i].mean_depth for i in indices)
-    return all(b - a >= DEPTH_MARGIN_M for a, b in zip(depths, depths[1:]))
+    return all(b - a >= DEPTH_MARGIN_M for a, b in pairwise(depths))
 
 
 def ask_closer(rng, facts: SceneFacts) -> Question | None:
@@ -96,12 +97,14 @@ def ask_closer(rng, facts: SceneFacts) -> Question | None:
 def ask_left_right(rng, facts: SceneFacts) -> Question | None:
     visible = facts.visible()
     margin = COLUMN_MARGIN * facts.width
-    column = {i: facts.views[0][i].point[0] for i in visible}
+    column = {i: facts.views[0][i].centroid[0] for i in visible}
     pairs = [(a, b) for a in visible for b in visible if a != b and abs(column[a] - column[b]) >= margin]
     if not pairs:
         return None
     a, b = pairs[rng.integers(len(pairs))]
-    prompt = f"In the image, is {_the(facts.objects[a])} to the left or to the right of {_the(facts.objects[b])}?"
+    prompt = (
+        f"In the image, is {_the(facts.objects[a])} to the left or to the right of {_the(facts.objects[b])}?"
+    )
     return "spatial", prompt, "Left." if column[a] < column[b] else "Right.", 1
 
 
@@ -138,7 +141,9 @@ def ask_depth_order(rng, facts: SceneFacts) -> Question | None:
     chosen = _pick(rng, chosen, 3)
     names = [facts.objects[i].name for i in chosen]
     order = sorted(chosen, key=lambda i: facts.views[0][i].mean_depth)
-    prompt = f"Order the {names[0]}, the {names[1]} and the {names[2]} from nearest to farthest from the camera."
+    prompt = (
+        f"Order the {names[0]}, the {names[1]} and the {names[2]} from nearest to farthest from the camera."
+    )
     return "spatial", prompt, ", ".join(facts.objects[i].name for i in order), 1
 
 
@@ -219,7 +224,11 @@ QUESTION_KINDS: dict[str, Callable] = {
 def scene_questions(rng: np.random.Generator, facts: SceneFacts, count: int) -> list[tuple[str, Question]]:
     """Up to `count` questions of distinct kinds; a scene with a second view asks its two-image question first."""
     kinds = [k for k in QUESTION_KINDS if k != "two_view"]
-    order = ["two_view"] + _pick(rng, kinds, len(kinds)) if len(facts.views) > 1 else _pick(rng, kinds, len(kinds))
+    order = (
+        ["two_view"] + _pick(rng, kinds, len(kinds))
+        if len(facts.views) > 1
+        else _pick(rng, kinds, len(kinds))
+    )
     questions = []
     for kind in order:
         if len(questions) == count:

@@ -6,13 +6,13 @@ store it) and, per pixel, which surface was hit. Object statistics (box, point, 
 the id buffer, so questions asked about a render are answerable from that render alone.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import numpy as np
 
 from .camera import Camera, look_at
-from .raycast import Box, Cylinder, HorizontalRect, Sphere
+from .raycast import Box, Cylinder, HorizontalRect, Sphere, hit_culled
 
 # Id-buffer codes: objects are their index (>= 0) in the scene's object list; everything else is negative.
 ID_TABLE, ID_FLOOR, ID_NOTHING, ID_GRIPPER = -1, -2, -3, -4
@@ -94,8 +94,9 @@ class Render:
 @dataclass(frozen=True)
 class ObjectView:
     pixels: int  # visible pixel count (0 = hidden or out of view)
-    box: tuple[int, int, int, int] | None  # [x1, y1, x2, y2]: pixel-edge coordinates, x2/y2 one past the last pixel
-    point: tuple[int, int] | None  # (x, y) column/row of the visible pixel nearest the visible centroid
+    box: tuple[int, int, int, int] | None  # [x1, y1, x2, y2] pixel edges: x2, y2 one past the last pixel
+    point: tuple[int, int] | None  # (x, y) column, row of the visible pixel nearest the centroid
+    centroid: tuple[float, float] | None  # (x, y) mean of the visible pixels' centres, pixel-edge coords
     mean_depth: float  # mean z-depth of the visible pixels (metres); nan when hidden
 
 
@@ -143,7 +144,9 @@ def sample_objects(
     return placed
 
 
-def scene_camera(rng: np.random.Generator, width: int, height: int, azimuth_deg: float | None = None) -> Camera:
+def scene_camera(
+    rng: np.random.Generator, width: int, height: int, azimuth_deg: float | None = None
+) -> Camera:
     """A viewer in front of the table (the -y side) looking down at it from a random distance, height and angle."""
     azimuth = np.radians(rng.uniform(-35, 35) if azimuth_deg is None else azimuth_deg)
     elevation = np.radians(rng.uniform(40, 70))
@@ -174,12 +177,12 @@ def render(
     surfaces += [(i, o.primitive(), COLOURS[o.colour]) for i, o in enumerate(objects)]
     surfaces += [(ID_GRIPPER, prim, rgb) for prim, rgb in extra]
 
-    origin, dirs = camera.position, camera.ray_directions()
+    origin, dirs = camera.position, camera.rays
     n = len(dirs)
     best = np.full(n, np.inf)
     which = np.full(n, -1)  # index into `surfaces`
     for k, (_, prim, _) in enumerate(surfaces):
-        t = prim.hit(origin, dirs)
+        t = hit_culled(prim, origin, dirs)
         closer = t < best
         best[closer], which[closer] = t[closer], k
     hit = best <= MAX_DEPTH_M
@@ -197,9 +200,13 @@ def render(
         normals[mask] = prim.normal(points[mask])
         p = points[mask]
         if sid == ID_TABLE:  # light wood with 5 cm tiles: texture gives the image perspective cues
-            albedo[mask] = np.array([0.62, 0.45, 0.28]) * (0.92 + 0.08 * _checker(p[:, 0], p[:, 1], 0.05))[:, None]
+            albedo[mask] = (
+                np.array([0.62, 0.45, 0.28]) * (0.92 + 0.08 * _checker(p[:, 0], p[:, 1], 0.05))[:, None]
+            )
         elif sid == ID_FLOOR:
-            albedo[mask] = np.array([0.45, 0.45, 0.47]) * (0.85 + 0.15 * _checker(p[:, 0], p[:, 1], 0.25))[:, None]
+            albedo[mask] = (
+                np.array([0.45, 0.45, 0.47]) * (0.85 + 0.15 * _checker(p[:, 0], p[:, 1], 0.25))[:, None]
+            )
         else:
             albedo[mask] = rgb
 
@@ -215,7 +222,7 @@ def render(
         for sid, prim, _ in surfaces:
             if sid == ID_FLOOR:  # the table can shade the floor, but nothing lies under the floor
                 continue
-            blocked = np.isfinite(prim.hit(start, to_light))
+            blocked = np.isfinite(hit_culled(prim, start, to_light))
             lit[lit_idx[blocked]] = False
     shade = 0.35 + 0.65 * lambert * lit
     colour = albedo * shade[:, None]
@@ -235,13 +242,14 @@ def object_views(result: Render, num_objects: int) -> list[ObjectView]:
     for index in range(num_objects):
         rows, cols = np.nonzero(result.ids == index)
         if rows.size == 0:
-            views.append(ObjectView(0, None, None, float("nan")))
+            views.append(ObjectView(0, None, None, None, float("nan")))
             continue
         cy, cx = rows.mean() + 0.5, cols.mean() + 0.5
         nearest = int(np.argmin((rows + 0.5 - cy) ** 2 + (cols + 0.5 - cx) ** 2))
         box = (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
         mean_depth = float(result.depth[rows, cols].astype(np.float64).mean())
-        views.append(ObjectView(int(rows.size), box, (int(cols[nearest]), int(rows[nearest])), mean_depth))
+        point = (int(cols[nearest]), int(rows[nearest]))
+        views.append(ObjectView(int(rows.size), box, point, (float(cx), float(cy)), mean_depth))
     return views
 
 

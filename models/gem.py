@@ -1,0 +1,315 @@
+"""GemModel: Qwen-VL backbone + connector + SANA depth generator (+ action expert), and the GEM losses.
+
+L = w_lm * L_CE + w_depth * L_depth + w_action * L_action (stage 3: 1 / 0.1 / 0, stage 4: 0 / 0.1 / 1).
+The depth condition is each image's last-layer visual-token states, through the connector, into the DiT's
+cross-attention. Which parts train is decided outside, through `module_groups()` and requires_grad.
+"""
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .action_autoregressive import AutoregressiveActionExpert
+from .action_flow import FlowActionExpert
+from .backbone import backbone_module_groups, build_backbone, load_backbone, vision_token_ids
+from .conditioning import gather_image_tokens
+from .config import ActionExpertConfig, GemModelConfig
+from .connector import Connector
+from .depth_generator import DepthGenerator
+from .processor import IGNORE_INDEX, GemProcessor, make_image_processor
+from .tokenizer import load_tokenizer, train_tiny_tokenizer
+
+LOSS_PARTS = ("lm", "depth", "action")
+
+
+def build_action_expert(cfg: ActionExpertConfig, vlm_hidden: int, num_hidden_states: int) -> nn.Module | None:
+    if cfg.kind == "flow":
+        return FlowActionExpert(cfg, vlm_hidden, num_hidden_states)
+    if cfg.kind == "autoregressive":
+        return AutoregressiveActionExpert(cfg, vlm_hidden)
+    return None
+
+
+def _seeded(seed: int, fn):
+    """Build a module under its own seed without disturbing the caller's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return fn()
+
+
+class GemModel(nn.Module):
+    def __init__(
+        self,
+        cfg: GemModelConfig,
+        backbone: nn.Module,
+        processor: GemProcessor,
+        connector: Connector,
+        depth_generator: DepthGenerator,
+        action_expert: nn.Module | None,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.processor = processor  # plain object, not a module
+        self.connector = connector
+        self.depth_generator = depth_generator
+        self.action_expert = action_expert
+        self.token_ids = vision_token_ids(backbone)
+        mine = {
+            "vision_start": processor.vision_start_id,
+            "vision_end": processor.vision_end_id,
+            "image_pad": processor.image_pad_id,
+        }
+        if mine != self.token_ids:
+            raise ValueError(
+                f"tokenizer vision token ids {mine} differ from the backbone config's {self.token_ids}"
+            )
+
+    # ----- construction and persistence -----
+    @classmethod
+    def build(cls, cfg: GemModelConfig, corpus: Iterable[str] | None = None, seed: int = 0) -> "GemModel":
+        """Tiny parts random-init (seeded; tokenizer trained on `corpus`), the others from_pretrained."""
+        b = cfg.backbone
+        if b.pretrained is not None:
+            tokenizer = load_tokenizer(b.pretrained)
+        else:
+            tokenizer = train_tiny_tokenizer(corpus, b.vocab_size)
+        processor = GemProcessor(
+            tokenizer,
+            make_image_processor(b, b.pretrained),
+            b.max_length,
+            cfg.depth.image_long_side,
+            cfg.depth.multiple_of,
+        )
+        backbone = build_backbone(b, tokenizer, seed)
+        hidden = backbone.config.text_config.hidden_size
+        n_states = backbone.config.text_config.num_hidden_layers + 1
+        connector = _seeded(seed + 1, lambda: Connector(hidden, cfg.connector))
+        depth = DepthGenerator.build(cfg.depth, cfg.connector.width, seed + 2)
+        action = _seeded(seed + 3, lambda: build_action_expert(cfg.action, hidden, n_states))
+        return cls(cfg, backbone, processor, connector, depth, action)
+
+    def save(self, directory: str) -> None:
+        """Write everything under `directory` (the caller renames a temp dir for atomicity)."""
+        os.makedirs(directory, exist_ok=True)
+        self.backbone.save_pretrained(os.path.join(directory, "backbone"))
+        self.processor.save_pretrained(os.path.join(directory, "backbone"))
+        self.depth_generator.save(os.path.join(directory, "depth_generator"))
+        save_file(self.connector.state_dict(), os.path.join(directory, "connector.safetensors"))
+        if self.action_expert is not None:
+            state = {k: v.contiguous() for k, v in self.action_expert.state_dict().items()}
+            save_file(state, os.path.join(directory, "action_expert.safetensors"))
+            with open(os.path.join(directory, "action_expert.json"), "w") as f:
+                json.dump(dataclasses.asdict(self.cfg.action), f, indent=2)
+        with open(os.path.join(directory, "gem_config.json"), "w") as f:
+            json.dump(dataclasses.asdict(self.cfg), f, indent=2)
+
+    @classmethod
+    def load(cls, directory: str, cfg: GemModelConfig, seed: int = 0) -> "GemModel":
+        """Restore a `save`d model; `cfg` supplies the non-weight settings (processing, sampling, ...).
+
+        A checkpoint without an action expert (a GEM VLM) gets a fresh, `seed`ed one when cfg.action asks for
+        it: that is how GEM-VLA starts from a stage-3 model.
+        """
+
+        def path(*parts: str) -> str:
+            return os.path.join(directory, *parts)
+
+        backbone = load_backbone(path("backbone"), cfg.backbone.family)
+        processor = GemProcessor.from_pretrained(
+            path("backbone"),
+            max_length=cfg.backbone.max_length,
+            depth_long_side=cfg.depth.image_long_side,
+            depth_multiple_of=cfg.depth.multiple_of,
+        )
+        processor.image_processor.size = {
+            "shortest_edge": cfg.backbone.min_pixels,
+            "longest_edge": cfg.backbone.max_pixels,
+        }
+        hidden = backbone.config.text_config.hidden_size
+        connector = Connector(hidden, cfg.connector)
+        connector.load_state_dict(load_file(path("connector.safetensors")))
+        depth = DepthGenerator.load(path("depth_generator"), cfg.depth)
+        n_states = backbone.config.text_config.num_hidden_layers + 1
+        action = _seeded(seed + 3, lambda: build_action_expert(cfg.action, hidden, n_states))
+        if action is not None and os.path.exists(path("action_expert.safetensors")):
+            with open(path("action_expert.json")) as f:
+                saved = json.load(f)
+            arch = (
+                "kind",
+                "action_dim",
+                "state_dim",
+                "chunk_size",
+                "normalization",
+                "hidden_size",
+                "num_layers",
+                "num_heads",
+                "num_kv_heads",
+                "num_registers",
+                "vlm_layers",
+            )
+            diff = {
+                k: (saved.get(k), getattr(cfg.action, k))
+                for k in arch
+                if saved.get(k) != getattr(cfg.action, k)
+            }
+            if diff:
+                raise ValueError(f"saved action expert differs from the config (saved, config): {diff}")
+            action.load_state_dict(load_file(path("action_expert.safetensors")))
+        return cls(cfg, backbone, processor, connector, depth, action)
+
+    def module_groups(self) -> dict[str, nn.Module]:
+        """Disjoint groups covering every trainable parameter (the frozen VAE belongs to none)."""
+        groups = backbone_module_groups(self.backbone)
+        groups["connector"] = self.connector
+        groups["depth_generator"] = self.depth_generator.transformer
+        if self.action_expert is not None:
+            groups["action_expert"] = self.action_expert
+        return groups
+
+    def set_action_statistics(self, stats: dict) -> None:
+        """Normalisation stats {"action": {"mean", "std", "min", "max"}, "state": {...}}, per-dim lists."""
+        if self.action_expert is None:
+            raise ValueError("the model has no action expert (action.kind = none)")
+        self.action_expert.normalizer.set_from_statistics(stats)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.depth_generator.transformer.enable_gradient_checkpointing()
+
+    # ----- pieces -----
+    def backbone_states(self, batch: dict, all_layers: bool = False):
+        """Backbone forward without the LM head -> transformers output (last_hidden_state, hidden_states)."""
+        kwargs = {k: batch[k] for k in ("pixel_values", "image_grid_thw") if k in batch}
+        return self.backbone.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            mm_token_type_ids=batch["mm_token_type_ids"],
+            output_hidden_states=all_layers,
+            use_cache=False,
+            **kwargs,
+        )
+
+    def lm_loss(self, last_hidden: Tensor, labels: Tensor) -> Tensor:
+        """Next-token cross-entropy, mean over answer tokens of the batch; logits only where labels exist."""
+        targets = labels[:, 1:]
+        valid = targets != IGNORE_INDEX
+        logits = self.backbone.lm_head(last_hidden[:, :-1][valid]).float()
+        return F.cross_entropy(logits, targets[valid])
+
+    def depth_conditions(self, last_hidden: Tensor, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Per image: connector(last-layer states between vision start/end) [N, L, W] and mask [N, L]."""
+        cond, mask = gather_image_tokens(
+            last_hidden, input_ids, self.token_ids["vision_start"], self.token_ids["vision_end"]
+        )
+        return self.connector(cond.to(self.connector.fc1.weight.dtype)), mask
+
+    def _zero_loss(self) -> Tensor:
+        # Touches every trainable parameter: DDP ranks whose batch had nothing to learn still all-reduce.
+        params = [p for p in self.parameters() if p.requires_grad]
+        return sum((p.sum() * 0.0 for p in params), torch.zeros((), device=self.connector.fc1.weight.device))
+
+    # ----- training -----
+    def forward(
+        self, batch: dict, weights: dict[str, float], generator: torch.Generator, per_image: bool = False
+    ) -> dict:
+        """-> {"loss": weighted total, "lm"/"depth"/"action": detached floats of the computed parts}; with
+        per_image=True also "depth_per_image": detached per-image depth losses (images with depth, in order).
+
+        Stage-4 batches add "state" [B, state_dim], "actions" [B, chunk, action_dim] (raw units) and
+        optionally "action_mask" [B, chunk] (False = padding past the episode's end, not in the loss).
+
+        Only parts with weight > 0 are computed. A part with nothing to learn from (no answer tokens, no
+        depth targets) is skipped; if nothing is left, "loss" is a zero reaching every trainable parameter.
+        """
+        unknown = set(weights) - set(LOSS_PARTS)
+        if unknown:
+            raise ValueError(f"unknown loss weights {sorted(unknown)}; expected {LOSS_PARTS}")
+        w = {k: float(weights.get(k, 0.0)) for k in LOSS_PARTS}
+        if not any(v > 0 for v in w.values()):
+            raise ValueError(f"no loss has a positive weight: {weights}")
+        if w["action"] > 0 and self.action_expert is None:
+            raise ValueError("action loss requested but the model has no action expert (action.kind = none)")
+
+        all_layers = w["action"] > 0 and isinstance(self.action_expert, FlowActionExpert)
+        out = self.backbone_states(batch, all_layers=all_layers)
+        last = out.last_hidden_state
+        result, total = {}, None
+
+        def add(name: str, value: Tensor) -> None:
+            nonlocal total
+            result[name] = float(value.detach())
+            total = w[name] * value if total is None else total + w[name] * value
+
+        if w["lm"] > 0 and bool((batch["labels"][:, 1:] != IGNORE_INDEX).any()):  # prompt-only batches: skip
+            add("lm", self.lm_loss(last, batch["labels"]))
+        if w["depth"] > 0 and len(batch.get("depth_pixel_values", [])) > 0:
+            cond, mask = self.depth_conditions(last, batch["input_ids"])
+            index = batch["depth_image_index"]
+            mean, losses = self.depth_generator.loss(
+                batch["depth_pixel_values"], cond[index], mask[index], generator
+            )
+            add("depth", mean)
+            if per_image:
+                result["depth_per_image"] = losses.detach()
+        if w["action"] > 0:
+            states = out.hidden_states if all_layers else (last,)
+            expert = self.action_expert
+            mask = batch["attention_mask"]
+            loss = expert.loss(
+                states, mask, batch["state"], batch["actions"], generator, batch.get("action_mask")
+            )
+            add("action", loss)
+        result["loss"] = total if total is not None else self._zero_loss()
+        return result
+
+    # ----- inference -----
+    @torch.no_grad()
+    def sample_depth(
+        self,
+        batch: dict,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list[Tensor]:
+        """A depth image [3, h, w] in [0, 1] per image of the batch (sizes from batch["depth_sizes"])."""
+        last = self.backbone_states(batch).last_hidden_state
+        cond, mask = self.depth_conditions(last, batch["input_ids"])
+        sizes = [tuple(s) for s in batch["depth_sizes"].tolist()]
+        return self.depth_generator.sample(cond, mask, sizes, steps, guidance_scale, generator)
+
+    @torch.no_grad()
+    def predict_actions(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:
+        """Raw (unnormalised) action chunk [B, chunk, action_dim] from a prompt batch with batch["state"]."""
+        if self.action_expert is None:
+            raise ValueError("the model has no action expert (action.kind = none)")
+        all_layers = isinstance(self.action_expert, FlowActionExpert)
+        out = self.backbone_states(batch, all_layers=all_layers)
+        states = out.hidden_states if all_layers else (out.last_hidden_state,)
+        return self.action_expert.predict(states, batch["attention_mask"], batch["state"], generator)
+
+    @torch.no_grad()
+    def generate(self, batch: dict, max_new_tokens: int = 64) -> list[str]:
+        """Greedy answers for a LEFT-padded prompt batch (processor(samples, padding_side="left"))."""
+        if bool((batch["attention_mask"][:, -1] == 0).any()):
+            raise ValueError("generate needs a left-padded batch: processor(samples, padding_side='left')")
+        kwargs = {
+            k: batch[k]
+            for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+            if k in batch
+        }
+        out = self.backbone.generate(
+            **kwargs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.processor.im_end_id,
+            pad_token_id=self.processor.pad_id,
+        )
+        new = out[:, batch["input_ids"].shape[1] :]
+        return [self.processor.decode(row, skip_special_tokens=True) for row in new]

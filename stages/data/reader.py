@@ -1,0 +1,247 @@
+"""Read a prepared dataset (synth or files) through its dataset.json: QA samples, action windows, statistics, text.
+
+Readers hold no open files across pickling and reopen HDF5 files after a fork, so they work inside DataLoader
+workers. Problems found only at read time (an image deleted or corrupted since prepare) raise InputError too.
+"""
+
+import bisect
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import InputError
+from .depth_png import load_depth_m
+from .manifest import load_manifest, md5_file, resolve
+from .sample_format import check_sample, depth_path, expand_video_tag, parse_sample, scan_jsonl
+from .sampling import select_indices
+
+MAX_OPEN_EPISODES = 64  # HDF5 handles kept open per process (file-descriptor limits are ~1024)
+
+
+class GemSamples(Sequence):
+    """QA samples: {"id", "images": [PIL RGB], "depths": [float32 (H, W) metres or None], "conversations", "task"}."""
+
+    def __init__(self, dataset_dir: Path):
+        self.dataset_dir = Path(dataset_dir)
+        manifest = load_manifest(self.dataset_dir)
+        self._sets = []  # (set entry, annotation path, byte offsets of kept lines, their line numbers)
+        for entry in manifest["annotation_sets"]:
+            ann = resolve(self.dataset_dir, entry["annotations"])
+            if not ann.is_file() or md5_file(ann) != entry["md5"]:
+                raise InputError(
+                    f"annotation file '{ann}' is missing or changed since the dataset was prepared: prepare the dataset again"
+                )
+            lines = [(line_no, offset) for line_no, offset, _ in scan_jsonl(ann)]
+            keep = select_indices(len(lines), entry["rate"], manifest["seed"], entry["name"])
+            kept = np.array(lines, dtype=np.int64).reshape(-1, 2)[keep]
+            self._sets.append((entry, ann, kept[:, 1], kept[:, 0]))
+        self._starts = np.cumsum([0] + [len(s[2]) for s in self._sets]).tolist()
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def _locate(self, index: int):
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} out of range ({len(self)} samples)")
+        k = bisect.bisect_right(self._starts, index) - 1
+        return self._sets[k], index - self._starts[k]
+
+    def record(self, index: int) -> tuple[dict, str, dict]:
+        """(the raw annotation dict, "file line N", its set entry) without loading any image."""
+        (entry, ann, offsets, line_nos), j = self._locate(index)
+        with open(ann, "rb") as f:
+            f.seek(int(offsets[j]))
+            raw = f.readline()
+        where = f"{ann.name} line {int(line_nos[j])}"
+        return parse_sample(raw, where), where, entry
+
+    def __getitem__(self, index: int) -> dict:
+        sample, where, entry = self.record(index)
+        images, frames = check_sample(sample, where)
+        data_path = resolve(self.dataset_dir, entry["data_path"])
+        depth_root = resolve(self.dataset_dir, entry["depth_root"]) if entry["depth_root"] else None
+        pil_images, depths = [], []
+        for rel in images + frames:
+            image = _load_image(data_path / rel, rel, where)
+            depth = _load_depth(depth_path(depth_root, rel), rel, where, image.size) if depth_root else None
+            pil_images.append(image)
+            depths.append(depth)
+        conversations = (
+            expand_video_tag(sample["conversations"], len(frames)) if frames else sample["conversations"]
+        )
+        return {
+            "id": str(sample.get("id") or f"{entry['name']}:{where.rsplit(' ', 1)[-1]}"),
+            "images": pil_images,
+            "depths": depths,
+            "conversations": conversations,
+            "task": str(sample.get("task") or entry["name"]),
+        }
+
+
+def _load_image(path: Path, rel: str, where: str) -> Image.Image:
+    if not path.is_file():
+        raise InputError(f"image '{rel}' in {where} does not exist: restore it or prepare the dataset again")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except UnidentifiedImageError:
+        reason = "cannot identify image file"
+    except (OSError, SyntaxError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise InputError(
+        f"image '{rel}' in {where} cannot be read ({reason}): re-export it as PNG/JPEG or drop the sample"
+    )
+
+
+def _load_depth(path: Path, rel: str, where: str, size: tuple[int, int]) -> np.ndarray | None:
+    if not path.is_file():
+        return None  # as in the reference: a sample without depth simply gets no depth target
+    try:
+        depth = load_depth_m(path)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(
+            f"depth map '{path}' of image '{rel}' in {where} cannot be read ({str(e).splitlines()[0]}): "
+            "save depth as a 16-bit PNG in millimetres"
+        ) from None
+    if depth.shape != (size[1], size[0]):
+        raise InputError(
+            f"depth map '{path}' is {depth.shape[1]}x{depth.shape[0]} but image '{rel}' in {where} is "
+            f"{size[0]}x{size[1]}: regenerate the depth at the image's size"
+        )
+    return depth
+
+
+def _episodes(dataset_dir: Path) -> dict:
+    episodes = load_manifest(dataset_dir)["episodes"]
+    if not episodes:
+        raise InputError(
+            f"dataset '{dataset_dir}' has no episodes: set data.num_episodes > 0 (synth) or data.episodes_dir (files)"
+        )
+    return episodes
+
+
+class EpisodeWindows(Sequence):
+    """One training window per episode step: {"image": PIL RGB, "depth": float32 (H, W) metres or None,
+    "state": float32 (state_dim,), "actions": float32 (chunk_size, action_dim), "action_mask": bool (chunk_size,),
+    "instruction": str, "episode": int, "step": int}.
+
+    `actions` are the actions from this step on; past the episode's end the last action is repeated and
+    `action_mask` is False there (so a loss may ignore the padding).
+    """
+
+    def __init__(self, dataset_dir: Path, chunk_size: int, camera: str | None = None):
+        if chunk_size < 1:
+            raise InputError(f"action chunk size is {chunk_size}: use 1 or more")
+        self.dataset_dir = Path(dataset_dir)
+        meta = _episodes(self.dataset_dir)
+        self.camera = camera or meta["cameras"][0]
+        if self.camera not in meta["cameras"]:
+            raise InputError(
+                f"camera '{self.camera}' is not in the episodes: use one of {', '.join(meta['cameras'])}"
+            )
+        self.chunk_size = chunk_size
+        self.files = [resolve(self.dataset_dir, p) for p in meta["files"]]
+        self.instructions = meta["instructions"]
+        self.with_depth = self.camera in meta["depth_cameras"]
+        self._starts = np.cumsum([0] + list(meta["lengths"])).tolist()
+        self._handles: OrderedDict[int, h5py.File] = OrderedDict()
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_handles"] = OrderedDict()
+        return state
+
+    def _open(self, episode: int) -> h5py.File:
+        if self._pid != os.getpid():  # forked: the parent's handles are not ours to use
+            self._handles, self._pid = OrderedDict(), os.getpid()
+        if episode in self._handles:
+            self._handles.move_to_end(episode)
+            return self._handles[episode]
+        path = self.files[episode]
+        try:
+            handle = h5py.File(path, "r")
+        except OSError as e:
+            raise InputError(
+                f"episode '{path}' cannot be opened ({str(e).split(';')[0]}): restore it or prepare again"
+            ) from None
+        self._handles[episode] = handle
+        if len(self._handles) > MAX_OPEN_EPISODES:
+            self._handles.popitem(last=False)[1].close()
+        return handle
+
+    def __getitem__(self, index: int) -> dict:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"window {index} out of range ({len(self)} windows)")
+        episode = bisect.bisect_right(self._starts, index) - 1
+        step = index - self._starts[episode]
+        length = self._starts[episode + 1] - self._starts[episode]
+        f = self._open(episode)
+        actions = np.asarray(f["action"][step : step + self.chunk_size], dtype=np.float32)
+        valid = len(actions)
+        if valid < self.chunk_size:
+            last = np.asarray(f["action"][length - 1], dtype=np.float32)
+            actions = np.concatenate([actions, np.repeat(last[None], self.chunk_size - valid, axis=0)])
+        depth = None
+        if self.with_depth:
+            depth = (f[f"observations/depth_images/{self.camera}"][step].astype(np.float32) / 1000.0).astype(
+                np.float32
+            )
+        return {
+            "image": Image.fromarray(f[f"observations/images/{self.camera}"][step]),
+            "depth": depth,
+            "state": np.asarray(f["observations/state"][step], dtype=np.float32),
+            "actions": actions,
+            "action_mask": np.arange(self.chunk_size) < valid,
+            "instruction": self.instructions[episode],
+            "episode": episode,
+            "step": step,
+        }
+
+
+def action_statistics(dataset_dir: Path) -> dict:
+    """{"action": {"mean", "std", "min", "max"}, "state": {...}, "count": steps}: per-dimension float lists over all
+    steps of all episodes (std is the population std, as the reference's action_stats.json)."""
+    dataset_dir = Path(dataset_dir)
+    meta = _episodes(dataset_dir)
+    actions, states = [], []
+    for rel in meta["files"]:
+        with h5py.File(resolve(dataset_dir, rel), "r") as f:
+            actions.append(np.asarray(f["action"], dtype=np.float64))
+            states.append(np.asarray(f["observations/state"], dtype=np.float64))
+    stats = {"count": int(sum(len(a) for a in actions))}
+    for key, arrays in (("action", actions), ("state", states)):
+        x = np.concatenate(arrays)
+        stats[key] = {
+            "mean": x.mean(axis=0).tolist(),
+            "std": x.std(axis=0).tolist(),
+            "min": x.min(axis=0).tolist(),
+            "max": x.max(axis=0).tolist(),
+        }
+    return stats
+
+
+def text_corpus(dataset_dir: Path) -> Iterator[str]:
+    """Every conversation turn's text, then every episode instruction (for training a small tokenizer)."""
+    dataset_dir = Path(dataset_dir)
+    manifest = load_manifest(dataset_dir)
+    if manifest["annotation_sets"]:
+        samples = GemSamples(dataset_dir)
+        for i in range(len(samples)):
+            sample, _, _ = samples.record(i)
+            for turn in sample.get("conversations") or []:
+                yield turn["value"]
+    if manifest["episodes"]:
+        yield from manifest["episodes"]["instructions"]

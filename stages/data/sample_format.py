@@ -1,0 +1,117 @@
+"""The GEM annotation format (LLaVA/Qwen JSONL): reading lines, checking a sample, listing its media.
+
+A sample: {"image": "a.jpg" | ["a.jpg", "b.jpg"], "video": [frame paths], "conversations": [{"from": "human",
+"value": "<image>\\n..."}, {"from": "gpt", "value": "..."}], ...}. Image paths are relative to the set's
+data_path. A video is a list of frame files (decoded videos are not supported); like the reference, up to 32
+frames are used, each as an image, so the reader replaces its one <video> tag by one <image> tag per frame.
+"""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+MAX_VIDEO_FRAMES = 32
+ROLES = ("human", "gpt", "system")
+
+
+def scan_jsonl(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """(1-based line number, byte offset, raw line) of every non-blank line."""
+    offset = 0
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if raw.strip():
+                yield line_no, offset, raw
+            offset += len(raw)
+
+
+def parse_sample(raw: bytes, where: str) -> dict:
+    try:
+        sample = json.loads(raw.strip())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        reason = (
+            f"{e.msg.removesuffix(' at')} at column {e.colno}"
+            if isinstance(e, json.JSONDecodeError)
+            else "not UTF-8"
+        )
+        if raw.lstrip().startswith(b"["):
+            raise InputError(
+                f"{where} is not a JSON object ({reason}): the file looks like a JSON array; "
+                "convert it to JSONL, one sample object per line"
+            ) from None
+        raise InputError(f"{where} is not valid JSON ({reason}): fix the line or delete it") from None
+    if not isinstance(sample, dict):
+        raise InputError(
+            f"{where} is a JSON {type(sample).__name__}, not an object: write one sample object per line"
+        )
+    return sample
+
+
+def _path_list(sample: dict, key: str, where: str) -> list[str]:
+    value = sample.get(key)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+        raise InputError(
+            f"{where} has a malformed '{key}' (expected a path or a list of paths): fix the sample"
+        )
+    return value
+
+
+def video_frames(frames: list[str]) -> list[str]:
+    """At most MAX_VIDEO_FRAMES frames, evenly spaced over the video."""
+    if len(frames) <= MAX_VIDEO_FRAMES:
+        return list(frames)
+    picks = np.linspace(0, len(frames) - 1, MAX_VIDEO_FRAMES).round().astype(int)
+    return [frames[i] for i in picks]
+
+
+def check_sample(sample: dict, where: str) -> tuple[list[str], list[str]]:
+    """Validate one sample; return (image paths, video frame paths). InputError names what is wrong and where."""
+    conversations = sample.get("conversations")
+    if not isinstance(conversations, list) or not conversations:
+        raise InputError(f"{where} has no 'conversations' list: add the human/gpt turns or drop the sample")
+    for turn in conversations:
+        if (
+            not isinstance(turn, dict)
+            or turn.get("from") not in ROLES
+            or not isinstance(turn.get("value"), str)
+        ):
+            raise InputError(
+                f"{where} has a malformed conversation turn: each turn needs 'from' "
+                f"({'/'.join(ROLES)}) and a string 'value'"
+            )
+    images = _path_list(sample, "image", where)
+    if isinstance(sample.get("video"), str):
+        raise InputError(
+            f"{where} names a video file ('{sample['video']}'): extract its frames and list them as "
+            '"video": [frame paths]'
+        )
+    frames = video_frames(_path_list(sample, "video", where))
+    text = "".join(turn["value"] for turn in conversations)
+    if text.count("<image>") != len(images):
+        raise InputError(
+            f"{where} has {text.count('<image>')} <image> placeholder(s) but {len(images)} image(s): "
+            "put one <image> in the human turns per image"
+        )
+    if text.count("<video>") != (1 if frames else 0):
+        raise InputError(
+            f"{where} has {text.count('<video>')} <video> placeholder(s) but {1 if frames else 0} video(s): "
+            "put one <video> in the human turn of a video sample"
+        )
+    return images, frames
+
+
+def expand_video_tag(conversations: list[dict], num_frames: int) -> list[dict]:
+    """Replace the <video> tag by one <image> tag per frame (each frame is fed to the model as an image)."""
+    return [{**t, "value": t["value"].replace("<video>", "<image>" * num_frames)} for t in conversations]
+
+
+def depth_path(depth_root: Path, image_path: str) -> Path:
+    """The reference rule: the depth of image p is <depth_root>/depth/<basename of p>."""
+    return depth_root / "depth" / Path(image_path).name
