@@ -108,11 +108,10 @@ def _train(stage: str, recipe_name: str, overrides: list[str] | None, executor: 
     try:
         result = pipeline.reproduce(project, recipe.name, stage, force=force)
     except pipeline.StageFailed as e:
-        failed = project.recipe_dir(recipe.name) / f"{e.stage}.error.json"
-        if failed.is_file():
-            info = json.loads(failed.read_text())
-            err.print(f"[red]error:[/red] {e.stage}@{recipe.name}: {info['message']}", highlight=False)
-            raise typer.Exit(info.get("exit_code", 1)) from None
+        for s in pipeline.upstream(stage):  # whichever stage failed already printed its one-line reason
+            failed = project.recipe_dir(recipe.name) / f"{s}.error.json"
+            if failed.is_file():
+                raise typer.Exit(json.loads(failed.read_text()).get("exit_code", 1)) from None
         err.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(1) from None
     summary.print_run(console, project, recipe, stage, result, time.perf_counter() - t0)
@@ -151,7 +150,7 @@ def stage_run(stage: str, recipe: RecipeOpt) -> None:
         result = run_stage(str(project.root), recipe, stage)
     except InputError as e:
         atomic_write_text(error_file, json.dumps({"message": str(e), "exit_code": 2}))
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        err.print(f"[red]error:[/red] {stage}@{recipe}: {e}", highlight=False)
         raise typer.Exit(2) from None
     if result.get("status") == "preempted":
         err.print(f"{stage}@{recipe} checkpointed at step {result['step']} on request; run it again to resume")

@@ -119,31 +119,36 @@ def _expand(job_id: str) -> list[str]:
 
 
 def query(job_ids: Iterable[str]) -> dict[str, dict[str, str]]:
-    """State, ExitCode, NodeList, Start, End, Elapsed of each job (array element ids like '12_3' work), in one
-    sacct call. A job sacct does not know yet (just submitted) is missing from the answer. Without accounting
-    (no slurmdbd) falls back to squeue, and a job gone from the queue reads as FINISHED."""
+    """State, ExitCode, NodeList, Start, End, Elapsed of each job (array element ids like '12_3' work), with one
+    squeue and one sacct call. squeue is the controller's own view, fresh; sacct (accounting, a moment behind)
+    knows finished jobs and exit codes. A job neither knows yet (just submitted) is missing from the answer.
+    Without accounting (no slurmdbd), a job gone from the queue reads as FINISHED."""
     job_ids = list(job_ids)
     ids = sorted({j.split("_")[0] for j in job_ids})
     if not ids:
         return {}
+    live = _squeue()
     fields = ["JobID", "State", "ExitCode", "NodeList", "Start", "End", "Elapsed"]
     try:
         out = _run(["sacct", "-X", "-P", "-n", "-o", ",".join(fields), "-j", ",".join(ids)])
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError):
-        return _query_squeue(job_ids)
+        return {j: live.get(j, {"State": "FINISHED", "NodeList": "", "ExitCode": ""}) for j in job_ids}
     info: dict[str, dict[str, str]] = {}
     for line in out.splitlines():
         row = dict(zip(fields, line.split("|")))
         row["State"] = row["State"].split()[0] if row["State"] else "UNKNOWN"  # "CANCELLED by 0"
+        if row["State"] not in TERMINAL:
+            row["ExitCode"] = ""  # not final yet
         for jid in _expand(row["JobID"]):
             info[jid] = row
-    for jid in job_ids:  # an array cancelled before any element ran has one row, under the array id
+    for jid in job_ids:
         if jid not in info and jid.split("_")[0] in info:
-            info[jid] = info[jid.split("_")[0]]
+            info[jid] = info[jid.split("_")[0]]  # an array cancelled before any element ran: one row, the array id
+        if jid in live:
+            info[jid] = {**info.get(jid, {}), **live[jid]}
     return info
 
 
-def _query_squeue(job_ids: Iterable[str]) -> dict[str, dict[str, str]]:
-    out = _run(["squeue", "-h", "-r", "-o", "%i|%T|%N"])
-    queued = {i: {"State": s, "NodeList": n, "ExitCode": ""} for i, s, n in (l.split("|") for l in out.splitlines())}
-    return {j: queued.get(j, {"State": "FINISHED", "NodeList": "", "ExitCode": ""}) for j in job_ids}
+def _squeue() -> dict[str, dict[str, str]]:
+    out = _run(["squeue", "-h", "-r", "--me", "-o", "%i|%T|%N"])
+    return {i: {"State": s, "NodeList": n} for i, s, n in (line.split("|") for line in out.splitlines())}

@@ -181,7 +181,7 @@ class JobHandle:
             return False
         if not ended and errors and self.kind == "slurm" and self._grace(10):
             return False  # the job failed: wait for SLURM to end it, to report its exit code
-        if ended and self.state in ("COMPLETED", "FINISHED") and not all(outcomes) and not errors and self._grace(5):
+        if ended and self.kind == "slurm" and self.state == "COMPLETED" and not all(outcomes) and self._grace(5):
             return False  # ended cleanly: its result file may not be visible yet (shared file systems)
         self._pump(emit, final=True)
         values = [o[1] if o and o[0] == "success" else None for o in outcomes]
@@ -222,7 +222,8 @@ def _why(state: str, h: JobHandle) -> str:
         "NODE_FAIL": "lost its node",
         "LOST": "lost its controller process",
     }
-    return f"job {h.job_id} {reasons.get(state, f'ended ({state}) without a result')}; logs: {h.stderr}"
+    code = f", exit code {h._exit_code}" if h._exit_code is not None else ""
+    return f"job {h.job_id} {reasons.get(state, f'ended without a result ({state}{code})')}; logs: {h.stderr}"
 
 
 def wait_all(handles: Sequence[JobHandle], on_update: Optional[Callable[[JobUpdate], None]] = None) -> list[LaunchResult]:

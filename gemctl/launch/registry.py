@@ -110,12 +110,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _refresh(root: Path, recs: list[JobRecord]) -> None:
-    slurm = [r for r in recs if r.kind == "slurm" and not r.finished]
+    # also finished jobs whose accounting is incomplete: a launcher sees a fast job's result before sacct
+    # knows where and when it ran
+    slurm = [r for r in recs if r.kind == "slurm" and (not r.finished or r.end is None or not r.node)]
     info = cluster.query(r.job_id for r in slurm) if slurm else {}
     for r in slurm:
         row = info.get(r.job_id)
-        if not row:
-            continue
+        if not row or (r.finished and row["State"] not in cluster.TERMINAL):
+            continue  # sacct has not caught up yet
         new = (row["State"], row.get("NodeList") or r.node, _epoch(row.get("Start", "")), _epoch(row.get("End", "")))
         if new != (r.state, r.node, r.start, r.end):
             r.state, r.node, r.start, r.end = new
