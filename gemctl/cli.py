@@ -139,22 +139,47 @@ def run_all(recipe: RecipeOpt = "tiny", override: OverrideOpt = None, executor: 
 
 @stage_app.command("run")
 def stage_run(stage: str, recipe: RecipeOpt) -> None:
-    """Run one stage program for a recipe already rendered to runs/<recipe>/params.json (used by dvc.yaml)."""
-    from .project import find_project
-    from .stage_runner import run_stage
+    """Run one stage program for a recipe already rendered to runs/<recipe>/params.json (used by dvc.yaml).
+
+    The executor comes from $GEMCTL_EXECUTOR (set by `gemctl train --executor`): it is not part of the command
+    DVC records, because where a stage runs does not change what it computes. Blocks until the job ends."""
+    from functools import partial
+
     from gem_stages.files import atomic_write_text
 
+    from .launch import kind_from_env, launch
+    from .project import find_project
+    from .recipe import from_params
+    from .stage_runner import stage_job
+
     project = find_project()
+    kind = kind_from_env()
+    resources = from_params(project.params_file(recipe)).resources
     error_file = project.recipe_dir(recipe) / f"{stage}.error.json"
-    try:
-        result = run_stage(str(project.root), recipe, stage)
-    except InputError as e:
-        atomic_write_text(error_file, json.dumps({"message": str(e), "exit_code": 2}))
-        err.print(f"[red]error:[/red] {stage}@{recipe}: {e}", highlight=False)
-        raise typer.Exit(2) from None
-    if result.get("status") == "preempted":
-        err.print(f"{stage}@{recipe} checkpointed at step {result['step']} on request; run it again to resume")
-        raise typer.Exit(3)
+
+    def show(update) -> None:
+        if update.state:
+            err.print(f"[dim]job {update.job_id}: {update.state}[/dim]", highlight=False)
+        elif update.line is not None and update.task == 0 and not update.line.startswith("submitit "):
+            print(update.line, file=sys.stderr if update.stream == "stderr" else sys.stdout, flush=True)
+
+    result = launch(partial(stage_job, str(project.root), recipe, stage), kind=kind, resources=resources,
+                    job_dir=project.jobs_dir / recipe / stage, name=f"{stage}@{recipe}",
+                    on_update=show if kind != "debug" else None, project=project.root,
+                    tags={"stage": stage, "point": recipe})
+    value = result.value if isinstance(result.value, dict) else {}
+    if value.get("status") == "input_error":
+        atomic_write_text(error_file, json.dumps({"message": value["message"], "exit_code": 2}))
+        err.print(f"[red]error:[/red] {stage}@{recipe}: {value['message']}", highlight=False)
+        raise typer.Exit(2)
+    if not result.ok:
+        code = result.exit_code or 1
+        atomic_write_text(error_file, json.dumps({"message": f"job {result.job_id} {result.state}",
+                                                  "exit_code": code}))
+        tail = result.log_tail(20) or (result.error or "")
+        err.print(f"[red]error:[/red] {stage}@{recipe}: job {result.job_id} ended {result.state} "
+                  f"(exit {code}); last lines of its log:\n{tail}\nfull log: {result.stderr}", highlight=False)
+        raise typer.Exit(code)
 
 
 def main() -> None:

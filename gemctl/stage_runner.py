@@ -133,3 +133,14 @@ def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[],
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     shutil.rmtree(work_dir, ignore_errors=True)
     return summary
+
+
+def stage_job(root: str, recipe_name: str, stage: str) -> dict:
+    """What a launched job runs (any executor): run_stage with the launcher's preemption flag, and a user input
+    error returned as a result (one line for the CLI to print) rather than raised as a traceback."""
+    from .launch import should_stop
+
+    try:
+        return run_stage(root, recipe_name, stage, should_stop=should_stop)
+    except InputError as e:
+        return {"status": "input_error", "message": str(e)}

@@ -160,7 +160,17 @@ class StageRun:
             tags["gemctl.checkpoint_digest"] = digest
         model = mlflow.create_external_model(name=name, source_run_id=self.run_id, tags=tags)
         mlflow.log_outputs(models=[LoggedModelOutput(model.model_id, step)])
-        mlflow.register_model(f"models:/{model.model_id}", name)
+        # the client, not mlflow.register_model: that one prints to stderr on every call
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        client = MlflowClient()
+        try:
+            client.create_registered_model(name)
+        except MlflowException:  # registered by an earlier run: add a version
+            pass
+        client.create_model_version(name, source=f"models:/{model.model_id}", run_id=self.run_id,
+                                    model_id=model.model_id)
         return model.model_id
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -10,6 +10,7 @@ from .executor import (
     JobUpdate,
     LaunchResult,
     dry_run,
+    kind_from_env,
     launch,
     launch_array,
     submit,
@@ -19,6 +20,6 @@ from .preemption import should_stop, should_stop_all
 from .resources import Resources
 
 __all__ = [
-    "KINDS", "JobHandle", "JobUpdate", "LaunchResult", "Resources", "dry_run", "launch", "launch_array",
-    "should_stop", "should_stop_all", "submit", "wait_all",
+    "KINDS", "JobHandle", "JobUpdate", "LaunchResult", "Resources", "dry_run", "kind_from_env", "launch",
+    "launch_array", "should_stop", "should_stop_all", "submit", "wait_all",
 ]

@@ -4,8 +4,8 @@ one sacct call (for any number of jobs) to read their states."""
 import re
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Optional
 
 from gem_stages.errors import InputError
 
@@ -24,7 +24,7 @@ class Partition:
     default: bool
     up: bool
     nodes: int
-    max_time_min: Optional[int]  # None = no limit
+    max_time_min: int | None  # None = no limit
     cpus: int  # of the largest node
     mem_mb: int  # of the largest node
     gpus: int  # of the largest node
@@ -45,7 +45,7 @@ def require_slurm() -> None:
         raise InputError(f"SLURM controller is not reachable ({out or e}); check slurmctld or use --executor local")
 
 
-def parse_minutes(text: str) -> Optional[int]:
+def parse_minutes(text: str) -> int | None:
     """SLURM time string ("5:00" = 5 min, "2:00:00", "1-00:00:00", "infinite") -> minutes; None = no limit."""
     text = text.strip()
     if text.lower() in ("infinite", "unlimited", "n/a", ""):

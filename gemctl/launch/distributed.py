@@ -5,10 +5,9 @@ variables into torch's env:// ones (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RA
 `torch.distributed.init_process_group()` and accelerate read. No torchrun inside the job.
 """
 
-from typing import Optional
 
 
-def export() -> Optional[object]:
+def export() -> object | None:
     """Export the env:// variables when the job has more than one task; returns submitit's
     TorchDistributedEnvironment (rank, world_size, master_addr...) or None for a single task."""
     from submitit import JobEnvironment

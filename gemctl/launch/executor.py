@@ -10,12 +10,14 @@ submitit is imported inside functions: `gemctl --help` must not pay for it.
 """
 
 import os
+import re
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Optional, Sequence
+from typing import Any, Literal
 
 from gem_stages.errors import InputError
 
@@ -24,6 +26,7 @@ from .resources import Resources
 from .runner import Failure, JobMain
 
 Kind = Literal["local", "slurm", "debug"]
+_START_LINE = re.compile(r"gemctl: rank 0/\d+ on .*, restart (\d+),")  # printed by runner.JobMain
 KINDS = ("local", "slurm", "debug")
 
 
@@ -32,8 +35,8 @@ class JobUpdate:
     """A state change (state set) or a new line in one rank's log (line set)."""
 
     job_id: str
-    state: Optional[str] = None
-    line: Optional[str] = None
+    state: str | None = None
+    line: str | None = None
     stream: str = ""  # "stdout" | "stderr"
     task: int = 0  # rank
 
@@ -42,10 +45,10 @@ class JobUpdate:
 class LaunchResult:
     job_id: str
     state: str  # COMPLETED, FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, ...
-    exit_code: Optional[int]
+    exit_code: int | None
     value: Any  # what the function returned on rank 0 (None unless COMPLETED)
     values: list  # what it returned on each rank
-    error: Optional[str]  # the job's traceback, or why SLURM ended it
+    error: str | None  # the job's traceback, or why SLURM ended it
     stdout: Path  # rank 0's logs
     stderr: Path
     requeues: int
@@ -87,17 +90,19 @@ class JobHandle:
     """A submitted job. `wait()` blocks until it ends; `wait_all()` waits for many with one sacct call per poll."""
 
     def __init__(self, job: Any, kind: str, resources: Resources, name: str, job_dir: Path,
-                 project: Optional[Path], tags: Mapping[str, str]) -> None:
+                 project: Path | None, tags: Mapping[str, str]) -> None:
         self._job = job
         self.kind = kind
         self.job_id = {"slurm": job.job_id, "local": f"local-{job.job_id}"}.get(kind, f"debug-{job.job_id[6:]}")
         self.num_tasks = 1 if kind == "debug" else resources.world_size
         self._task_paths = [job.paths] if self.num_tasks == 1 else [job.task(k).paths for k in range(self.num_tasks)]
         self.stdout, self.stderr = self._task_paths[0].stdout, self._task_paths[0].stderr
-        self.state, self.node, self.requeues = "PENDING", "", 0
-        self.result: Optional[LaunchResult] = None
-        self._exit_code: Optional[int] = None
-        self._grace_since: Optional[float] = None
+        self.state, self.node, self.requeues, self._ran = "PENDING", "", 0, False
+        self.result: LaunchResult | None = None
+        self._exit_code: int | None = None
+        self._ended = False  # SLURM says the job is over, or the local controller process exited
+        self._grace_since: float | None = None
+        self._loaded: dict[int, tuple] = {}  # task -> ("success"|"error", value), read once
         self._tails = [_Tail(getattr(p, s), s, k) for k, p in enumerate(self._task_paths) for s in ("stdout", "stderr")]
         self._project = project
         self._record = registry.JobRecord(
@@ -113,7 +118,7 @@ class JobHandle:
         if self.kind != "debug":
             self._job.cancel(check=False)
 
-    def wait(self, on_update: Optional[Callable[[JobUpdate], None]] = None) -> LaunchResult:
+    def wait(self, on_update: Callable[[JobUpdate], None] | None = None) -> LaunchResult:
         return wait_all([self], on_update)[0]
 
     # -- internals, driven by wait_all --
@@ -125,9 +130,13 @@ class JobHandle:
     def _set(self, state: str, emit: Callable[[JobUpdate], None], node: str = "") -> None:
         if state == self.state:
             return
-        if self.state == "RUNNING" and state in ("REQUEUED", "PENDING", "REQUEUE_HOLD", "REQUEUE_FED"):
+        if state == "RUNNING":
+            self._ran = True
+        elif self._ran and state in ("REQUEUED", "PENDING", "REQUEUE_HOLD", "REQUEUE_FED"):
+            # back in the queue after running (squeue says PENDING, sacct REQUEUED; either may be missed)
+            self._ran = False
             self.requeues += 1
-            state = "REQUEUED"  # a short REQUEUED may be missed between polls; report it anyway
+            state = "REQUEUED"
         self.state = state
         self.node = node or self.node
         rec = self._record
@@ -144,29 +153,34 @@ class JobHandle:
             row = info.get(self.job_id)
             if row:  # sacct may not know a job for a moment after sbatch
                 self._set(row["State"], emit, row.get("NodeList", ""))
+                self._ended = row["State"] in cluster.TERMINAL
                 code, _, sig = row.get("ExitCode", "").partition(":")
-                if code.isdigit() and row["State"] in cluster.TERMINAL:
+                if code.isdigit() and self._ended:
                     self._exit_code = int(code) or (128 + int(sig) if sig.isdigit() and int(sig) else 0)
         elif self.kind == "local":
             rc = self._job._process.poll() if self._job._process is not None else 0
-            self._set("RUNNING" if rc is None else "FINISHED", emit, "localhost")
-            self._exit_code = rc
+            if rc is None:
+                self._set("RUNNING", emit, "localhost")
+            self._ended, self._exit_code = rc is not None, rc
 
     def _pump(self, emit: Callable[[JobUpdate], None], final: bool = False) -> None:
         for t in self._tails:
             for line in t.lines(final):
+                m = _START_LINE.match(line) if t.task == 0 and t.stream == "stdout" else None
+                if m:  # each run says how many times the job was requeued: polls may miss a short PENDING
+                    self.requeues = self._record.requeues = max(self.requeues, int(m.group(1)))
                 emit(JobUpdate(self.job_id, line=line, stream=t.stream, task=t.task))
 
-    def _outcomes(self) -> list[Optional[tuple]]:
+    def _outcomes(self) -> list[tuple | None]:
         from submitit.core.utils import pickle_load
 
-        out = []
-        for p in self._task_paths:
-            try:
-                out.append(pickle_load(p.result_pickle) if p.result_pickle.exists() else None)
-            except EOFError:  # being written
-                out.append(None)
-        return out
+        for k, p in enumerate(self._task_paths):
+            if k not in self._loaded and p.result_pickle.exists():
+                try:
+                    self._loaded[k] = pickle_load(p.result_pickle)
+                except EOFError:  # being written (submitit writes elsewhere and renames, but shared FS...)
+                    pass
+        return [self._loaded.get(k) for k in range(len(self._task_paths))]
 
     def _grace(self, seconds: float) -> bool:
         """True for `seconds` after the first call: lets SLURM or the file system catch up."""
@@ -176,12 +190,13 @@ class JobHandle:
     def _done(self, emit: Callable[[JobUpdate], None]) -> bool:
         outcomes = self._outcomes()
         errors = [o[1] for o in outcomes if o and o[0] == "error"]
-        ended = self.state in cluster.TERMINAL
-        if not ended and not all(outcomes) and not errors:
+        if not self._ended and not all(outcomes) and not errors:
             return False
-        if not ended and errors and self.kind == "slurm" and self._grace(10):
-            return False  # the job failed: wait for SLURM to end it, to report its exit code
-        if ended and self.kind == "slurm" and self.state == "COMPLETED" and not all(outcomes) and self._grace(5):
+        if self.kind == "slurm" and not self._ended and errors:
+            if self._grace(10):
+                return False  # a rank failed: wait for SLURM to end the job, to report its exit code
+            self.cancel()  # the other ranks still run (stuck in a collective?): free the nodes
+        if self.kind == "slurm" and self.state == "COMPLETED" and not all(outcomes) and self._grace(5):
             return False  # ended cleanly: its result file may not be visible yet (shared file systems)
         self._pump(emit, final=True)
         values = [o[1] if o and o[0] == "success" else None for o in outcomes]
@@ -190,7 +205,7 @@ class JobHandle:
         elif errors:
             state, error, code = "FAILED", errors[0], self._exit_code or 1
         else:
-            state = self.state if self.state not in ("COMPLETED", "FINISHED") else "FAILED"
+            state = self.state if self.kind == "slurm" and self.state != "COMPLETED" else "FAILED"
             error, code = _why(state, self), self._exit_code
         self._record.exit_code = code
         self._set(state, emit)
@@ -226,7 +241,7 @@ def _why(state: str, h: JobHandle) -> str:
     return f"job {h.job_id} {reasons.get(state, f'ended without a result ({state}{code})')}; logs: {h.stderr}"
 
 
-def wait_all(handles: Sequence[JobHandle], on_update: Optional[Callable[[JobUpdate], None]] = None) -> list[LaunchResult]:
+def wait_all(handles: Sequence[JobHandle], on_update: Callable[[JobUpdate], None] | None = None) -> list[LaunchResult]:
     """Block until every job has ended; on_update gets state changes and new log lines of all of them."""
     emit = on_update or (lambda _u: None)
     for h in handles:
@@ -255,12 +270,14 @@ def wait_all(handles: Sequence[JobHandle], on_update: Optional[Callable[[JobUpda
     return [h.result for h in handles]  # type: ignore[misc]
 
 
-def _slurm_params(res: Resources, name: str, code_dir: Optional[Path]) -> dict[str, Any]:
-    p: dict[str, Any] = dict(
-        job_name=name, time=res.time_min, nodes=res.nodes, ntasks_per_node=res.ntasks_per_node,
-        cpus_per_task=res.cpus_per_task, signal_delay_s=res.signal_delay_s, array_parallelism=res.array_parallelism,
-        setup=snapshot.setup_lines(code_dir) if code_dir else [],
-    )
+def _slurm_params(res: Resources, name: str, code_dir: Path | None) -> dict[str, Any]:
+    p: dict[str, Any] = {
+        "job_name": name, "time": res.time_min, "nodes": res.nodes, "ntasks_per_node": res.ntasks_per_node,
+        "cpus_per_task": res.cpus_per_task, "signal_delay_s": res.signal_delay_s,
+        "array_parallelism": res.array_parallelism,
+        "setup": snapshot.setup_lines(code_dir) if code_dir else [],
+        "srun_args": ["--kill-on-bad-exit=1"],  # one rank crashed: stop the others, not hang in a collective
+    }
     if res.gpus_per_node:
         p["gpus_per_node"] = res.gpus_per_node
     if res.mem_gb is not None:
@@ -274,7 +291,7 @@ def _slurm_params(res: Resources, name: str, code_dir: Optional[Path]) -> dict[s
 
 
 def _submit(fns: Sequence[Callable[[], Any]], *, kind: str, resources: Resources, job_dir: Path, name: str,
-            project: Optional[Path], tags: Sequence[Mapping[str, str]], code: Optional[Mapping[str, Path]],
+            project: Path | None, tags: Sequence[Mapping[str, str]], code: Mapping[str, Path] | None,
             array: bool) -> list[JobHandle]:
     import submitit
     from submitit.core.utils import FailedJobError, environment_variables
@@ -318,9 +335,19 @@ def _submit(fns: Sequence[Callable[[], Any]], *, kind: str, resources: Resources
     return [JobHandle(j, kind, resources, name, job_dir, project, t) for j, t in zip(jobs, tags)]
 
 
+def kind_from_env(default: Kind = "local") -> Kind:
+    """The executor for a stage command: $GEMCTL_EXECUTOR (set by `gemctl ... --executor`), else default.
+    An env var, not a stage parameter: where a stage runs does not change what it computes, so DVC must not
+    re-run it when only that changes."""
+    kind = os.environ.get("GEMCTL_EXECUTOR", "") or default
+    if kind not in KINDS:
+        raise InputError(f"GEMCTL_EXECUTOR={kind!r} is not an executor (one of: {', '.join(KINDS)})")
+    return kind  # type: ignore[return-value]
+
+
 def submit(fn: Callable[[], Any], *, kind: Kind, resources: Resources, job_dir: Path, name: str,
-           project: Optional[Path] = None, tags: Optional[Mapping[str, str]] = None,
-           code: Optional[Mapping[str, Path]] = None) -> JobHandle:
+           project: Path | None = None, tags: Mapping[str, str] | None = None,
+           code: Mapping[str, Path] | None = None) -> JobHandle:
     """Submit fn() and return at once. project: folder whose job registry records it (for `gemctl status`);
     tags: stage/point/sweep/run labels for that record; code: import name -> folder to snapshot
     (None = the project's packages, {} = no snapshot: the job imports whatever its PYTHONPATH has)."""
@@ -329,8 +356,8 @@ def submit(fn: Callable[[], Any], *, kind: Kind, resources: Resources, job_dir: 
 
 
 def launch(fn: Callable[[], Any], *, kind: Kind, resources: Resources, job_dir: Path, name: str,
-           on_update: Optional[Callable[[JobUpdate], None]] = None, project: Optional[Path] = None,
-           tags: Optional[Mapping[str, str]] = None, code: Optional[Mapping[str, Path]] = None) -> LaunchResult:
+           on_update: Callable[[JobUpdate], None] | None = None, project: Path | None = None,
+           tags: Mapping[str, str] | None = None, code: Mapping[str, Path] | None = None) -> LaunchResult:
     """Submit fn() and block until it ends (through requeues), like `sbatch -W`. Ctrl-C cancels the job."""
     handle = submit(fn, kind=kind, resources=resources, job_dir=job_dir, name=name, project=project, tags=tags,
                     code=code)
@@ -342,8 +369,8 @@ def launch(fn: Callable[[], Any], *, kind: Kind, resources: Resources, job_dir: 
 
 
 def launch_array(fns: Sequence[Callable[[], Any]], *, kind: Kind, resources: Resources, job_dir: Path, name: str,
-                 project: Optional[Path] = None, tags: Optional[Sequence[Mapping[str, str]]] = None,
-                 code: Optional[Mapping[str, Path]] = None) -> list[JobHandle]:
+                 project: Path | None = None, tags: Sequence[Mapping[str, str]] | None = None,
+                 code: Mapping[str, Path] | None = None) -> list[JobHandle]:
     """Submit the functions as ONE job array (at most resources.array_parallelism run at once) and return
     their handles without waiting; then `wait_all(handles, on_update)`. tags: one mapping per function.
     (The local executor starts them all at once; debug runs them one by one in wait_all.)"""
@@ -357,8 +384,8 @@ def launch_array(fns: Sequence[Callable[[], Any]], *, kind: Kind, resources: Res
                    code=code, array=True)
 
 
-def dry_run(*, resources: Resources, job_dir: Path, name: str, array_size: Optional[int] = None,
-            code: Optional[Mapping[str, Path]] = None) -> str:
+def dry_run(*, resources: Resources, job_dir: Path, name: str, array_size: int | None = None,
+            code: Mapping[str, Path] | None = None) -> str:
     """The sbatch script that `launch(kind="slurm")` would submit (nothing is submitted or copied)."""
     from submitit.slurm.slurm import _make_sbatch_string
 

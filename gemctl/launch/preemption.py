@@ -94,7 +94,7 @@ def requeue_or_fail(max_requeues: int) -> NoReturn:
         raise SystemExit(LOCAL_REQUEUE_RETURN_CODE)
     if env.global_rank == 0:  # one requeue per job; it stops every task
         os.write(1, f"gemctl: requeueing job {env.job_id} ({done + 1}/{max_requeues})\n".encode())
-        r = subprocess.run(["scontrol", "requeue", env.job_id], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(["scontrol", "requeue", env.job_id], capture_output=True, text=True, timeout=60, check=False)
         if r.returncode != 0:  # e.g. the job was cancelled (scancel also sends SIGTERM): nothing to resume
             os.write(2, f"gemctl: scontrol requeue failed: {r.stderr.strip()}\n".encode())
     raise SystemExit(0)

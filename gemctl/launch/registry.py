@@ -1,4 +1,4 @@
-"""gemctl's own record of the jobs it launched, one JSON file per job under <project>/.gemctl/jobs/.
+"""gemctl's own record of the jobs it launched, one JSON file per job under <project>/.gemctl/registry/.
 
 The launcher writes a record at submit time and on each state change; `list_jobs` refreshes the states of
 unfinished SLURM jobs with one sacct call, so `gemctl status` also sees jobs whose launcher is gone.
@@ -10,10 +10,10 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator, Optional
 
 from gem_stages.errors import InputError
 
@@ -32,9 +32,9 @@ class JobRecord:
     job_dir: str
     tags: dict[str, str] = field(default_factory=dict)
     node: str = ""
-    start: Optional[float] = None
-    end: Optional[float] = None
-    exit_code: Optional[int] = None
+    start: float | None = None
+    end: float | None = None
+    exit_code: int | None = None
     requeues: int = 0
 
     @property
@@ -69,7 +69,7 @@ class JobRecord:
 
 
 def _dir(root: Path) -> Path:
-    return Path(root) / ".gemctl" / "jobs"
+    return Path(root) / ".gemctl" / "registry"
 
 
 def save(root: Path, rec: JobRecord) -> None:
@@ -91,7 +91,7 @@ def _load(root: Path) -> list[JobRecord]:
     return out
 
 
-def _epoch(text: str) -> Optional[float]:
+def _epoch(text: str) -> float | None:
     try:
         return datetime.fromisoformat(text).timestamp()
     except (ValueError, TypeError):
@@ -160,11 +160,11 @@ def job_log(root: Path, key: str, follow: bool = False) -> Iterator[str]:
     offsets, partial = [0, 0], ["", ""]
     next_check = 0.0
     while True:
-        if time.time() >= next_check:  # state from sacct at most every 2 s; files every 0.25 s
+        if time.time() >= next_check:  # state at most every 2 s (the launcher's record, then sacct); files 4x/s
+            f = _dir(root) / f"{rec.job_id}.json"
+            rec = JobRecord(**json.loads(f.read_text())) if f.exists() else rec
+            _refresh(root, [rec])
             done = rec.finished
-            if not done:
-                _refresh(root, [rec])
-                done = rec.finished
             next_check = time.time() + 2
         for i, p in enumerate(paths):
             if not p.exists():

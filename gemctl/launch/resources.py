@@ -5,27 +5,41 @@ are in each field's metadata ("min"/"max"). `local` and `debug` runs ignore what
 """
 
 from dataclasses import dataclass, field, fields
-from typing import Optional
+from typing import Any
 
 from gem_stages.errors import InputError
 
 
+def _range(default: float | None, lo: float, hi: float) -> Any:
+    return field(default=default, metadata={"min": lo, "max": hi})
+
+
 @dataclass
 class Resources:
-    nodes: int = field(default=1, metadata={"min": 1, "max": 4096})  # machines; ranks = nodes * tasks_per_node
-    gpus_per_node: int = field(default=0, metadata={"min": 0, "max": 16})  # GPUs on each node; one task (rank) per GPU
-    tasks_per_node: Optional[int] = field(default=None, metadata={"min": 1, "max": 256})  # ranks per node; None = gpus_per_node, or 1 without GPUs
-    cpus_per_task: int = field(default=1, metadata={"min": 1, "max": 1024})  # CPU cores per rank (data-loader workers + 1)
-    mem_gb: Optional[float] = field(default=None, metadata={"min": 0.1, "max": 16384})  # memory per node in GB; None = cluster default
-    time_min: int = field(default=60, metadata={"min": 1, "max": 60 * 24 * 30})  # wall-clock limit of one run, in minutes; longer work resumes after requeue
-    partition: Optional[str] = None  # SLURM partition; None = the cluster's default partition
-    account: Optional[str] = None  # SLURM account to charge
-    qos: Optional[str] = None  # SLURM quality of service
-    constraint: Optional[str] = None  # SLURM node features, e.g. "a100|h100"
-    extra_sbatch: dict[str, str] = field(default_factory=dict)  # extra sbatch flags without "--", e.g. {"exclusive": "", "mail-type": "END"}
-    max_requeues: int = field(default=3, metadata={"min": 0, "max": 1000})  # times a preempted/timed-out job is put back in the queue
-    signal_delay_s: int = field(default=120, metadata={"min": 5, "max": 3600})  # warning before the time limit, to save a checkpoint
-    array_parallelism: int = field(default=16, metadata={"min": 1, "max": 10000})  # sweep points that may run at once
+    # machines; ranks = nodes * tasks per node
+    nodes: int = _range(1, 1, 4096)
+    # GPUs on each node; gemctl runs one task (rank) per GPU
+    gpus_per_node: int = _range(0, 0, 16)
+    # ranks per node on CPU nodes; None = gpus_per_node, or 1 without GPUs
+    tasks_per_node: int | None = _range(None, 1, 256)
+    # CPU cores per rank (data-loader workers + 1)
+    cpus_per_task: int = _range(1, 1, 1024)
+    # memory per node in GB; None = the cluster's default
+    mem_gb: float | None = _range(None, 0.1, 16384)
+    # wall-clock limit of one run in minutes; longer work stops at a step boundary, is requeued and resumes
+    time_min: int = _range(60, 1, 60 * 24 * 30)
+    partition: str | None = None  # SLURM partition; None = the cluster's default partition
+    account: str | None = None  # SLURM account to charge
+    qos: str | None = None  # SLURM quality of service
+    constraint: str | None = None  # SLURM node features, e.g. "a100|h100"
+    # more sbatch flags, without "--"; an empty value is a bare flag: {"exclusive": "", "mail-type": "END"}
+    extra_sbatch: dict[str, str] = field(default_factory=dict)
+    # times a job stopped by the time limit or preemption is put back in the queue to resume
+    max_requeues: int = _range(3, 0, 1000)
+    # seconds of warning before the time limit, to finish the step and save a checkpoint
+    signal_delay_s: int = _range(120, 5, 3600)
+    # sweep points (job array elements) that may run at once
+    array_parallelism: int = _range(16, 1, 10000)
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -4,8 +4,9 @@ import os
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from . import distributed, preemption
 
@@ -27,7 +28,7 @@ class JobMain:
         if self.in_process:
             try:
                 return self.fn()
-            except Exception:
+            except Exception:  # noqa: BLE001 - reported as the job's failure, like submitit does
                 return Failure(traceback.format_exc())
         preemption.install()
         dist = distributed.export()

@@ -13,8 +13,8 @@ import os
 import shlex
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
 
 PROJECT_PACKAGES = ("gemctl", "gem_models", "gem_stages")
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
@@ -27,7 +27,7 @@ def project_packages() -> dict[str, Path]:
     for name in PROJECT_PACKAGES:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.submodule_search_locations:
-            found[name] = Path(list(spec.submodule_search_locations)[0]).resolve()
+            found[name] = Path(next(iter(spec.submodule_search_locations))).resolve()
     return found
 
 
@@ -55,7 +55,7 @@ def content_hash(packages: Mapping[str, Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def take(job_dir: Path, packages: Optional[Mapping[str, Path]] = None) -> Path:
+def take(job_dir: Path, packages: Mapping[str, Path] | None = None) -> Path:
     """Copy the packages (default: the project's) to <job_dir>/code/<hash>/ and return that folder."""
     packages = project_packages() if packages is None else packages
     dest = Path(job_dir).absolute() / "code" / content_hash(packages)
