@@ -159,7 +159,7 @@ def stage_run(stage: str, recipe: RecipeOpt) -> None:
 
     def show(update) -> None:
         if update.state:
-            err.print(f"[dim]job {update.job_id}: {update.state}[/dim]", highlight=False)
+            console.print(f"[dim]job {update.job_id}: {update.state}[/dim]", highlight=False)
         elif update.line is not None and update.task == 0 and not update.line.startswith("submitit "):
             print(update.line, file=sys.stderr if update.stream == "stderr" else sys.stdout, flush=True)
 

@@ -24,8 +24,8 @@ missing=""; for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing
 if [ -n "$missing" ]; then
   command -v apt-get >/dev/null || { echo "gemctl test cluster: missing$missing and no apt-get" >&2; exit 3; }
   say "installing:$missing"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null; } ||
+    { echo "gemctl test cluster: could not install$missing (apt-get failed: offline?)" >&2; exit 3; }
 fi
 
 # 2. config

@@ -1,0 +1,103 @@
+"""Functions the launch tests run as jobs. conftest registers this module with cloudpickle to be pickled by value,
+so jobs need not import the tests package; what they import from gemctl comes from the job's code snapshot."""
+
+import os
+import socket
+import time
+from pathlib import Path
+
+
+def add(a: int, b: int) -> dict:
+    return {"sum": a + b, "host": socket.gethostname()}
+
+
+def fail(msg: str) -> None:
+    print("about to fail", flush=True)
+    raise ValueError(msg)
+
+
+def sleep(seconds: float) -> str:
+    print("sleeping", flush=True)
+    time.sleep(seconds)
+    return "slept"
+
+
+def array_point(x: int) -> dict:
+    return {"x": x, "square": x * x, "array_task": os.environ.get("SLURM_ARRAY_TASK_ID")}
+
+
+def snapshot_probe(pkg: str, go_file: str) -> dict:
+    """Wait until the test has edited the working tree, then import: must still see the submitted code."""
+    while not Path(go_file).exists():
+        time.sleep(0.1)
+    import importlib
+
+    import gem_stages
+
+    import gemctl
+
+    mod = importlib.import_module(pkg)
+    return {"value": mod.VALUE, "pkg_file": mod.__file__, "gemctl": gemctl.__file__, "gem_stages": gem_stages.__file__}
+
+
+def train(ckpt_dir: str, steps: int = 30, step_s: float = 0.1) -> dict:
+    """A small deterministic training loop (DDP over gloo when the job has several ranks) that checkpoints on
+    should_stop and resumes from its checkpoint: an interrupted run must end exactly like an uninterrupted one."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from gemctl.launch import distributed, preemption
+
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1:
+        dist.init_process_group(distributed.backend())
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    ckpt = Path(ckpt_dir) / "ckpt.pt"
+    start, losses, resumed_at = 0, [], []
+    if ckpt.exists():
+        st = torch.load(ckpt)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        start, losses, resumed_at = st["step"], st["losses"], st["resumed_at"] + [st["step"]]
+        print(f"resumed at step {start}", flush=True)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(64, 4, generator=gen)
+    Y = X.sum(1, keepdim=True).sin()
+    for step in range(start, steps):
+        if preemption.should_stop_all():
+            if rank == 0:
+                tmp = ckpt.with_suffix(".tmp")
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "losses": losses,
+                            "resumed_at": resumed_at}, tmp)
+                tmp.replace(ckpt)
+            print(f"checkpointed at step {step}", flush=True)
+            if world > 1:
+                dist.barrier()  # nobody leaves before the checkpoint is on disk
+                dist.destroy_process_group()
+            return {"status": "preempted", "step": step}
+        idx = torch.randperm(64, generator=torch.Generator().manual_seed(1000 + step))[:16]
+        shard = idx[rank::world]
+        loss = F.mse_loss(net(X[shard]), Y[shard])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        print(f"step {step} loss {loss.item():.6f}", flush=True)
+        time.sleep(step_s)
+    if world > 1:
+        dist.destroy_process_group()
+    return {"status": "done", "rank": rank, "world": world, "losses": losses, "resumed_at": resumed_at,
+            "weights": {k: v.tolist() for k, v in model.state_dict().items()}}
+
+
+def fail_on_rank(bad_rank: int, others_sleep: float) -> str:
+    """One rank crashes while the others would wait much longer (as if stuck in a collective)."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == bad_rank:
+        raise RuntimeError(f"rank {rank} crashed")
+    time.sleep(others_sleep)
+    return "survived"

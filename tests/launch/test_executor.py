@@ -1,0 +1,117 @@
+"""launch(): the same function on debug, local and slurm; failures; sbatch scripts; refusals before submitting."""
+
+import functools
+import subprocess
+
+import pytest
+from gem_stages.errors import InputError
+
+from gemctl.launch import Resources, cluster, dry_run, kind_from_env, launch
+from tests.launch import jobfns
+from tests.launch.conftest import TEST_PREFIX
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+SMALL = Resources(time_min=5, signal_delay_s=30)
+
+
+@pytest.mark.parametrize("kind", ["debug", "local", "slurm"])
+def test_trivial_function_same_result_everywhere(kind, tmp_path):
+    updates = []
+    r = launch(functools.partial(jobfns.add, 2, 3), kind=kind, resources=SMALL, job_dir=tmp_path / "jobs",
+               name=TEST_PREFIX + "add", on_update=updates.append)
+    assert r.ok and r.state == "COMPLETED" and r.exit_code == 0, r.error
+    assert r.value["sum"] == 5 and r.values == [r.value]
+    states = [u.state for u in updates if u.state]
+    assert states[0] == "PENDING" and states[-1] == "COMPLETED"
+    assert all(u.job_id == r.job_id for u in updates)
+    if kind != "debug":  # a real job: its log lines were streamed
+        assert any(u.line and "gemctl: rank 0/1" in u.line for u in updates)
+
+
+@pytest.mark.parametrize("kind", ["debug", "local", "slurm"])
+def test_failing_job_reports_failure_and_log_tail(kind, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)  # debug must not open pdb even so
+    r = launch(functools.partial(jobfns.fail, "boom-42"), kind=kind, resources=SMALL, job_dir=tmp_path / "jobs",
+               name=TEST_PREFIX + "fail")
+    assert not r.ok and r.state == "FAILED" and r.exit_code == 1
+    assert "ValueError: boom-42" in r.error
+    assert r.value is None
+    if kind != "debug":
+        assert "boom-42" in r.log_tail()
+
+
+def test_dry_run_shows_the_sbatch_script(tmp_path):
+    res = Resources(nodes=1, tasks_per_node=2, cpus_per_task=1, mem_gb=2, time_min=4, partition="short",
+                    signal_delay_s=30, array_parallelism=3, extra_sbatch={"exclusive": "", "comment": "x"})
+    text = dry_run(resources=res, job_dir=tmp_path, name="stage3", array_size=10)
+    for line in ["#SBATCH --partition=short", "#SBATCH --ntasks-per-node=2", "#SBATCH --time=4",
+                 "#SBATCH --signal=USR2@30", "#SBATCH --array=0-9%3", "#SBATCH --mem=2048M", "#SBATCH --exclusive",
+                 "#SBATCH --comment=x", "#SBATCH --job-name=stage3", "export PYTHONSAFEPATH=1"]:
+        assert line in text, line
+    assert f"export PYTHONPATH={tmp_path}/code/" in text
+    assert not (tmp_path / "code").exists()  # nothing copied, nothing submitted
+
+
+def test_sbatch_itself_refuses_an_unknown_partition():
+    r = subprocess.run(["sbatch", "-p", "no-such-partition", "--wrap", "true"], capture_output=True, text=True, check=False)
+    assert r.returncode != 0 and "invalid partition" in r.stderr.lower()
+
+
+@pytest.mark.parametrize("res, message", [
+    ({"partition": "no-such-partition"}, "unknown SLURM partition 'no-such-partition' (available: debug, short)"),
+    ({"cpus_per_task": 64}, "CPUs per node"),
+    ({"tasks_per_node": 3, "cpus_per_task": 1}, "3 task(s) x cpus_per_task=1"),
+    ({"nodes": 2}, "has 1 node(s)"),
+    ({"gpus_per_node": 1}, "GPU(s)"),
+    ({"mem_gb": 100000}, "mem_gb"),
+    ({"partition": "short", "time_min": 10}, "exceeds the 5-minute limit of partition 'short'"),
+])
+def test_unsatisfiable_resources_are_refused_before_submitting(res, message, tmp_path):
+    before = subprocess.run(["squeue", "-h"], capture_output=True, text=True, check=False).stdout
+    with pytest.raises(InputError) as e:
+        launch(functools.partial(jobfns.add, 1, 1), kind="slurm", resources=Resources(**{"signal_delay_s": 30, **res}),
+               job_dir=tmp_path / "jobs", name=TEST_PREFIX + "refused")
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert subprocess.run(["squeue", "-h"], capture_output=True, text=True, check=False).stdout == before
+    assert not any((tmp_path / "jobs").glob("*_submitted.pkl"))
+
+
+def test_bad_resource_values_are_refused():
+    with pytest.raises(InputError, match="cpus_per_task=0 is out of range"):
+        Resources(cpus_per_task=0)
+    with pytest.raises(InputError, match="signal_delay_s=90 must be shorter than time_min=1"):
+        Resources(time_min=1, signal_delay_s=90)
+
+
+def test_slurm_not_reachable_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(cluster.shutil, "which", lambda _name: None)
+    with pytest.raises(InputError, match="SLURM is not available here"):
+        launch(functools.partial(jobfns.add, 1, 1), kind="slurm", resources=SMALL, job_dir=tmp_path,
+               name=TEST_PREFIX + "nope")
+
+
+def test_slurm_controller_down_is_a_clear_error(tmp_path, monkeypatch):
+    conf = tmp_path / "slurm.conf"  # a cluster whose controller listens nowhere
+    conf.write_text("ClusterName=x\nSlurmctldHost=localhost(127.0.0.1)\nSlurmctldPort=1\nMessageTimeout=2\n"
+                    "NodeName=n CPUs=1\nPartitionName=p Nodes=n\n")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    with pytest.raises(InputError, match="SLURM controller is not reachable"):
+        cluster.require_slurm()
+
+
+def test_sbatch_refusal_is_one_line_input_error(tmp_path):
+    res = Resources(time_min=5, signal_delay_s=30, extra_sbatch={"nodelist": "no-such-node"})
+    with pytest.raises(InputError, match=r"^sbatch refused the job: .*[Ii]nvalid node name") as e:
+        launch(functools.partial(jobfns.add, 1, 1), kind="slurm", resources=res, job_dir=tmp_path,
+               name=TEST_PREFIX + "refused")
+    assert "\n" not in str(e.value)
+
+
+def test_executor_kind_from_env(monkeypatch):
+    monkeypatch.delenv("GEMCTL_EXECUTOR", raising=False)
+    assert kind_from_env() == "local" and kind_from_env("slurm") == "slurm"
+    monkeypatch.setenv("GEMCTL_EXECUTOR", "slurm")
+    assert kind_from_env() == "slurm"
+    monkeypatch.setenv("GEMCTL_EXECUTOR", "kubernetes")
+    with pytest.raises(InputError, match="GEMCTL_EXECUTOR='kubernetes' is not an executor"):
+        kind_from_env()

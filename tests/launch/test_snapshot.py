@@ -1,0 +1,47 @@
+"""Jobs run the code of submit time: editing the working tree afterwards changes nothing for them."""
+
+import functools
+
+import pytest
+
+from gemctl.launch import Resources, snapshot, submit
+from tests.launch import jobfns
+from tests.launch.conftest import TEST_PREFIX
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+
+
+def test_snapshot_is_content_addressed_and_reused(tmp_path):
+    src = tmp_path / "src" / "probe_pkg"
+    src.mkdir(parents=True)
+    (src / "__init__.py").write_text("VALUE = 1\n")
+    (src / "__pycache__").mkdir()
+    (src / "__pycache__" / "x.pyc").write_bytes(b"junk")
+    a = snapshot.take(tmp_path / "jobs", {"probe_pkg": src})
+    assert snapshot.take(tmp_path / "jobs", {"probe_pkg": src}) == a
+    assert not (a / "probe_pkg" / "__pycache__").exists()
+    (src / "__init__.py").write_text("VALUE = 2\n")
+    b = snapshot.take(tmp_path / "jobs", {"probe_pkg": src})
+    assert b != a and (a / "probe_pkg" / "__init__.py").read_text() == "VALUE = 1\n"
+    assert set(snapshot.project_packages()) == {"gemctl", "gem_models", "gem_stages"}
+
+
+@pytest.mark.parametrize("kind", ["slurm", "local"])
+def test_editing_the_working_tree_after_submit_does_not_change_the_job(kind, tmp_path):
+    src = tmp_path / "src" / "probe_pkg"
+    src.mkdir(parents=True)
+    (src / "__init__.py").write_text("VALUE = 1\n")
+    go = tmp_path / "go"
+    code = {**snapshot.project_packages(), "probe_pkg": src}
+    h = submit(functools.partial(jobfns.snapshot_probe, "probe_pkg", str(go)), kind=kind,
+               resources=Resources(time_min=5, signal_delay_s=30), job_dir=tmp_path / "jobs",
+               name=TEST_PREFIX + "snap", code=code)
+    (src / "__init__.py").write_text("VALUE = 2\n")  # the job has not imported it yet: it waits for `go`
+    go.touch()
+    r = h.wait()
+    assert r.ok, r.error
+    code_dir = tmp_path / "jobs" / "code"
+    assert r.value["value"] == 1
+    # the project's own packages come from the snapshot too, not from the editable install or the cwd
+    for key in ("pkg_file", "gemctl", "gem_stages"):
+        assert r.value[key].startswith(str(code_dir)), (key, r.value[key])
