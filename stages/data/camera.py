@@ -38,8 +38,28 @@ class Camera:
         u = (np.arange(self.width) + 0.5 - self.cx) / self.focal
         v = (np.arange(self.height) + 0.5 - self.cy) / self.focal
         uu, vv = np.meshgrid(u, v)
-        cam = np.stack([uu.ravel(), vv.ravel(), np.ones(uu.size)], axis=1)
-        return cam @ self.rotation.T
+        right, down, forward = self.rotation.T
+        # u * right + v * down + forward, elementwise (a BLAS matmul would start threads; see raycast.dot3)
+        return uu.ravel()[:, None] * right + vv.ravel()[:, None] * down + forward
+
+    def pixels_covering(self, center, radius: float) -> np.ndarray | None:
+        """Row-major indices of the pixels whose rays may meet the sphere (center, radius), from a conservative
+        screen rectangle; None when the sphere reaches behind the camera (then test every ray)."""
+        x, y, z = (np.asarray(center, dtype=np.float64) - self.position) @ self.rotation
+        near, far = z - radius, z + radius
+        if near <= 1e-3:
+            return None
+        # x/z over the sphere's camera-space bounding box is extreme at its corners
+        xs = [(x - radius) / near, (x - radius) / far, (x + radius) / near, (x + radius) / far]
+        ys = [(y - radius) / near, (y - radius) / far, (y + radius) / near, (y + radius) / far]
+        u0, u1 = min(xs) * self.focal + self.cx, max(xs) * self.focal + self.cx
+        v0, v1 = min(ys) * self.focal + self.cy, max(ys) * self.focal + self.cy
+        # pixel i's ray passes through u = i + 0.5; one pixel of margin against rounding
+        c0, c1 = max(int(np.ceil(u0 - 0.5)) - 1, 0), min(int(np.floor(u1 - 0.5)) + 1, self.width - 1)
+        r0, r1 = max(int(np.ceil(v0 - 0.5)) - 1, 0), min(int(np.floor(v1 - 0.5)) + 1, self.height - 1)
+        if c0 > c1 or r0 > r1:
+            return np.empty(0, dtype=np.int64)
+        return (np.arange(r0, r1 + 1)[:, None] * self.width + np.arange(c0, c1 + 1)[None, :]).ravel()
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """World points (N, 3) -> (pixel coordinates (N, 2) as continuous x, y; z-depth (N,))."""

@@ -30,7 +30,7 @@ def write_episode(
     success: bool,
 ) -> None:
     # One chunk per frame (a training window reads single frames) and gzip: synthetic frames compress ~5x.
-    with h5py.File(path, "w", libver="earliest", track_order=False) as f:
+    with h5py.File(path, "w", libver="earliest") as f:  # earliest: readable by old HDF5 builds
         f.create_dataset("action", data=np.asarray(action, dtype=np.float32))
         obs = f.create_group("observations")
         for group, arrays, dtype in (("images", images, np.uint8), ("depth_images", depths, np.uint16)):

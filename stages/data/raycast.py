@@ -12,6 +12,12 @@ import numpy as np
 T_MIN = 1e-7  # hits closer than this are the ray's own surface (shadow rays start on a surface)
 
 
+def dot3(vectors: np.ndarray, v) -> np.ndarray:
+    """(N, 3) . (3,) with plain elementwise arithmetic. `@` would call BLAS, whose threads oversubscribe the
+    cores (and whose kernels may round differently across machines); this is deterministic and single-threaded."""
+    return vectors[:, 0] * v[0] + vectors[:, 1] * v[1] + vectors[:, 2] * v[2]
+
+
 def hit_culled(prim, origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
     """prim.hit, evaluated only on rays that pass through the primitive's bounding sphere.
 
@@ -24,8 +30,8 @@ def hit_culled(prim, origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
     radius = radius * (1 + 1e-6) + 1e-9  # conservative against rounding
     oc = center - origins
     if oc.ndim == 1:
-        along = dirs @ oc
-        oc2 = oc @ oc
+        along = dot3(dirs, oc)
+        oc2 = float(oc[0] * oc[0] + oc[1] * oc[1] + oc[2] * oc[2])
     else:
         along = np.einsum("ij,ij->i", dirs, oc)
         oc2 = np.einsum("ij,ij->i", oc, oc)

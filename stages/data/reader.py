@@ -6,6 +6,7 @@ workers. Problems found only at read time (an image deleted or corrupted since p
 
 import bisect
 import os
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +24,17 @@ from .sampling import select_indices
 MAX_OPEN_EPISODES = 64  # HDF5 handles kept open per process (file-descriptor limits are ~1024)
 
 
+def _annotation_file(dataset_dir: Path, entry: dict) -> Path:
+    """The set's JSONL, checked against its md5: the kept lines are recomputed from it, so it must not change."""
+    ann = resolve(dataset_dir, entry["annotations"])
+    if not ann.is_file() or md5_file(ann) != entry["md5"]:
+        raise InputError(
+            f"annotation file '{ann}' is missing or changed since the dataset was prepared: "
+            "prepare the dataset again"
+        )
+    return ann
+
+
 class GemSamples(Sequence):
     """QA samples: {"id", "images": [PIL RGB], "depths": [float32 (H, W) metres or None], "conversations", "task"}."""
 
@@ -31,15 +43,13 @@ class GemSamples(Sequence):
         manifest = load_manifest(self.dataset_dir)
         self._sets = []  # (set entry, annotation path, byte offsets of kept lines, their line numbers)
         for entry in manifest["annotation_sets"]:
-            ann = resolve(self.dataset_dir, entry["annotations"])
-            if not ann.is_file() or md5_file(ann) != entry["md5"]:
-                raise InputError(
-                    f"annotation file '{ann}' is missing or changed since the dataset was prepared: prepare the dataset again"
-                )
-            lines = [(line_no, offset) for line_no, offset, _ in scan_jsonl(ann)]
-            keep = select_indices(len(lines), entry["rate"], manifest["seed"], entry["name"])
-            kept = np.array(lines, dtype=np.int64).reshape(-1, 2)[keep]
-            self._sets.append((entry, ann, kept[:, 1], kept[:, 0]))
+            ann = _annotation_file(self.dataset_dir, entry)
+            line_nos, offsets = array("q"), array("q")  # compact even for millions of lines
+            for line_no, offset, _ in scan_jsonl(ann):
+                line_nos.append(line_no)
+                offsets.append(offset)
+            keep = select_indices(len(offsets), entry["rate"], manifest["seed"], entry["name"])
+            self._sets.append((entry, ann, np.asarray(offsets)[keep], np.asarray(line_nos)[keep]))
         self._starts = np.cumsum([0] + [len(s[2]) for s in self._sets]).tolist()
 
     def __len__(self) -> int:
@@ -234,14 +244,19 @@ def action_statistics(dataset_dir: Path) -> dict:
 
 
 def text_corpus(dataset_dir: Path) -> Iterator[str]:
-    """Every conversation turn's text, then every episode instruction (for training a small tokenizer)."""
+    """Every kept sample's conversation texts, in file order, then every episode instruction (for training a
+    small tokenizer). Streams each annotation file once, without loading images."""
     dataset_dir = Path(dataset_dir)
     manifest = load_manifest(dataset_dir)
-    if manifest["annotation_sets"]:
-        samples = GemSamples(dataset_dir)
-        for i in range(len(samples)):
-            sample, _, _ = samples.record(i)
-            for turn in sample.get("conversations") or []:
-                yield turn["value"]
+    for entry in manifest["annotation_sets"]:
+        ann = _annotation_file(dataset_dir, entry)
+        keep = select_indices(entry["lines"], entry["rate"], manifest["seed"], entry["name"])
+        kept = np.zeros(entry["lines"], dtype=bool)
+        kept[keep] = True
+        for index, (line_no, _, raw) in enumerate(scan_jsonl(ann)):
+            if index < len(kept) and kept[index]:
+                sample = parse_sample(raw, f"{ann.name} line {line_no}")
+                for turn in sample.get("conversations") or []:
+                    yield turn["value"]
     if manifest["episodes"]:
         yield from manifest["episodes"]["instructions"]

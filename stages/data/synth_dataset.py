@@ -5,8 +5,12 @@ the seed and its index: same seed -> byte-identical files, and growing num_scene
 """
 
 import json
+import multiprocessing as mp
+import os
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -71,29 +75,61 @@ def _write_scene(cfg: DataConfig, index: int, root: Path) -> list[dict]:
     return samples
 
 
+def _write_episode(cfg: DataConfig, index: int, root: Path) -> tuple[str, int, str, bool]:
+    rng = np.random.default_rng([cfg.seed, EPISODE_STREAM, index])
+    ep = run_episode(rng, cfg.cameras, cfg.image_height, cfg.image_width, cfg.episode_max_steps)
+    rel = f"episodes/episode_{index:06d}.hdf5"
+    write_episode(root / rel, ep.images, ep.depths, ep.state, ep.action, ep.instruction, ep.success)
+    return rel, len(ep.action), ep.instruction, ep.success
+
+
+WORKERS_ENV = "GEMCTL_DATA_WORKERS"  # force the number of worker processes (1 = serial)
+
+
+@contextmanager
+def _mapper(num_items: int, pixels_per_item: int):
+    """An ordered map over scene/episode indices: serial for small jobs, a process pool for large ones.
+
+    Items are independent (own seeded generator, own files), so the output does not depend on the worker count.
+    Threads do not help (rendering is GIL-bound numpy on small arrays). The pool forks: spawn/forkserver would
+    re-import the caller's main script, which breaks callers without an `if __name__ == "__main__"` guard.
+    """
+    forced = os.environ.get(WORKERS_ENV)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = int(forced) if forced else cores
+    if not forced and num_items * pixels_per_item < 4_000_000:  # ~1-2 s of rendering: not worth a pool
+        workers = 1
+    if workers <= 1 or num_items < 2 or "fork" not in mp.get_all_start_methods():
+        yield map
+        return
+    with mp.get_context("fork").Pool(min(workers, num_items)) as pool:
+        yield lambda fn, items: pool.imap(fn, items, chunksize=2)
+
+
 def write_synth(cfg: DataConfig, root: Path) -> dict:
     """Generate into `root` (an empty directory) and return the manifest (dataset.json is written by the caller)."""
     samples = []
     if cfg.num_scenes:
         (root / "images").mkdir()
         (root / "depth").mkdir()
-        for index in range(cfg.num_scenes):
-            samples += _write_scene(cfg, index, root)
+        with _mapper(cfg.num_scenes, cfg.image_height * cfg.image_width) as map_:
+            for scene_samples in map_(partial(_write_scene, cfg, root=root), range(cfg.num_scenes)):
+                samples += scene_samples
         with open(root / "annotations.jsonl", "w") as f:
             f.writelines(json.dumps(sample) + "\n" for sample in samples)
 
     episodes, lengths, instructions, successes = [], [], [], 0
     if cfg.num_episodes:
         (root / "episodes").mkdir()
-    for index in range(cfg.num_episodes):
-        rng = np.random.default_rng([cfg.seed, EPISODE_STREAM, index])
-        ep = run_episode(rng, cfg.cameras, cfg.image_height, cfg.image_width, cfg.episode_max_steps)
-        rel = f"episodes/episode_{index:06d}.hdf5"
-        write_episode(root / rel, ep.images, ep.depths, ep.state, ep.action, ep.instruction, ep.success)
-        episodes.append(rel)
-        lengths.append(len(ep.action))
-        instructions.append(ep.instruction)
-        successes += ep.success
+    pixels_per_episode = 25 * len(cfg.cameras) * cfg.image_height * cfg.image_width  # ~25 steps
+    with _mapper(cfg.num_episodes, pixels_per_episode) as map_:
+        for rel, length, instruction, success in map_(
+            partial(_write_episode, cfg, root=root), range(cfg.num_episodes)
+        ):
+            episodes.append(rel)
+            lengths.append(length)
+            instructions.append(instruction)
+            successes += success
 
     md5s = {p.relative_to(root).as_posix(): md5_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
     digest = write_file_list(root, md5s)

@@ -14,7 +14,7 @@ A scripted expert drives the gripper through the plan of synth_questions.plan_st
 every displacement, closed-loop (each waypoint is re-aimed from the current state), so noise never breaks it.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,15 +55,14 @@ class PickPlaceWorld:
     item: int  # index of the object to move
     target: int  # index of the plate to put it on
     gripper: np.ndarray  # (3,) fingertip position
-    opening: float = 1.0
-    held: int | None = None
-    grasped_once: bool = field(default=False)
+    opening: float = 1.0  # 0 closed .. 1 open
+    held: int | None = None  # index of the object in the gripper
 
     def state(self) -> np.ndarray:
         return np.array([*self.gripper, self.opening], dtype=np.float32)
 
     def step(self, action: np.ndarray) -> None:
-        delta = np.asarray(action[:3], dtype=np.float64)
+        delta = np.array(action[:3], dtype=np.float64)  # a copy: the caller's action stays as recorded
         norm = np.linalg.norm(delta)
         if norm > MAX_STEP_M:
             delta *= MAX_STEP_M / norm
@@ -87,7 +86,6 @@ class PickPlaceWorld:
             ]
             if near:
                 self.held = min(near)[1]
-                self.grasped_once = True
 
     def _drop(self, index: int) -> None:
         obj = self.objects[index]

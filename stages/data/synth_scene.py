@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .camera import Camera, look_at
-from .raycast import Box, Cylinder, HorizontalRect, Sphere, hit_culled
+from .raycast import Box, Cylinder, HorizontalRect, Sphere, dot3, hit_culled
 
 # Id-buffer codes: objects are their index (>= 0) in the scene's object list; everything else is negative.
 ID_TABLE, ID_FLOOR, ID_NOTHING, ID_GRIPPER = -1, -2, -3, -4
@@ -182,9 +182,16 @@ def render(
     best = np.full(n, np.inf)
     which = np.full(n, -1)  # index into `surfaces`
     for k, (_, prim, _) in enumerate(surfaces):
-        t = hit_culled(prim, origin, dirs)
-        closer = t < best
-        best[closer], which[closer] = t[closer], k
+        # Small primitives are tested only on the pixels their bounding sphere can cover (most rays miss them).
+        cover = camera.pixels_covering(*prim.bounds()) if hasattr(prim, "bounds") else None
+        if cover is None:
+            t = hit_culled(prim, origin, dirs)
+            closer = t < best
+            best[closer], which[closer] = t[closer], k
+        elif cover.size:
+            t = prim.hit(origin, dirs[cover])
+            closer = t < best[cover]
+            best[cover[closer]], which[cover[closer]] = t[closer], k
     hit = best <= MAX_DEPTH_M
     which[~hit] = -1
 
@@ -213,17 +220,32 @@ def render(
     # Lambert shading with hard shadows from one directional light; occluders are the objects and the gripper.
     light = np.array([0.35, -0.55, 1.0])
     light /= np.linalg.norm(light)
-    lambert = np.clip(normals @ light, 0.0, None)
+    lambert = np.clip(dot3(normals, light), 0.0, None)
     lit = np.ones(n, dtype=bool)
     lit_idx = np.flatnonzero(hit & (lambert > 0))
     if lit_idx.size:
         start = points[lit_idx] + normals[lit_idx] * 1e-4
         to_light = np.broadcast_to(light, start.shape)
+        # All shadow rays are parallel: in the plane across the light, a bounding sphere is a disc to test against.
+        across = np.cross(light, [1.0, 0.0, 0.0])
+        across /= np.linalg.norm(across)
+        basis = np.stack([across, np.cross(light, across), light], axis=1)
+        su, sv, sw = (dot3(start, axis) for axis in basis.T)
         for sid, prim, _ in surfaces:
             if sid == ID_FLOOR:  # the table can shade the floor, but nothing lies under the floor
                 continue
-            blocked = np.isfinite(hit_culled(prim, start, to_light))
-            lit[lit_idx[blocked]] = False
+            if hasattr(prim, "bounds"):
+                center, radius = prim.bounds()
+                cu, cv, cw = (float(np.dot(center, axis)) for axis in basis.T)
+                radius = radius * (1 + 1e-6) + 1e-9
+                cand = np.flatnonzero(
+                    ((su - cu) ** 2 + (sv - cv) ** 2 <= radius * radius) & (sw < cw + radius)
+                )
+            else:
+                cand = np.arange(len(start))
+            if cand.size:
+                blocked = np.isfinite(prim.hit(start[cand], to_light[cand]))
+                lit[lit_idx[cand[blocked]]] = False
     shade = 0.35 + 0.65 * lambert * lit
     colour = albedo * shade[:, None]
     rows = np.repeat(np.arange(camera.height), camera.width) / max(camera.height - 1, 1)
