@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -88,7 +89,7 @@ def recipe_validate(name: str, override: OverrideOpt = None) -> None:
 
 # --- training ------------------------------------------------------------------------------------------------------
 def _train(stage: str, recipe_name: str, overrides: list[str] | None, executor: str, force: bool,
-           tracking_uri: str | None) -> None:
+           tracking_uri: str | None, dry_run: bool = False) -> None:
     from . import pipeline, summary
 
     if executor not in EXECUTORS:
@@ -98,6 +99,9 @@ def _train(stage: str, recipe_name: str, overrides: list[str] | None, executor: 
     from gem_stages.data.config import check_config
 
     check_config(recipe.data)
+    if dry_run:
+        _print_dry_run(project, recipe, stage, executor)
+        return
     if tracking_uri:
         os.environ["GEMCTL_TRACKING_URI"] = tracking_uri
     os.environ["GEMCTL_EXECUTOR"] = executor
@@ -117,6 +121,19 @@ def _train(stage: str, recipe_name: str, overrides: list[str] | None, executor: 
     summary.print_run(console, project, recipe, stage, result, time.perf_counter() - t0)
 
 
+def _print_dry_run(project, recipe, stage: str, executor: str) -> None:
+    """What would be submitted for `stage`, without touching the pipeline or the cluster."""
+    from .launch import dry_run
+
+    r = recipe.resources
+    console.print(f"[bold]{stage}@{recipe.name}[/bold] (hash {recipe.content_hash}) on executor {executor}: "
+                  f"{r.nodes} node(s) x {r.ntasks_per_node} task(s), {r.gpus_per_node} GPU(s)/node, "
+                  f"{r.cpus_per_task} CPU(s)/task, mem {r.mem_gb or 'default'} GB, {r.time_min} min, "
+                  f"partition {r.partition or 'default'}, max {r.max_requeues} requeue(s)", highlight=False)
+    if executor == "slurm":
+        print(dry_run(resources=r, job_dir=project.jobs_dir / recipe.name / stage, name=f"{stage}@{recipe.name}"))
+
+
 @app.command("train")
 def train(
     stage: Annotated[str, typer.Argument(help="data, stage1, stage2, stage3 or stage4.")],
@@ -125,9 +142,10 @@ def train(
     executor: ExecutorOpt = "local",
     force: Annotated[bool, typer.Option("--force", help="Re-run this stage even if it is up to date.")] = False,
     tracking_uri: TrackingOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resources (and sbatch script) only.")] = False,
 ) -> None:
     """Bring STAGE of a recipe up to date: runs it and whatever upstream is out of date; a no-op when nothing changed."""
-    _train(stage, recipe, override, executor, force, tracking_uri)
+    _train(stage, recipe, override, executor, force, tracking_uri, dry_run)
 
 
 @app.command("run")
@@ -166,7 +184,7 @@ def stage_run(stage: str, recipe: RecipeOpt) -> None:
     result = launch(partial(stage_job, str(project.root), recipe, stage), kind=kind, resources=resources,
                     job_dir=project.jobs_dir / recipe / stage, name=f"{stage}@{recipe}",
                     on_update=show if kind != "debug" else None, project=project.root,
-                    tags={"stage": stage, "point": recipe})
+                    tags={"stage": stage, "point": recipe, "run": f"{stage}@{recipe}"})
     value = result.value if isinstance(result.value, dict) else {}
     if value.get("status") == "input_error":
         atomic_write_text(error_file, json.dumps({"message": value["message"], "exit_code": 2}))
@@ -180,6 +198,168 @@ def stage_run(stage: str, recipe: RecipeOpt) -> None:
         err.print(f"[red]error:[/red] {stage}@{recipe}: job {result.job_id} ended {result.state} "
                   f"(exit {code}); last lines of its log:\n{tail}\nfull log: {result.stderr}", highlight=False)
         raise typer.Exit(code)
+
+
+# --- sweeps --------------------------------------------------------------------------------------------------------
+@app.command("sweep")
+def sweep(
+    stage: Annotated[str, typer.Argument(help="The stage to sweep: stage1..stage4.")],
+    recipe: RecipeOpt = "tiny",
+    param: Annotated[Optional[list[str]], typer.Option(
+        "--param", "-p", help="Grid axis: key.path=v1,v2,... (repeatable; the grid is their product).")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="Repeat every point with this many seeds.")] = 1,
+    file: Annotated[Optional[str], typer.Option("--file", "-f", help="A sweep YAML (e.g. recipes/sweeps/x.yaml).")] = None,
+    override: OverrideOpt = None,
+    executor: ExecutorOpt = "local",
+    parallel: Annotated[Optional[int], typer.Option(
+        "--parallel", help="Points running at once (default: resources.array_parallelism).")] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Run a grid of settings of one stage as ONE job array; skip points already completed; print points x metrics."""
+    from functools import partial
+
+    from . import pipeline
+    from . import sweep as sw
+    from .launch import launch_array, wait_all
+    from .project import find_project
+
+    project = find_project()
+    grid: dict = {}
+    base_overrides = list(override or [])
+    if file:
+        spec = sw.load_file(project.root / file if not os.path.isabs(file) else Path(file))
+        stage = spec.get("stage", stage)
+        recipe = spec.get("recipe", recipe)
+        grid.update(spec.get("grid") or {})
+        seeds = int(spec.get("seeds", seeds))
+        base_overrides = list(spec.get("overrides") or []) + base_overrides
+    for text in param or []:
+        key, values = sw.parse_param(text)
+        grid[key] = values
+    if executor not in EXECUTORS:
+        raise InputError(f"unknown executor '{executor}': choose one of {', '.join(EXECUTORS)}")
+    s = sw.expand(project, stage, recipe, grid, seeds, base_overrides)
+    base = s.base
+    resources = base.resources
+    if parallel is not None:
+        if parallel < 1:
+            raise InputError(f"--parallel {parallel}: give 1 or more")
+        resources = type(resources)(**{**resources.__dict__, "array_parallelism": parallel})
+    if executor == "slurm":
+        from .launch import cluster
+
+        cluster.check(resources)  # refuse before building anything
+    todo = [p for p in s.points if not sw.is_done(project, s, p)]
+    failed: list = []
+    console.print(f"sweep {s.id}: {stage}@{recipe}, {len(s.points)} point(s), {len(s.points) - len(todo)} already "
+                  f"complete, {len(todo)} to run on {executor}", highlight=False)
+    if tracking_uri:
+        os.environ["GEMCTL_TRACKING_URI"] = tracking_uri
+    if todo:
+        os.environ["GEMCTL_EXECUTOR"] = "local"  # upstream stages run here, before the array
+        pipeline.render(project, base)
+        pipeline.reproduce(project, base.name, sw.previous_stage(stage))
+        pinned = sw.pin_inputs(project, base.name, stage)
+        parent = sw.parent_run(project, s, grid, seeds)
+        sw.write_points(project, s)
+        fns = [partial(sw.run_point, str(project.root), recipe, stage, str(sw.point_dir(project, s, p)), pinned,
+                       parent, s.id) for p in todo]
+        tags = [{"stage": stage, "point": f"{recipe}/{p.id}", "sweep": s.id, "run": f"{stage}@{recipe}/{p.id}"}
+                for p in todo]
+        handles = launch_array(fns, kind=executor, resources=resources,
+                               job_dir=project.jobs_dir / recipe / f"sweep-{s.id}", name=f"{s.id}-{stage}",
+                               project=project.root, tags=tags)
+        console.print(f"submitted {len(handles)} point(s) as one array: "
+                      f"{handles[0].job_id.split('_')[0] if handles else ''}", highlight=False)
+
+        def show(update) -> None:
+            if update.state:
+                console.print(f"[dim]{update.job_id}: {update.state}[/dim]", highlight=False)
+
+        results = wait_all(handles, on_update=show)
+        _finish_parent(parent, results)
+        failed = [(p, r) for p, r in zip(todo, results) if not r.ok or (isinstance(r.value, dict)
+                  and r.value.get("status") == "input_error")]
+        for p, r in failed:
+            why = r.value["message"] if isinstance(r.value, dict) and "message" in r.value else r.state
+            err.print(f"[red]point {p.id} ({p.label()}) failed:[/red] {why}; log: {r.stderr}", highlight=False)
+    _print_sweep_table(project, s)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _finish_parent(run_id: str, results) -> None:
+    import mlflow
+
+    status = "FINISHED" if all(r.ok for r in results) else "FAILED"
+    mlflow.MlflowClient().set_terminated(run_id, status)
+
+
+def _print_sweep_table(project, s) -> None:
+    from rich.table import Table
+
+    from . import sweep as sw
+
+    table = Table(title=f"sweep {s.id}: {s.stage}@{s.recipe}", title_justify="left")
+    keys = list(s.points[0].overrides) if s.points else []
+    summaries = []
+    for p in s.points:
+        path = sw.point_dir(project, s, p) / "out" / "summary.json"
+        summaries.append(json.loads(path.read_text()) if path.is_file() else {})
+    parts = [k for k in ("loss", "lm", "depth", "action") if any(k in x.get("losses", {}) for x in summaries)]
+    table.add_column("point", no_wrap=True)
+    for k in keys:
+        table.add_column(k.split(".")[-1], no_wrap=True)  # the last key part: lr, depth, seed
+    for col in ("status", "steps", *parts):
+        table.add_column(col, no_wrap=True)
+    for p, summary in zip(s.points, summaries):
+        losses = summary.get("losses", {})
+        table.add_row(p.id, *[str(p.overrides[k]) for k in keys], summary.get("status", "not run"),
+                      str(summary.get("step", "")), *[f"{losses[k]:.4f}" if k in losses else "" for k in parts])
+    console.print(table)
+
+
+# --- jobs ----------------------------------------------------------------------------------------------------------
+@app.command("status")
+def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+           all_jobs: Annotated[bool, typer.Option("--all", "-a", help="Include finished jobs.")] = True) -> None:
+    """gemctl's jobs: id, stage, recipe/sweep point, state, elapsed, node."""
+    from rich.table import Table
+
+    from .launch.registry import list_jobs
+
+    jobs = [j for j in list_jobs(_project().root) if all_jobs or not j.finished]
+    if as_json:
+        print(json.dumps([j.to_json() for j in jobs], indent=1))
+        return
+    table = Table(title="gemctl jobs", title_justify="left")
+    for col in ("job", "stage", "recipe / point", "sweep", "state", "elapsed", "node"):
+        table.add_column(col)
+    colours = {"COMPLETED": "green", "RUNNING": "yellow", "PENDING": "cyan", "FAILED": "red", "CANCELLED": "dim"}
+    for j in jobs:
+        c = colours.get(j.state, "white")
+        table.add_row(j.job_id, j.stage, j.point, j.sweep, f"[{c}]{j.state}[/{c}]", f"{j.elapsed_s:.0f}s", j.node)
+    console.print(table)
+
+
+@app.command("logs")
+def logs(key: Annotated[str, typer.Argument(help="Job id, array id, run (e.g. stage3@tiny) or sweep id.")],
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
+         ) -> None:
+    """Print the logs of the latest job matching KEY."""
+    from .launch.registry import job_log
+
+    for line in job_log(_project().root, key, follow=follow):
+        print(line, flush=follow)
+
+
+@app.command("cancel")
+def cancel(key: Annotated[str, typer.Argument(help="Job id, array id, run (e.g. stage3@tiny) or sweep id.")]) -> None:
+    """Cancel the unfinished jobs matching KEY (a whole sweep by its id)."""
+    from .launch.registry import cancel as cancel_jobs
+
+    ids = cancel_jobs(_project().root, key)
+    console.print(f"cancelled {len(ids)} job(s): {' '.join(ids)}" if ids else f"no unfinished job matches {key}")
 
 
 def main() -> None:

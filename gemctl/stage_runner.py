@@ -68,8 +68,6 @@ def _quiet_libraries() -> None:
 def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run `stage` of recipe `recipe_name` in project `root`. Returns the stage summary (status "preempted" if it
     checkpointed on request and must be run again to finish)."""
-    from .tracking import StageRun
-
     _quiet_libraries()
     project = Project(Path(root))
     recipe = from_params(project.params_file(recipe_name))
@@ -77,6 +75,8 @@ def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[],
 
     if stage == "data":
         from gem_stages.data.config import check_config
+
+        from .tracking import StageRun
         from gem_stages.data.generate import prepare_dataset
 
         check_config(recipe.data)
@@ -114,12 +114,22 @@ def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[],
             "digest": dvc_digest(project, recipe_name, "data") or str(data_summary.get("digest", ""))}
 
     work_dir = project.resume_dir(recipe_name) / f"{stage}-{_stage_key(recipe, stage)}"
-    run_id_file = work_dir / "mlflow_run_id"
-    resume_id = run_id_file.read_text().strip() if run_id_file.is_file() else None
+    return train_with_lineage(project, recipe, stage, data_dir=data_dir, init_dir=init_dir, data=data,
+                              parent=parent, out_dir=out_dir, work_dir=work_dir, should_stop=should_stop)
 
+
+def train_with_lineage(project: Project, recipe: Recipe, stage: str, *, data_dir: Path, init_dir: Path | None,
+                       data: dict, parent: dict | None, out_dir: Path, work_dir: Path,
+                       should_stop: Callable[[], bool] | None = None, tags: dict | None = None) -> dict:
+    """The training stage program inside one MLflow run; resume state (and the run id) live in work_dir."""
     from gem_stages.train import train_stage
 
-    with StageRun(project, recipe, stage, data=data, parent=parent, resume_run_id=resume_id) as run:
+    from .tracking import StageRun
+
+    run_id_file = work_dir / "mlflow_run_id"
+    resume_id = run_id_file.read_text().strip() if run_id_file.is_file() else None
+    stage_cfg = getattr(recipe.stages, stage)
+    with StageRun(project, recipe, stage, data=data, parent=parent, resume_run_id=resume_id, tags=tags) as run:
         work_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_id_file, run.run_id)
         summary = train_stage(stage, model_cfg=recipe.model, stage_cfg=stage_cfg, runtime=recipe.runtime,

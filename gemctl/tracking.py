@@ -43,6 +43,12 @@ def setup(project: Project) -> str:
         Path(uri.split("sqlite:///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    if uri.startswith("sqlite:"):
+        # sweep points write concurrently: WAL lets readers and one writer proceed together (persistent per db)
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(uri.split("sqlite:///", 1)[1], timeout=30)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
     if exp is not None:
         return exp.experiment_id
     artifacts = project.artifact_root.resolve().as_uri() if uri.startswith("sqlite:") else None
@@ -79,8 +85,9 @@ class StageRun:
     """
 
     def __init__(self, project: Project, recipe, stage: str, *, data: dict | None = None,
-                 parent: dict | None = None, resume_run_id: str | None = None):
+                 parent: dict | None = None, resume_run_id: str | None = None, tags: dict | None = None):
         self.project, self.recipe, self.stage = project, recipe, stage
+        self.tags = tags or {}  # extra tags, e.g. mlflow.parentRunId and gemctl.sweep for a sweep point
         self.data, self.parent, self.resume_run_id = data, parent, resume_run_id
         self.run_id: str | None = None
         self._buffer: list[Any] = []
@@ -94,7 +101,7 @@ class StageRun:
         if self.resume_run_id:
             run = mlflow.start_run(run_id=self.resume_run_id)
         else:
-            run = mlflow.start_run(experiment_id=exp, run_name=f"{self.stage}@{self.recipe.name}")
+            run = mlflow.start_run(experiment_id=exp, run_name=f"{self.stage}@{self.recipe.name}", tags=self.tags)
             self._log_start()
         self.run_id = run.info.run_id
         return self
