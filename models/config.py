@@ -42,6 +42,18 @@ class BackboneConfig:
     max_pixels: int = _range(448 * 448, 1)  # upper bound; 448x448 -> 196 visual tokens
     max_length: int = _range(16384, 16)  # tokens per sample (the released script: 16384)
 
+    def validate(self) -> None:
+        if self.pretrained is None:
+            if self.hidden_size % self.num_heads:
+                raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            if self.num_heads % self.num_kv_heads:
+                raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
+            if self.vision_hidden_size % self.vision_heads:
+                raise ValueError(f"vision_hidden_size {self.vision_hidden_size} is not divisible by vision_heads "
+                                 f"{self.vision_heads}")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} is larger than max_pixels {self.max_pixels}")
+
 
 @dataclass
 class ConnectorConfig:
@@ -77,6 +89,14 @@ class DepthGeneratorConfig:
     sample_steps: int = _range(30, 1)  # Euler steps at sampling
     guidance_scale: float = _range(5.0, 0.0)  # classifier-free guidance at sampling
 
+    def validate(self) -> None:
+        inner, cross = self.num_heads * self.head_dim, self.cross_heads * self.cross_head_dim
+        if self.pretrained_transformer is None and inner != cross:
+            raise ValueError(f"cross_heads x cross_head_dim ({self.cross_heads}x{self.cross_head_dim}) must equal "
+                             f"num_heads x head_dim ({self.num_heads}x{self.head_dim})")
+        if self.image_long_side % self.multiple_of:
+            raise ValueError(f"image_long_side {self.image_long_side} is not a multiple of {self.multiple_of}")
+
 
 @dataclass
 class ActionExpertConfig:
@@ -102,6 +122,13 @@ class ActionExpertConfig:
     inference_steps: int = _range(5, 1)  # Euler steps at prediction
     # --- autoregressive only ---
     ar_loss: Literal["l1", "mse"] = "l1"  # teacher-forced regression loss on normalised actions
+
+    def validate(self) -> None:
+        if self.kind != "none":
+            if self.hidden_size % self.num_heads:
+                raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            if self.num_heads % self.num_kv_heads:
+                raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
 
 
 @dataclass

@@ -70,6 +70,9 @@ def test_unknown_key_in_file_suggests_closest(tmp_path):
     ("stages.stage3.lrr=1", "unknown key 'stages.stage3.lrr' in override 'stages.stage3.lrr=1': did you mean 'stages.stage3.lr'?"),
     ("stages.stage3.lr", "bad override 'stages.stage3.lr': write it as key.path=value"),
     ("a..b=1", "bad override"),
+    ("model.backbone.num_heads=3", "model.backbone: hidden_size 64 is not divisible by num_heads 3"),
+    ("model.depth.cross_heads=2", "must equal num_heads x head_dim (4x16)"),
+    ("data.image_height=48", "data.image_height=48 is not a multiple of 32"),
 ])
 def test_bad_values_name_key_value_and_what_is_allowed(override, message):
     with pytest.raises(InputError) as e:
