@@ -72,6 +72,23 @@ def restarts() -> int:
     return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
+def cancel_marker(job_dir: Path, job_id: str) -> Path:
+    """Written by `gemctl cancel` before it signals a job, so the job can tell a cancel from a preemption."""
+    return Path(job_dir) / "cancelled" / job_id
+
+
+def cancelled(job_id: str) -> bool:
+    folder = os.environ.get("SUBMITIT_FOLDER")
+    ids = {job_id, f"local-{job_id}"}
+    if folder and any(cancel_marker(Path(folder), i).exists() for i in ids):
+        return True
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # an scancel from outside gemctl
+        r = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30,
+                           check=False)
+        return "JobState=CANCELLED" in r.stdout
+    return False
+
+
 def requeue_or_fail(max_requeues: int) -> NoReturn:
     """After the training code returned "preempted": requeue the job and leave without a result (SystemExit
     passes through submitit's `except Exception`, so it writes none and the job is not seen as finished);
@@ -80,6 +97,10 @@ def requeue_or_fail(max_requeues: int) -> NoReturn:
     from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
 
     env = JobEnvironment()
+    if cancelled(env.job_id):
+        # scancel sends SIGTERM too: the checkpoint is taken (a later run resumes from it), but no requeue
+        os.write(2, f"gemctl: job {env.job_id} was cancelled; checkpoint kept, not requeueing\n".encode())
+        raise SystemExit(1)
     done = restarts()
     if done >= max_requeues:
         raise RuntimeError(

@@ -186,6 +186,12 @@ def cancel(root: Path, key: str) -> list[str]:
     recs = [r for r in find(root, key) if not r.finished and r.kind != "debug"]  # debug runs in its launcher
     _refresh(root, recs)
     recs = [r for r in recs if not r.finished]
+    from .preemption import cancel_marker
+
+    for r in recs:  # before the signal: the job must see it when its SIGTERM handler runs
+        marker = cancel_marker(Path(r.job_dir), r.job_id)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
     slurm_ids = [r.job_id for r in recs if r.kind == "slurm"]
     if slurm_ids:
         subprocess.run(["scancel", *slurm_ids], check=True, capture_output=True, timeout=60)
