@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,21 +28,48 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder to fill; on success it replaces `path` whole, on error it is removed."""
-    path = Path(path)
+    """Yield a hidden sibling folder to fill; on success it replaces `path` whole (renames, atomic on one
+    filesystem), on error it is removed and `path` stays as it was. A killed writer cannot clean up after itself:
+    the next writer of the same path removes its leftovers (same host, process gone)."""
+    path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    _remove_leftovers(path)
+    staging = _sibling(path, "staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     try:
-        yield tmp
+        yield staging
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
-    if path.exists():
-        # rename-over only works for files and empty dirs: move the old one aside first, then drop it
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+    if not path.exists():
+        os.replace(staging, path)
+        return
+    previous = _sibling(path, "previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    os.replace(path, previous)
+    os.replace(staging, path)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _sibling(path: Path, role: str) -> Path:
+    # host and pid in the name: writers on other cluster nodes sharing the filesystem are never mistaken for ours
+    return path.with_name(f".{path.name}.{role}-{socket.gethostname()}-{os.getpid()}")
+
+
+def _remove_leftovers(path: Path) -> None:
+    host = socket.gethostname()
+    for old in path.parent.glob(f".{path.name}.*-{host}-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

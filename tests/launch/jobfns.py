@@ -101,3 +101,44 @@ def fail_on_rank(bad_rank: int, others_sleep: float) -> str:
         raise RuntimeError(f"rank {rank} crashed")
     time.sleep(others_sleep)
     return "survived"
+
+
+def gem_trainer(work_dir: str, steps: int = 12, step_s: float = 0.0) -> dict:
+    """gem_stages' own trainer (accelerate; DDP over gloo when the job has several ranks) on a small model, with
+    the launcher's preemption flag: returns a digest of the final weights so ranks and runs can be compared."""
+    import hashlib
+
+    import torch
+
+    from gem_stages.config import LossWeights, RuntimeConfig, TrainStageConfig
+    from gem_stages.trainer import train
+    from gemctl.launch import preemption
+
+    class Small(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 1)
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g))
+
+        def forward(self, batch, weights, generator):
+            x = batch["x"] + 0.1 * torch.randn(batch["x"].shape, generator=generator)
+            depth = ((self.b(torch.tanh(self.a(x))).squeeze(-1) - batch["y"]) ** 2).mean()
+            return {"loss": weights["depth"] * depth, "depth": depth.detach()}
+
+    def collate(items):
+        time.sleep(step_s)  # slow steps, so that a test can interrupt mid-run
+        return {"x": torch.stack([i["x"] for i in items]), "y": torch.stack([i["y"] for i in items])}
+
+    samples = [{"x": torch.randn(4, generator=torch.Generator().manual_seed(i)), "y": torch.tensor(float(i % 3))}
+               for i in range(16)]
+    model = Small()
+    cfg = TrainStageConfig(trainable=["a", "b"], steps=steps, lr=1e-2, batch_size=2, warmup_ratio=0.0,
+                           loss=LossWeights(depth=1.0))
+    result = train(model, {"a": model.a, "b": model.b}, cfg, RuntimeConfig(device="cpu"), samples, collate, seed=0,
+                   work_dir=Path(work_dir), should_stop=preemption.should_stop)
+    digest = hashlib.sha256(b"".join(t.detach().numpy().tobytes() for t in model.state_dict().values()))
+    return {"status": result.status, "step": result.step, "resumed_from": result.resumed_from,
+            "weights": digest.hexdigest(), "rank": int(os.environ.get("RANK", "0"))}
