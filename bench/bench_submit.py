@@ -43,6 +43,19 @@ def main() -> None:
             assert len(handles) == 100
         print(f"queue a 100-point array: median {statistics.median(queue_s):.2f} s "
               f"(runs: {', '.join(f'{x:.2f}' for x in queue_s)}; target <= 3 s)")
+        # what `gemctl sweep` adds before queueing: resolving and validating every point of a 10 x 10 grid
+        from gemctl import sweep
+        from gemctl.project import Project
+
+        grid = {"stages.stage3.lr": [1e-5 * (i + 1) for i in range(10)],
+                "stages.stage3.loss.depth": [0.01 * i for i in range(10)]}
+        t0 = time.perf_counter()
+        points = sweep.expand(Project(Path(__file__).resolve().parents[1]), "stage3", "tiny", grid).points
+        expand_s = time.perf_counter() - t0
+        assert len(points) == 100
+        total = expand_s + statistics.median(queue_s)
+        print(f"expand a 100-point sweep: {expand_s:.2f} s; expand + queue {total:.2f} s "
+              f"(target <= 3 s: {'ok' if total <= 3 else 'MISSED'})")
 
         walls = {}
         for kind in ("slurm", "local", "debug"):

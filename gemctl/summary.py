@@ -23,8 +23,11 @@ def print_run(console: Console, project: Project, recipe: Recipe, stage: str, re
         console.print(f"[green]{stage}@{recipe.name} is up to date[/green]: nothing changed, nothing ran "
                       f"({seconds:.1f} s). Use --force to re-run it.")
     table = Table(title=f"recipe {recipe.name} (hash {recipe.content_hash})", title_justify="left")
-    for col in ("stage", "this call", "steps", "final losses", "checkpoint", "mlflow run"):
-        table.add_column(col, overflow="fold")
+    for col in ("stage", "this call", "steps"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("final losses (mean of last steps)")
+    table.add_column("checkpoint", overflow="fold")
+    table.add_column("mlflow run", no_wrap=True)
     for s in upstream(stage):
         summary = read_summary(project, recipe.name, s) or {}
         state = "[yellow]ran[/yellow]" if s in result.ran else "[dim]up to date[/dim]"

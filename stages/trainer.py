@@ -9,6 +9,7 @@ therefore replays exactly the steps an uninterrupted run would have taken.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -28,11 +29,14 @@ from .config import RuntimeConfig, TrainStageConfig
 from .tracker import NullTracker, Tracker
 
 
+FINAL_LOSS_STEPS = 20  # micro-batches averaged into TrainResult.losses
+
+
 @dataclass
 class TrainResult:
     status: str  # "completed" or "preempted" (checkpointed; run again to resume)
     step: int  # optimiser steps done
-    losses: dict[str, float] = field(default_factory=dict)  # mean of each loss part over the last log window
+    losses: dict[str, float] = field(default_factory=dict)  # mean of each loss part over the last micro-batches
     resumed_from: int = 0  # step the run resumed from (0 = fresh)
     seconds: float = 0.0
     steps_per_second: float = 0.0
@@ -168,6 +172,8 @@ def train(
     model.train()
     window: dict[str, list[float]] = {}
     last: dict[str, float] = {}
+    # the reported final losses average the last steps: one step of a flow-matching loss is noise
+    recent: collections.deque[dict[str, float]] = collections.deque(maxlen=FINAL_LOSS_STEPS)
     t0 = time.perf_counter()
     step = start
     status = "completed"
@@ -184,8 +190,10 @@ def train(
                 with accelerator.autocast():
                     out = model(batch, weights=weights, generator=generator)
                 accelerator.backward(out["loss"] / cfg.grad_accum)
-            for k, v in out.items():
-                window.setdefault(k, []).append(float(v.detach()) if torch.is_tensor(v) else float(v))
+            parts = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()}
+            for k, v in parts.items():
+                window.setdefault(k, []).append(v)
+            recent.append(parts)
         if cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
@@ -209,7 +217,8 @@ def train(
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - t0
     done = step - start
-    return TrainResult(status=status, step=step, losses=last, resumed_from=start, seconds=seconds,
+    final = {k: sum(r[k] for r in recent) / len(recent) for k in (recent[0] if recent else {})}
+    return TrainResult(status=status, step=step, losses=final, resumed_from=start, seconds=seconds,
                        steps_per_second=done / seconds if seconds > 0 else 0.0)
 
 
