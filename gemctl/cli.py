@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -28,11 +28,11 @@ console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
 RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Recipe name (a file in recipes/).")]
-OverrideOpt = Annotated[Optional[list[str]], typer.Option(
+OverrideOpt = Annotated[list[str] | None, typer.Option(
     "--override", "-o", help="Dotted override, e.g. -o stages.stage3.lr=3e-5 (repeatable).")]
 ExecutorOpt = Annotated[str, typer.Option(
     "--executor", "-e", help="Where stages run: local (default), slurm, or debug (in-process).")]
-TrackingOpt = Annotated[Optional[str], typer.Option(
+TrackingOpt = Annotated[str | None, typer.Option(
     "--tracking-uri", envvar="GEMCTL_TRACKING_URI", help="MLflow store (default: the project's own sqlite store).")]
 
 EXECUTORS = ("local", "slurm", "debug")
@@ -205,13 +205,13 @@ def stage_run(stage: str, recipe: RecipeOpt) -> None:
 def sweep(
     stage: Annotated[str, typer.Argument(help="The stage to sweep: stage1..stage4.")],
     recipe: RecipeOpt = "tiny",
-    param: Annotated[Optional[list[str]], typer.Option(
+    param: Annotated[list[str] | None, typer.Option(
         "--param", "-p", help="Grid axis: key.path=v1,v2,... (repeatable; the grid is their product).")] = None,
     seeds: Annotated[int, typer.Option("--seeds", help="Repeat every point with this many seeds.")] = 1,
-    file: Annotated[Optional[str], typer.Option("--file", "-f", help="A sweep YAML (e.g. recipes/sweeps/x.yaml).")] = None,
+    file: Annotated[str | None, typer.Option("--file", "-f", help="A sweep YAML (e.g. recipes/sweeps/x.yaml).")] = None,
     override: OverrideOpt = None,
     executor: ExecutorOpt = "local",
-    parallel: Annotated[Optional[int], typer.Option(
+    parallel: Annotated[int | None, typer.Option(
         "--parallel", help="Points running at once (default: resources.array_parallelism).")] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:

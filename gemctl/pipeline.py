@@ -18,8 +18,8 @@ import yaml
 
 from gem_stages.config import STAGES
 from gem_stages.errors import InputError
-
 from gem_stages.files import atomic_write_text
+
 from .project import Project
 from .recipe import Recipe
 

@@ -75,9 +75,9 @@ def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[],
 
     if stage == "data":
         from gem_stages.data.config import check_config
+        from gem_stages.data.generate import prepare_dataset
 
         from .tracking import StageRun
-        from gem_stages.data.generate import prepare_dataset
 
         check_config(recipe.data)
         with StageRun(project, recipe, stage) as run:

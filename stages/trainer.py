@@ -28,7 +28,6 @@ from .accelerator import build_accelerator
 from .config import RuntimeConfig, TrainStageConfig
 from .tracker import NullTracker, Tracker
 
-
 FINAL_LOSS_STEPS = 20  # micro-batches averaged into TrainResult.losses
 
 

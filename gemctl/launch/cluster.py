@@ -42,7 +42,7 @@ def require_slurm() -> None:
         _run(["scontrol", "ping"], timeout=15)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
         out = (getattr(e, "stdout", "") or "").strip().replace("\n", " ")
-        raise InputError(f"SLURM controller is not reachable ({out or e}); check slurmctld or use --executor local")
+        raise InputError(f"SLURM controller is not reachable ({out or e}); check slurmctld or use --executor local") from None
 
 
 def parse_minutes(text: str) -> int | None:

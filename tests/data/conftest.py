@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from gem_stages.data.config import DataConfig
 from gem_stages.data.generate import prepare_dataset
 

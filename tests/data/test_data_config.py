@@ -5,6 +5,7 @@ import typing
 from dataclasses import fields
 
 import pytest
+
 from gem_stages.data import config as config_module
 from gem_stages.data.config import AnnotationSet, DataConfig, check_config
 from gem_stages.errors import InputError

@@ -3,6 +3,7 @@
 import h5py
 import numpy as np
 import pytest
+
 from gem_stages.data.synth_episodes import (
     GRASP_RADIUS_M,
     MAX_STEP_M,
@@ -55,7 +56,7 @@ def test_scripted_expert_succeeds_within_the_default_step_cap():
         rng = np.random.default_rng([seed, 1, seed])
         world = make_world(rng)
         expert = ScriptedExpert(rng)
-        for t in range(40):
+        for t in range(40):  # noqa: B007 - t is read after the loop
             world.step(expert.act(world))
             if expert.done():
                 break

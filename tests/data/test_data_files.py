@@ -7,13 +7,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
+
 from gem_stages.data.config import AnnotationSet, DataConfig
 from gem_stages.data.depth_png import save_depth_mm
 from gem_stages.data.generate import prepare_dataset
 from gem_stages.data.reader import EpisodeWindows, GemSamples, text_corpus
 from gem_stages.data.sampling import parse_set_name, select_indices
 from gem_stages.errors import InputError
-from PIL import Image
 
 W, H = 40, 32
 

@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict
 
 import pytest
+
 from gem_stages.data import generate, synth_dataset
 from gem_stages.data.config import DataConfig
 from gem_stages.data.generate import prepare_dataset

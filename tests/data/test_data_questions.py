@@ -5,13 +5,14 @@ import re
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from gem_stages.data.config import DataConfig
 from gem_stages.data.depth_png import load_depth_m
 from gem_stages.data.generate import prepare_dataset
 from gem_stages.data.synth_dataset import build_scene
 from gem_stages.data.synth_questions import DEPTH_MARGIN_M, plan_steps
 from gem_stages.data.synth_scene import PICKABLE, min_visible_pixels
-from PIL import Image
 
 MM = 0.001  # depth on disk is rounded to the millimetre
 

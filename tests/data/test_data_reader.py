@@ -5,6 +5,7 @@ import pickle
 import h5py
 import numpy as np
 import pytest
+
 from gem_stages.data.config import DataConfig
 from gem_stages.data.depth_png import load_depth_m
 from gem_stages.data.generate import prepare_dataset

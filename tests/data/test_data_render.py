@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from gem_stages.data.camera import look_at
 from gem_stages.data.depth_png import depth_to_mm, load_depth_m, save_depth_mm
 from gem_stages.data.synth_scene import (
@@ -16,7 +18,6 @@ from gem_stages.data.synth_scene import (
     sample_objects,
     scene_camera,
 )
-from PIL import Image
 
 HEIGHT = 1.0  # camera height above the table in the straight-down tests
 

@@ -33,7 +33,6 @@ def snapshot_probe(pkg: str, go_file: str) -> dict:
     import importlib
 
     import gem_stages
-
     import gemctl
 
     mod = importlib.import_module(pkg)

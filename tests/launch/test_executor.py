@@ -4,8 +4,8 @@ import functools
 import subprocess
 
 import pytest
-from gem_stages.errors import InputError
 
+from gem_stages.errors import InputError
 from gemctl.launch import Resources, cluster, dry_run, kind_from_env, launch
 from tests.launch import jobfns
 from tests.launch.conftest import TEST_PREFIX

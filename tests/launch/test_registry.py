@@ -5,8 +5,8 @@ import threading
 import time
 
 import pytest
-from gem_stages.errors import InputError
 
+from gem_stages.errors import InputError
 from gemctl.launch import Resources, launch, registry, submit
 from tests.launch import jobfns
 from tests.launch.conftest import TEST_PREFIX

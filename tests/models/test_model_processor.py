@@ -6,7 +6,6 @@ from gem_models.config import BackboneConfig
 from gem_models.processor import GemProcessor, batch_to, make_image_processor
 from gem_models.tokenizer import QWEN_SPECIAL_TOKENS, train_tiny_tokenizer
 
-
 CORPUS = [
     "How far is the cube? About 1.5 meters.",
     "compare the two views, which one shows the bowl closer",

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from gem_stages.errors import InputError
 from gemctl.recipe import Recipe, parse_override, resolve
 from gemctl.schema import ConfigError, flatten, from_dict
-from gem_stages.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"
