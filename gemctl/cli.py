@@ -173,6 +173,10 @@ def stage_run(stage: str, recipe: RecipeOpt) -> None:
     project = find_project()
     kind = kind_from_env()
     resources = from_params(project.params_file(recipe)).resources
+    if stage == "data":  # data preparation is one process: don't hold (or multiply over) the training allocation
+        from dataclasses import replace
+
+        resources = replace(resources, nodes=1, gpus_per_node=0, tasks_per_node=None)
     error_file = project.recipe_dir(recipe) / f"{stage}.error.json"
 
     def show(update) -> None:

@@ -126,9 +126,14 @@ def train_with_lineage(project: Project, recipe: Recipe, stage: str, *, data_dir
 
     from .tracking import StageRun
 
+    stage_cfg = getattr(recipe.stages, stage)
+    if int(os.environ.get("RANK", "0")) != 0:
+        # other ranks of a multi-process job train alongside rank 0; lineage and the checkpoint are rank 0's
+        return train_stage(stage, model_cfg=recipe.model, stage_cfg=stage_cfg, runtime=recipe.runtime,
+                           seed=recipe.seed, data_dir=data_dir, init_dir=init_dir, out_dir=out_dir,
+                           work_dir=work_dir, tracker=None, should_stop=should_stop)
     run_id_file = work_dir / "mlflow_run_id"
     resume_id = run_id_file.read_text().strip() if run_id_file.is_file() else None
-    stage_cfg = getattr(recipe.stages, stage)
     with StageRun(project, recipe, stage, data=data, parent=parent, resume_run_id=resume_id, tags=tags) as run:
         work_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_id_file, run.run_id)

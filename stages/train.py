@@ -11,6 +11,7 @@ Which modules train, the loss weights and the schedule all come from the stage's
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,8 +105,8 @@ def train_stage(stage: str, *, model_cfg: GemModelConfig, stage_cfg: TrainStageC
                "resumed_from": result.resumed_from, "seconds": round(result.seconds, 3),
                "steps_per_second": round(result.steps_per_second, 3), "trainable": stage_cfg.trainable,
                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-    if result.status != "completed":
-        return summary
+    if result.status != "completed" or int(os.environ.get("RANK", "0")) != 0:
+        return summary  # one rank writes the checkpoint (the trainer's last barrier has passed)
     with atomic_dir(out_dir) as tmp:
         model.save(tmp / "model")
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))

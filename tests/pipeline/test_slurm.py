@@ -74,6 +74,23 @@ def test_sweep_is_one_array_and_rerun_submits_nothing(project):
     assert parents[0].info.status == "FINISHED"
 
 
+def test_two_rank_stage_records_one_run_and_one_checkpoint(project):
+    r = gemctl(project, "train", "stage2", "--recipe", "ci", "--executor", "slurm",
+               "-o", "resources.tasks_per_node=2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    stage2 = [j for j in jobs(project) if j["stage"] == "stage2" and not j["sweep"]]
+    assert [j["state"] for j in stage2] == ["COMPLETED"]
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["gemctl"], output_format="list",
+                              filter_string="tags.`gemctl.stage` = 'stage2' and tags.`gemctl.recipe` = 'ci'")
+    runs = [x for x in runs if "gemctl.sweep" not in x.data.tags]
+    assert len(runs) == 1 and runs[0].data.params["resources.tasks_per_node"] == "2"
+    summary = json.loads((project / "runs" / "ci" / "stage2" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 3
+
+
 def test_bad_sweeps_are_refused_before_submitting(project):
     before = len(jobs(project))
     for args, message in [
