@@ -102,6 +102,10 @@ def _train(stage: str, recipe_name: str, overrides: list[str] | None, executor: 
     if dry_run:
         _print_dry_run(project, recipe, stage, executor)
         return
+    if executor == "slurm":  # refuse resources the cluster cannot satisfy before DVC runs anything
+        from .launch import cluster
+
+        cluster.check(recipe.resources)
     if tracking_uri:
         os.environ["GEMCTL_TRACKING_URI"] = tracking_uri
     os.environ["GEMCTL_EXECUTOR"] = executor
@@ -185,10 +189,15 @@ def stage_run(stage: str, recipe: RecipeOpt) -> None:
         elif update.line is not None and update.task == 0 and not update.line.startswith("submitit "):
             print(update.line, file=sys.stderr if update.stream == "stderr" else sys.stdout, flush=True)
 
-    result = launch(partial(stage_job, str(project.root), recipe, stage), kind=kind, resources=resources,
-                    job_dir=project.jobs_dir / recipe / stage, name=f"{stage}@{recipe}",
-                    on_update=show if kind != "debug" else None, project=project.root,
-                    tags={"stage": stage, "point": recipe, "run": f"{stage}@{recipe}"})
+    try:
+        result = launch(partial(stage_job, str(project.root), recipe, stage), kind=kind, resources=resources,
+                        job_dir=project.jobs_dir / recipe / stage, name=f"{stage}@{recipe}",
+                        on_update=show if kind != "debug" else None, project=project.root,
+                        tags={"stage": stage, "point": recipe, "run": f"{stage}@{recipe}"})
+    except InputError as e:  # refused at submission (resources, SLURM unreachable)
+        atomic_write_text(error_file, json.dumps({"message": str(e), "exit_code": 2}))
+        err.print(f"[red]error:[/red] {stage}@{recipe}: {e}", highlight=False)
+        raise typer.Exit(2) from None
     value = result.value if isinstance(result.value, dict) else {}
     if value.get("status") == "input_error":
         atomic_write_text(error_file, json.dumps({"message": value["message"], "exit_code": 2}))

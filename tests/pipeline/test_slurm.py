@@ -107,6 +107,17 @@ def test_bad_sweeps_are_refused_before_submitting(project):
     assert len(jobs(project)) == before
 
 
+def test_unsatisfiable_train_is_refused_before_anything_runs(project):
+    before = len(jobs(project))
+    for override, message in [("resources.partition=gpu", "unknown SLURM partition 'gpu'"),
+                              ("resources.mem_gb=100000", "mem")]:
+        r = gemctl(project, "train", "stage3", "--recipe", "ci", "--executor", "slurm", "-o", override)
+        assert r.returncode == 2, r.stdout + r.stderr
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert len(lines) == 1 and message in lines[0], r.stderr
+    assert len(jobs(project)) == before
+
+
 def test_failing_job_shows_its_log_and_is_not_recorded(project):
     broken = project / "broken-checkpoint"
     broken.mkdir()
