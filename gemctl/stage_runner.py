@@ -45,14 +45,14 @@ def dvc_digest(project: Project, recipe: str, stage: str) -> str | None:
     return None
 
 
-def _stage_key(recipe: Recipe, stage: str) -> str:
+def stage_key(recipe: Recipe, stage: str) -> str:
     """Identity of a stage's settings: resume state is only reused by a run with exactly these settings."""
     d = recipe.to_dict()
     relevant = {"seed": d["seed"], "model": d["model"], "runtime": d["runtime"], "stage": d["stages"][stage]}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep stage logs to gemctl's own progress: no per-file progress bars or registry chatter."""
     import logging
 
@@ -68,7 +68,7 @@ def _quiet_libraries() -> None:
 def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run `stage` of recipe `recipe_name` in project `root`. Returns the stage summary (status "preempted" if it
     checkpointed on request and must be run again to finish)."""
-    _quiet_libraries()
+    quiet_libraries()
     project = Project(Path(root))
     recipe = from_params(project.params_file(recipe_name))
     out_dir = project.stage_dir(recipe_name, stage)
@@ -113,7 +113,7 @@ def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[],
     data = {"name": f"gem-{recipe.data.source}:{recipe_name}", "uri": str(data_dir.resolve()),
             "digest": dvc_digest(project, recipe_name, "data") or str(data_summary.get("digest", ""))}
 
-    work_dir = project.resume_dir(recipe_name) / f"{stage}-{_stage_key(recipe, stage)}"
+    work_dir = project.resume_dir(recipe_name) / f"{stage}-{stage_key(recipe, stage)}"
     return train_with_lineage(project, recipe, stage, data_dir=data_dir, init_dir=init_dir, data=data,
                               parent=parent, out_dir=out_dir, work_dir=work_dir, should_stop=should_stop)
 

@@ -29,7 +29,7 @@ from gem_stages.files import atomic_write_text
 
 from .project import Project
 from .recipe import Recipe, from_params, parse_override, resolve
-from .stage_runner import _stage_key, dvc_digest, previous_stage, read_summary, train_with_lineage
+from .stage_runner import dvc_digest, previous_stage, read_summary, stage_key, train_with_lineage
 
 SWEEP_STAGES = ("stage1", "stage2", "stage3", "stage4")
 
@@ -186,9 +186,9 @@ def run_point(root: str, recipe: str, stage: str, point_path: str, pinned: dict,
               sweep_id: str) -> dict:
     """One sweep point, inside its array job: the stage program on pinned inputs, as a child MLflow run."""
     from .launch import should_stop
-    from .stage_runner import _quiet_libraries
+    from .stage_runner import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     project = Project(Path(root))
     pdir = Path(point_path)
     try:
@@ -204,7 +204,7 @@ def run_point(root: str, recipe: str, stage: str, point_path: str, pinned: dict,
                       "checkpoint": str(init_dir)}
         tags = {"mlflow.parentRunId": parent_run_id, "gemctl.sweep": sweep_id, "gemctl.sweep_point": pdir.name}
         return train_with_lineage(project, point, stage, data_dir=data_dir, init_dir=init_dir, data=data,
-                                  parent=parent, out_dir=pdir / "out", work_dir=pdir / f"resume-{_stage_key(point, stage)}",
+                                  parent=parent, out_dir=pdir / "out", work_dir=pdir / f"resume-{stage_key(point, stage)}",
                                   should_stop=should_stop, tags=tags)
     except InputError as e:
         return {"status": "input_error", "message": str(e)}
