@@ -63,3 +63,24 @@ def test_changed_stage3_param_reruns_stage3_and_4_only(built_project):
     r = gemctl(project, "run", "--recipe", "ci")
     assert r.returncode == 0, r.stderr
     assert len(mlflow_runs(project)) == before
+
+
+def test_recipes_coexist_and_another_store_is_honoured(built_project, tmp_path):
+    project, _ = built_project
+    ci_stage1 = (project / "runs" / "ci" / "stage1" / "summary.json").read_text()
+    (project / "recipes" / "ci2.yaml").write_text("extends: ci\nseed: 5\n")
+    other = tmp_path / "other-store" / "mlflow.db"
+    r = gemctl(project, "train", "stage1", "--recipe", "ci2", "--tracking-uri", f"sqlite:///{other}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (project / "runs" / "ci2" / "stage1" / "model").is_dir()
+    assert (project / "runs" / "ci" / "stage1" / "summary.json").read_text() == ci_stage1  # untouched
+    assert yaml.safe_load((project / "params.yaml").read_text())["recipes"] == ["ci", "ci2"]
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{other}")
+    stages = sorted(x.data.tags["gemctl.stage"] for x in
+                    mlflow.search_runs(experiment_names=["gemctl"], output_format="list"))
+    assert stages == ["data", "stage1"]
+    assert all(x.data.tags["gemctl.recipe"] != "ci2" for x in mlflow_runs(project))  # nothing in the default
+    r = gemctl(project, "train", "stage3", "--recipe", "ci")
+    assert r.returncode == 0 and "up to date" in r.stdout

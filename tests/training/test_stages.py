@@ -129,3 +129,20 @@ def test_stage4_without_action_expert_is_refused(recipe, data_dir, base_model):
                                       "action": type(recipe.model.action)(kind="none")})
     with pytest.raises(InputError, match="model.action.kind is 'none'"):
         stage_samples("stage4", base_model, model_cfg, data_dir)
+
+
+def test_stage4_trains_the_autoregressive_expert_too(data_dir, tmp_path):
+    from gem_stages.data.reader import text_corpus
+
+    recipe = resolve(ROOT / "recipes", "tiny", ["model.action.kind=autoregressive", "stages.stage4.batch_size=2",
+                                                 "stages.stage4.steps=20", "stages.stage4.lr=3e-3"])
+    model = GemModel.build(recipe.model, corpus=text_corpus(data_dir), seed=0)
+    samples = stage_samples("stage4", model, recipe.model, data_dir)
+    from gem_stages.tracker import ListTracker
+
+    tracker = ListTracker()
+    result = train(model, model.module_groups(), recipe.stages.stage4, recipe.runtime, samples, make_collate(model),
+                   seed=0, work_dir=tmp_path / "w", tracker=tracker)
+    actions = [m["action"] for _, m in tracker.points]
+    assert result.step == 20 and len(actions) == 20
+    assert sum(actions[-5:]) / 5 < 0.8 * sum(actions[:5]) / 5  # the teacher-forced action loss goes down
