@@ -279,17 +279,24 @@ def sweep(
                        parent, s.id) for p in todo]
         tags = [{"stage": stage, "point": f"{recipe}/{p.id}", "sweep": s.id, "run": f"{stage}@{recipe}/{p.id}"}
                 for p in todo]
-        handles = launch_array(fns, kind=executor, resources=resources,
-                               job_dir=project.jobs_dir / recipe / f"sweep-{s.id}", name=f"{s.id}-{stage}",
-                               project=project.root, tags=tags)
-        console.print(f"submitted {len(handles)} point(s) as one array: "
-                      f"{handles[0].job_id.split('_')[0] if handles else ''}", highlight=False)
-
         def show(update) -> None:
             if update.state:
                 console.print(f"[dim]{update.job_id}: {update.state}[/dim]", highlight=False)
 
-        results = wait_all(handles, on_update=show)
+        job_dir, name = project.jobs_dir / recipe / f"sweep-{s.id}", f"{s.id}-{stage}"
+        if executor == "slurm":  # ONE array; SLURM holds all but array_parallelism of its elements
+            handles = launch_array(fns, kind=executor, resources=resources, job_dir=job_dir, name=name,
+                                   project=project.root, tags=tags)
+            console.print(f"submitted {len(handles)} point(s) as one array: {handles[0].job_id.split('_')[0]}",
+                          highlight=False)
+            results = wait_all(handles, on_update=show)
+        else:  # submitit's local executor starts a whole array at once: bound it here, in waves
+            width = parallel or min(resources.array_parallelism, os.cpu_count() or 1)
+            results = []
+            for i in range(0, len(fns), width):
+                handles = launch_array(fns[i:i + width], kind=executor, resources=resources, job_dir=job_dir,
+                                       name=name, project=project.root, tags=tags[i:i + width])
+                results += wait_all(handles, on_update=show)
         _finish_parent(parent, results)
         failed = [(p, r) for p, r in zip(todo, results) if not r.ok or (isinstance(r.value, dict)
                   and r.value.get("status") == "input_error")]
