@@ -29,6 +29,8 @@ class TrainStageConfig:
     init: Literal["previous", "base"] = "previous"
     # Optimiser steps (one step = batch_size x grad_accum x world_size samples).
     steps: int = field(default=10, metadata={"min": 1})
+    # Passes over the stage's data instead of a step count (null: use steps). The released stage-3 script: 1.
+    epochs: float | None = field(default=None, metadata={"min": 0.0})
     # Peak learning rate of AdamW.
     lr: float = field(default=1e-4, metadata={"min": 0.0, "max": 1.0})
     # Learning-rate schedule after warm-up.

@@ -96,6 +96,14 @@ def set_trainable(model: torch.nn.Module, groups: dict[str, torch.nn.Module], tr
     return present
 
 
+def total_steps(cfg: TrainStageConfig, num_samples: int, world_size: int) -> int:
+    """Optimiser steps of a stage: cfg.steps, or enough for cfg.epochs passes over the data when that is set."""
+    if cfg.epochs is None:
+        return cfg.steps
+    per_step = cfg.batch_size * cfg.grad_accum * world_size
+    return max(1, math.ceil(cfg.epochs * num_samples / per_step))
+
+
 def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < warmup:
@@ -138,7 +146,8 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int, dict[str, float], float], None] | None = None,
 ) -> TrainResult:
-    """Train `model` for cfg.steps optimiser steps; resume from the newest checkpoint in work_dir if any.
+    """Train `model` for cfg.steps optimiser steps (or cfg.epochs passes over `samples`); resume from the newest
+    checkpoint in work_dir if any.
 
     `model(batch, weights=..., generator=...)` must return a dict with "loss" (tensor) and float loss parts.
     """
@@ -148,10 +157,11 @@ def train(
     set_trainable(model, groups, cfg.trainable)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = int(round(cfg.warmup_ratio * cfg.steps))
+    total = total_steps(cfg, len(samples), accelerator.num_processes)
+    warmup = int(round(cfg.warmup_ratio * total))
     # Not prepared by accelerate: its wrapper steps a scheduler once per process, which would change the schedule
     # with the world size. It is registered for checkpointing instead.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, warmup, cfg.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, warmup, total))
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
@@ -164,7 +174,7 @@ def train(
     weights = {"lm": cfg.loss.lm, "depth": cfg.loss.depth, "action": cfg.loss.action}
     rank, world = accelerator.process_index, accelerator.num_processes
     batches = MicroBatches(samples, collate, cfg.batch_size, seed, rank, world)
-    loader = DataLoader(batches, sampler=range(start * cfg.grad_accum, cfg.steps * cfg.grad_accum),
+    loader = DataLoader(batches, sampler=range(start * cfg.grad_accum, total * cfg.grad_accum),
                         batch_size=None, num_workers=runtime.num_workers)
     micro_batches = iter(loader)
 
@@ -176,7 +186,7 @@ def train(
     t0 = time.perf_counter()
     step = start
     status = "completed"
-    while step < cfg.steps:
+    while step < total:
         if _stop_requested(should_stop, accelerator):
             status = "preempted"
             break
@@ -200,15 +210,15 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if step % cfg.log_every == 0 or step == total:
             last = {k: sum(v) / len(v) for k, v in window.items()}
             last["lr"] = scheduler.get_last_lr()[0]
             window.clear()
             if accelerator.is_main_process:
                 tracker.log_metrics(last, step)
         if progress is not None and accelerator.is_main_process:
-            progress(step, cfg.steps, last, time.perf_counter() - t0)
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            progress(step, total, last, time.perf_counter() - t0)
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
             _save(accelerator, work_dir, step, cfg.keep_checkpoints)
 
     if status == "preempted":

@@ -27,6 +27,7 @@ def test_shipped_recipes_resolve_with_paper_settings():
     assert g2.model.depth.image_long_side == 448 and g2.model.depth.multiple_of == 32
     s3 = g2.stages.stage3
     assert (s3.lr, s3.schedule, s3.warmup_ratio, s3.loss.lm, s3.loss.depth) == (1e-5, "cosine", 0.03, 1.0, 0.1)
+    assert s3.epochs == 1.0  # the released script: one epoch
     assert g2.runtime.mixed_precision == "bf16" and g2.runtime.distributed == "deepspeed_zero2"
     assert g2.stages.stage1.trainable == ["connector"]
     assert g2.stages.stage2.trainable == ["connector", "depth_generator"]

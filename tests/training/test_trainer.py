@@ -136,3 +136,13 @@ def test_micro_batches_cover_each_epoch_once_and_shard_by_rank():
 def test_step_seed_is_stable_and_distinct():
     assert step_seed(0, 3, 1, 0) == step_seed(0, 3, 1, 0)
     assert len({step_seed(0, 3, s, m) for s in range(50) for m in range(4)}) == 200
+
+
+def test_epochs_set_the_step_count(tmp_path):
+    from gem_stages.trainer import total_steps
+
+    assert total_steps(cfg(epochs=None), 10, 1) == 8
+    assert total_steps(cfg(epochs=1.0), 10, 1) == 2  # 10 samples / (3 per micro-batch x 2 accumulated) -> 2
+    assert total_steps(cfg(epochs=3.0), 10, 2) == 3
+    _, result, tracker = run(tmp_path, cfg(epochs=2.0))
+    assert result.step == 4 and [s for s, _ in tracker.points] == [1, 2, 3, 4]
