@@ -184,24 +184,30 @@ def _place_pairs(facts: SceneFacts) -> list[tuple[int, int]]:
     return [(i, t) for i in items for t in targets if i != t]
 
 
-def ask_plan(rng, facts: SceneFacts) -> Question | None:
+def _pick_task(rng, facts: SceneFacts) -> tuple[str, str, list[str]] | None:
+    """A random (item, target, steps) placing task in the scene, or None when it has none."""
     pairs = _place_pairs(facts)
     if not pairs:
         return None
     i, t = pairs[rng.integers(len(pairs))]
     item, target = facts.objects[i].name, facts.objects[t].name
-    steps = plan_steps(item, target)
+    return item, target, plan_steps(item, target)
+
+
+def ask_plan(rng, facts: SceneFacts) -> Question | None:
+    task = _pick_task(rng, facts)
+    if task is None:
+        return None
+    item, target, steps = task
     prompt = f"To put the {item} on the {target}, list the steps."
     return "planning", prompt, "\n".join(f"{k + 1}. {s}" for k, s in enumerate(steps)), 1
 
 
 def ask_next_step(rng, facts: SceneFacts) -> Question | None:
-    pairs = _place_pairs(facts)
-    if not pairs:
+    task = _pick_task(rng, facts)
+    if task is None:
         return None
-    i, t = pairs[rng.integers(len(pairs))]
-    item, target = facts.objects[i].name, facts.objects[t].name
-    steps = plan_steps(item, target)
+    item, target, steps = task
     done = int(rng.integers(len(steps)))
     history = " ".join(steps[:done]) if done else "Nothing yet."
     prompt = f"The robot is putting the {item} on the {target}. Done so far: {history} What is the next step?"
