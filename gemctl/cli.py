@@ -110,19 +110,26 @@ def _train(stage: str, recipe_name: str, overrides: list[str] | None, executor: 
         os.environ["GEMCTL_TRACKING_URI"] = tracking_uri
     os.environ["GEMCTL_EXECUTOR"] = executor
     pipeline.render(project, recipe)
-    for s in pipeline.upstream(stage):
-        (project.recipe_dir(recipe.name) / f"{s}.error.json").unlink(missing_ok=True)
     t0 = time.perf_counter()
+    result = _reproduce_or_exit(project, recipe.name, stage, force)
+    summary.print_run(console, project, recipe, stage, result, time.perf_counter() - t0)
+
+
+def _reproduce_or_exit(project, recipe: str, stage: str, force: bool = False):
+    """pipeline.reproduce; when a stage fails, exit with its code (it printed its one-line reason itself)."""
+    from . import pipeline
+
+    for s in pipeline.upstream(stage):
+        (project.recipe_dir(recipe) / f"{s}.error.json").unlink(missing_ok=True)
     try:
-        result = pipeline.reproduce(project, recipe.name, stage, force=force)
+        return pipeline.reproduce(project, recipe, stage, force=force)
     except pipeline.StageFailed as e:
-        for s in pipeline.upstream(stage):  # whichever stage failed already printed its one-line reason
-            failed = project.recipe_dir(recipe.name) / f"{s}.error.json"
+        for s in pipeline.upstream(stage):
+            failed = project.recipe_dir(recipe) / f"{s}.error.json"
             if failed.is_file():
                 raise typer.Exit(json.loads(failed.read_text()).get("exit_code", 1)) from None
         err.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(1) from None
-    summary.print_run(console, project, recipe, stage, result, time.perf_counter() - t0)
 
 
 def _print_dry_run(project, recipe, stage: str, executor: str) -> None:
@@ -182,6 +189,9 @@ def stage_run(stage: str, recipe: RecipeOpt) -> None:
 
         resources = replace(resources, nodes=1, gpus_per_node=0, tasks_per_node=None)
     error_file = project.recipe_dir(recipe) / f"{stage}.error.json"
+    from .tracking import pin_code_version
+
+    pin_code_version(project.root)
 
     def show(update) -> None:
         if update.state:
@@ -241,10 +251,13 @@ def sweep(
     base_overrides = list(override or [])
     if file:
         spec = sw.load_file(project.root / file if not os.path.isabs(file) else Path(file))
+        for key, given, default in (("stage", stage, None), ("recipe", recipe, "tiny"), ("seeds", seeds, 1)):
+            if key in spec and given not in (spec[key], default):
+                raise InputError(f"--{key} {given} conflicts with {key}: {spec[key]} in {file}: give it in one place")
         stage = spec.get("stage", stage)
         recipe = spec.get("recipe", recipe)
         grid.update(spec.get("grid") or {})
-        seeds = int(spec.get("seeds", seeds))
+        seeds = spec.get("seeds", seeds)
         base_overrides = list(spec.get("overrides") or []) + base_overrides
     for text in param or []:
         key, values = sw.parse_param(text)
@@ -262,31 +275,41 @@ def sweep(
         from .launch import cluster
 
         cluster.check(resources)  # refuse before building anything
-    todo = [p for p in s.points if not sw.is_done(project, s, p)]
+    if tracking_uri:
+        os.environ["GEMCTL_TRACKING_URI"] = tracking_uri
+    # the shared upstream is brought up to date first, where the sweep runs, then pinned by its DVC digests
+    os.environ["GEMCTL_EXECUTOR"] = executor
+    pipeline.render(project, base)
+    _reproduce_or_exit(project, base.name, sw.previous_stage(stage))
+    pinned = sw.pin_inputs(project, base.name, stage)
+    todo = [p for p in s.points if not sw.is_done(project, s, p, pinned)]
     failed: list = []
     console.print(f"sweep {s.id}: {stage}@{recipe}, {len(s.points)} point(s), {len(s.points) - len(todo)} already "
                   f"complete, {len(todo)} to run on {executor}", highlight=False)
-    if tracking_uri:
-        os.environ["GEMCTL_TRACKING_URI"] = tracking_uri
     if todo:
-        os.environ["GEMCTL_EXECUTOR"] = "local"  # upstream stages run here, before the array
-        pipeline.render(project, base)
-        pipeline.reproduce(project, base.name, sw.previous_stage(stage))
-        pinned = sw.pin_inputs(project, base.name, stage)
         parent = sw.parent_run(project, s, grid, seeds)
         sw.write_points(project, s)
         fns = [partial(sw.run_point, str(project.root), recipe, stage, str(sw.point_dir(project, s, p)), pinned,
                        parent, s.id) for p in todo]
         tags = [{"stage": stage, "point": f"{recipe}/{p.id}", "sweep": s.id, "run": f"{stage}@{recipe}/{p.id}"}
                 for p in todo]
+
         def show(update) -> None:
             if update.state:
                 console.print(f"[dim]{update.job_id}: {update.state}[/dim]", highlight=False)
 
         job_dir, name = project.jobs_dir / recipe / f"sweep-{s.id}", f"{s.id}-{stage}"
+        from .launch import snapshot
+
+        # one snapshot for every point, taken now: later waves must not pick up code edited meanwhile
+        from .tracking import pin_code_version
+
+        pin_code_version(project.root)
+        code_dir = snapshot.take(job_dir)
+        code = {pkg: code_dir / pkg for pkg in snapshot.project_packages()}
         if executor == "slurm":  # ONE array; SLURM holds all but array_parallelism of its elements
             handles = launch_array(fns, kind=executor, resources=resources, job_dir=job_dir, name=name,
-                                   project=project.root, tags=tags)
+                                   project=project.root, tags=tags, code=code)
             console.print(f"submitted {len(handles)} point(s) as one array: {handles[0].job_id.split('_')[0]}",
                           highlight=False)
             results = wait_all(handles, on_update=show)
@@ -295,24 +318,24 @@ def sweep(
             results = []
             for i in range(0, len(fns), width):
                 handles = launch_array(fns[i:i + width], kind=executor, resources=resources, job_dir=job_dir,
-                                       name=name, project=project.root, tags=tags[i:i + width])
+                                       name=name, project=project.root, tags=tags[i:i + width], code=code)
                 results += wait_all(handles, on_update=show)
-        _finish_parent(parent, results)
         failed = [(p, r) for p, r in zip(todo, results) if not r.ok or (isinstance(r.value, dict)
                   and r.value.get("status") == "input_error")]
+        _finish_parent(parent, ok=not failed)
         for p, r in failed:
             why = r.value["message"] if isinstance(r.value, dict) and "message" in r.value else r.state
             err.print(f"[red]point {p.id} ({p.label()}) failed:[/red] {why}; log: {r.stderr}", highlight=False)
     _print_sweep_table(project, s)
     if failed:
-        raise typer.Exit(1)
+        input_errors = all(isinstance(r.value, dict) and r.value.get("status") == "input_error" for _, r in failed)
+        raise typer.Exit(2 if input_errors else 1)
 
 
-def _finish_parent(run_id: str, results) -> None:
+def _finish_parent(run_id: str, ok: bool) -> None:
     import mlflow
 
-    status = "FINISHED" if all(r.ok for r in results) else "FAILED"
-    mlflow.MlflowClient().set_terminated(run_id, status)
+    mlflow.MlflowClient().set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
 
 def _print_sweep_table(project, s) -> None:
@@ -342,7 +365,8 @@ def _print_sweep_table(project, s) -> None:
 # --- jobs ----------------------------------------------------------------------------------------------------------
 @app.command("status")
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-           all_jobs: Annotated[bool, typer.Option("--all", "-a", help="Include finished jobs.")] = True) -> None:
+           all_jobs: Annotated[bool, typer.Option("--all/--active", "-a",
+                                                  help="All recorded jobs, or only unfinished ones.")] = True) -> None:
     """gemctl's jobs: id, stage, recipe/sweep point, state, elapsed, node."""
     from rich.table import Table
 

@@ -76,9 +76,8 @@ def reproduce(project: Project, recipe: str, stage: str, force: bool = False) ->
         try:
             if force:
                 # Re-run just this stage; upstream is still brought up to date first.
-                if len(wanted) > 1:
-                    repo.reproduce(f"{wanted[-2]}@{recipe}")
-                stages = repo.reproduce(f"{stage}@{recipe}", force=True, single_item=True)
+                stages = repo.reproduce(f"{wanted[-2]}@{recipe}") if len(wanted) > 1 else []
+                stages += repo.reproduce(f"{stage}@{recipe}", force=True, single_item=True)
             else:
                 stages = repo.reproduce(f"{stage}@{recipe}")
         except Exception as e:  # DVC wraps the failing command's exit in ReproductionError
@@ -96,12 +95,3 @@ class StageFailed(RuntimeError):
     def __init__(self, recipe: str, stage: str, detail: str):
         super().__init__(f"{stage}@{recipe} failed: {detail}")
         self.recipe, self.stage, self.detail = recipe, stage, detail
-
-
-def status(project: Project, recipe: str) -> dict[str, bool]:
-    """{stage: up to date?} for a recipe's pipeline."""
-    from dvc.repo import Repo
-
-    with Repo(str(project.root)) as repo:
-        changed = repo.status(targets=[f"stage4@{recipe}"], with_deps=True)
-    return {s: not any(k.startswith(f"{s}@{recipe}") for k in changed) for s in PIPELINE}

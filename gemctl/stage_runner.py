@@ -45,10 +45,17 @@ def dvc_digest(project: Project, recipe: str, stage: str) -> str | None:
     return None
 
 
-def stage_key(recipe: Recipe, stage: str) -> str:
-    """Identity of a stage's settings: resume state is only reused by a run with exactly these settings."""
+# Stage settings that do not change what is computed: changing them keeps resume state valid.
+_BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "log_every")
+
+
+def stage_key(recipe: Recipe, stage: str, inputs: dict) -> str:
+    """Identity of a stage's computation: its settings, its inputs (data and parent checkpoint digests) and the
+    world size (it sets the data order). Resume state is only reused by a run with exactly the same identity."""
     d = recipe.to_dict()
-    relevant = {"seed": d["seed"], "model": d["model"], "runtime": d["runtime"], "stage": d["stages"][stage]}
+    settings = {k: v for k, v in d["stages"][stage].items() if k not in _BOOKKEEPING}
+    relevant = {"seed": d["seed"], "model": d["model"], "runtime": d["runtime"], "stage": settings,
+                "inputs": inputs, "world_size": recipe.resources.world_size}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -113,15 +120,18 @@ def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[],
     data = {"name": f"gem-{recipe.data.source}:{recipe_name}", "uri": str(data_dir.resolve()),
             "digest": dvc_digest(project, recipe_name, "data") or str(data_summary.get("digest", ""))}
 
-    work_dir = project.resume_dir(recipe_name) / f"{stage}-{stage_key(recipe, stage)}"
+    inputs = {"data": data["digest"], "parent": parent and (parent.get("model_id") or parent["checkpoint"])}
+    work_dir = project.resume_dir(recipe_name) / f"{stage}-{stage_key(recipe, stage, inputs)}"
     return train_with_lineage(project, recipe, stage, data_dir=data_dir, init_dir=init_dir, data=data,
                               parent=parent, out_dir=out_dir, work_dir=work_dir, should_stop=should_stop)
 
 
 def train_with_lineage(project: Project, recipe: Recipe, stage: str, *, data_dir: Path, init_dir: Path | None,
                        data: dict, parent: dict | None, out_dir: Path, work_dir: Path,
-                       should_stop: Callable[[], bool] | None = None, tags: dict | None = None) -> dict:
-    """The training stage program inside one MLflow run; resume state (and the run id) live in work_dir."""
+                       should_stop: Callable[[], bool] | None = None, tags: dict | None = None,
+                       record: dict | None = None, register: bool = True) -> dict:
+    """The training stage program inside one MLflow run; resume state (and the run id) live in work_dir.
+    `record` adds fields to the summary; `register` adds the checkpoint to the model registry too."""
     from gem_stages.train import train_stage
 
     from .tracking import StageRun
@@ -137,14 +147,20 @@ def train_with_lineage(project: Project, recipe: Recipe, stage: str, *, data_dir
     with StageRun(project, recipe, stage, data=data, parent=parent, resume_run_id=resume_id, tags=tags) as run:
         work_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_id_file, run.run_id)
-        summary = train_stage(stage, model_cfg=recipe.model, stage_cfg=stage_cfg, runtime=recipe.runtime,
-                              seed=recipe.seed, data_dir=data_dir, init_dir=init_dir, out_dir=out_dir,
-                              work_dir=work_dir, tracker=run, should_stop=should_stop)
+        try:
+            summary = train_stage(stage, model_cfg=recipe.model, stage_cfg=stage_cfg, runtime=recipe.runtime,
+                                  seed=recipe.seed, data_dir=data_dir, init_dir=init_dir, out_dir=out_dir,
+                                  work_dir=work_dir, tracker=run, should_stop=should_stop)
+        except InputError:
+            run_id_file.unlink(missing_ok=True)  # the run is deleted: a fixed re-run starts a new one
+            raise
         if summary["status"] == "preempted":
             run.preempted = True
             return summary
-        summary.update(recipe=recipe.name, recipe_hash=recipe.content_hash, mlflow_run_id=run.run_id)
-        summary["model_id"] = run.log_checkpoint((out_dir / "model").resolve(), summary["step"])
+        summary.update(recipe=recipe.name, recipe_hash=recipe.content_hash, mlflow_run_id=run.run_id,
+                       **(record or {}))
+        # model_id is written last: a summary with it means training and lineage both completed
+        summary["model_id"] = run.log_checkpoint((out_dir / "model").resolve(), summary["step"], register=register)
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     shutil.rmtree(work_dir, ignore_errors=True)
     return summary

@@ -86,7 +86,16 @@ def load_file(path: Path) -> dict:
     """A sweep YAML (recipes/sweeps/*.yaml): {stage, recipe, grid: {key: [values]}, seeds, overrides: [k=v]}."""
     if not path.is_file():
         raise InputError(f"no sweep file {path}: sweep files live in recipes/sweeps/*.yaml")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise InputError(f"sweep file {path.name} is not valid YAML: fix the syntax") from None
+    if not isinstance(data, dict):
+        raise InputError(f"sweep file {path.name} must be a mapping (stage, recipe, grid, seeds, overrides)")
+    if not isinstance(data.get("seeds", 1), int) or isinstance(data.get("seeds", 1), bool):
+        raise InputError(f"sweep file {path.name}: seeds must be an integer, got {data['seeds']!r}")
+    if not isinstance(data.get("overrides") or [], list):
+        raise InputError(f"sweep file {path.name}: overrides must be a list of key=value strings")
     unknown = set(data) - {"stage", "recipe", "grid", "seeds", "overrides", "description"}
     if unknown:
         raise InputError(f"sweep file {path.name}: unknown key(s) {', '.join(sorted(unknown))}: use stage, recipe, "
@@ -151,9 +160,18 @@ def point_dir(project: Project, sweep: Sweep, point: SweepPoint) -> Path:
     return project.recipe_dir(sweep.recipe) / "sweeps" / sweep.stage / point.id
 
 
-def is_done(project: Project, sweep: Sweep, point: SweepPoint) -> bool:
-    summary = point_dir(project, sweep, point) / "out" / "summary.json"
-    return summary.is_file() and json.loads(summary.read_text()).get("status") == "completed"
+def input_digests(pinned: dict) -> dict[str, str]:
+    return {name: entry["digest"] for name, entry in sorted(pinned.items())}
+
+
+def is_done(project: Project, sweep: Sweep, point: SweepPoint, pinned: dict) -> bool:
+    """Complete: trained, its lineage recorded (model_id is written last), and on the current upstream."""
+    path = point_dir(project, sweep, point) / "out" / "summary.json"
+    if not path.is_file():
+        return False
+    summary = json.loads(path.read_text())
+    return (summary.get("status") == "completed" and bool(summary.get("model_id"))
+            and summary.get("inputs") == input_digests(pinned))
 
 
 def pin_inputs(project: Project, recipe: str, stage: str) -> dict:
@@ -204,7 +222,9 @@ def run_point(root: str, recipe: str, stage: str, point_path: str, pinned: dict,
                       "checkpoint": str(init_dir)}
         tags = {"mlflow.parentRunId": parent_run_id, "gemctl.sweep": sweep_id, "gemctl.sweep_point": pdir.name}
         return train_with_lineage(project, point, stage, data_dir=data_dir, init_dir=init_dir, data=data,
-                                  parent=parent, out_dir=pdir / "out", work_dir=pdir / f"resume-{stage_key(point, stage)}",
+                                  record={"inputs": input_digests(pinned)}, register=False,
+                                  parent=parent, out_dir=pdir / "out",
+                                  work_dir=pdir / f"resume-{stage_key(point, stage, input_digests(pinned))}",
                                   should_stop=should_stop, tags=tags)
     except InputError as e:
         return {"status": "input_error", "message": str(e)}

@@ -59,7 +59,13 @@ def setup(project: Project) -> str:
 
 
 def code_version(root: Path) -> dict[str, str]:
-    """git commit and whether code (not outputs or the lock file) differs from it."""
+    """git commit and whether code (not outputs or the lock file) differs from it. A job reads what its launcher
+    recorded at submit time (pin_code_version): the tree may have moved on since, the job's snapshot has not."""
+    if os.environ.get("GEMCTL_GIT_COMMIT"):
+        return {"gemctl.git_commit": os.environ["GEMCTL_GIT_COMMIT"],
+                "gemctl.git_dirty": os.environ.get("GEMCTL_GIT_DIRTY", "false"),
+                "gemctl.code_snapshot": os.environ.get("GEMCTL_CODE", "")}
+
     def git(*args: str) -> str:
         r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
         return r.stdout.strip() if r.returncode == 0 else ""
@@ -69,12 +75,31 @@ def code_version(root: Path) -> dict[str, str]:
     return {"gemctl.git_commit": commit, "gemctl.git_dirty": "true" if dirty else "false"}
 
 
+def pin_code_version(root: Path) -> None:
+    """Record the code version now, in the environment jobs inherit (call before submitting)."""
+    if not os.environ.get("GEMCTL_GIT_COMMIT"):
+        v = code_version(root)
+        os.environ["GEMCTL_GIT_COMMIT"] = v["gemctl.git_commit"]
+        os.environ["GEMCTL_GIT_DIRTY"] = v["gemctl.git_dirty"]
+
+
 def package_versions() -> dict[str, str]:
     out = {}
     for pkg in ("gemctl", "torch", "transformers", "diffusers", "accelerate", "dvc", "mlflow"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[f"gemctl.version.{pkg}"] = importlib.metadata.version(pkg)
     return out
+
+
+def _is_live(run_id: str) -> bool:
+    """A run that can be continued: it exists and was not deleted (an input error deletes its run)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
 
 
 class StageRun:
@@ -98,7 +123,7 @@ class StageRun:
         import mlflow
 
         exp = setup(self.project)
-        if self.resume_run_id:
+        if self.resume_run_id and _is_live(self.resume_run_id):
             run = mlflow.start_run(run_id=self.resume_run_id)
         else:
             run = mlflow.start_run(experiment_id=exp, run_name=f"{self.stage}@{self.recipe.name}", tags=self.tags)
@@ -155,18 +180,19 @@ class StageRun:
         self._last_flush = time.monotonic()
 
     # ------------------------------------------------------------------------------------------------------------
-    def log_checkpoint(self, checkpoint: Path, step: int, digest: str | None = None) -> str:
-        """Record the stage's checkpoint as a LoggedModel output (external: weights stay where DVC keeps them)."""
+    def log_checkpoint(self, checkpoint: Path, step: int, register: bool = True) -> str:
+        """Record the stage's checkpoint as a LoggedModel output (external: weights stay where DVC keeps them),
+        and (register) as a new version of the registered model <recipe>-<stage>."""
         import mlflow
         from mlflow.entities import LoggedModelOutput
 
         name = f"{self.recipe.name}-{self.stage}"
         tags = {"gemctl.checkpoint": str(checkpoint), "gemctl.stage": self.stage,
                 "gemctl.recipe": self.recipe.name, "gemctl.recipe_hash": self.recipe.content_hash}
-        if digest:
-            tags["gemctl.checkpoint_digest"] = digest
         model = mlflow.create_external_model(name=name, source_run_id=self.run_id, tags=tags)
         mlflow.log_outputs(models=[LoggedModelOutput(model.model_id, step)])
+        if not register:  # sweep points: logged models of their runs, not versions of the pipeline's model
+            return model.model_id
         # the client, not mlflow.register_model: that one prints to stderr on every call
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException

@@ -22,8 +22,8 @@ def resolve_mixed_precision(runtime: RuntimeConfig, on_cuda: bool) -> str:
     return "no"
 
 
-def build_accelerator(runtime: RuntimeConfig):
-    from accelerate import Accelerator
+def build_accelerator(runtime: RuntimeConfig, grad_accum: int = 1, max_grad_norm: float = 0.0):
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     if runtime.device == "cuda" and not torch.cuda.is_available():
         raise InputError("runtime.device=cuda but no CUDA device is visible: use -o runtime.device=auto")
@@ -33,10 +33,14 @@ def build_accelerator(runtime: RuntimeConfig):
     kwargs: dict = {"cpu": not on_cuda, "mixed_precision": resolve_mixed_precision(runtime, on_cuda)}
     # A sharding strategy only means something with several processes; one process trains plainly.
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if runtime.distributed == "ddp" and multi_process:
+        # a skipped loss part (weight 0, or a batch without depth targets) leaves its parameters without gradients
+        kwargs["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
     if runtime.distributed == "fsdp" and multi_process:
-        from accelerate import FullyShardedDataParallelPlugin
-
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(sharding_strategy="FULL_SHARD")
+        # Sharded training would work, but the stage's final checkpoint is written from rank 0's module, which
+        # under FULL_SHARD holds only its shard: refuse rather than save a partial model.
+        raise InputError("runtime.distributed=fsdp is not supported for multi-process stages yet (the final "
+                         "checkpoint is not gathered across shards): use deepspeed_zero2 or ddp")
     elif runtime.distributed == "deepspeed_zero2" and multi_process:
         try:
             import deepspeed  # noqa: F401
@@ -45,5 +49,7 @@ def build_accelerator(runtime: RuntimeConfig):
                              "or use -o runtime.distributed=fsdp") from None
         from accelerate import DeepSpeedPlugin
 
-        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(zero_stage=2, gradient_clipping=None)
+        # DeepSpeed owns accumulation and clipping: it steps only at accumulation boundaries and scales the loss
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(zero_stage=2, gradient_accumulation_steps=grad_accum,
+                                                     gradient_clipping=max_grad_norm or None)
     return Accelerator(**kwargs)

@@ -153,7 +153,9 @@ def train(
     """
     tracker = tracker or NullTracker()
     work_dir = Path(work_dir)
-    accelerator = build_accelerator(runtime)
+    accelerator = build_accelerator(runtime, cfg.grad_accum, cfg.max_grad_norm)
+    # DeepSpeed divides the loss by its accumulation steps itself; everywhere else the trainer does
+    loss_scale = 1.0 if accelerator.distributed_type == "DEEPSPEED" else 1.0 / cfg.grad_accum
     set_trainable(model, groups, cfg.trainable)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -198,7 +200,7 @@ def train(
             with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
                 with accelerator.autocast():
                     out = model(batch, weights=weights, generator=generator)
-                accelerator.backward(out["loss"] / cfg.grad_accum)
+                accelerator.backward(out["loss"] * loss_scale)
             parts = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()}
             for k, v in parts.items():
                 window.setdefault(k, []).append(v)

@@ -127,12 +127,18 @@ def query(job_ids: Iterable[str]) -> dict[str, dict[str, str]]:
     ids = sorted({j.split("_")[0] for j in job_ids})
     if not ids:
         return {}
-    live = _squeue()
+    try:
+        live: dict[str, dict[str, str]] | None = _squeue()
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError):
+        live = None  # a transient controller hiccup: answer from accounting, or not at all (callers poll again)
     fields = ["JobID", "State", "ExitCode", "NodeList", "Start", "End", "Elapsed"]
     try:
         out = _run(["sacct", "-X", "-P", "-n", "-o", ",".join(fields), "-j", ",".join(ids)])
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError):
+        if live is None:
+            return {}
         return {j: live.get(j, {"State": "FINISHED", "NodeList": "", "ExitCode": ""}) for j in job_ids}
+    live = live or {}
     info: dict[str, dict[str, str]] = {}
     for line in out.splitlines():
         row = dict(zip(fields, line.split("|")))

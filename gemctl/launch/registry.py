@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gem_stages.errors import InputError
+from gem_stages.files import atomic_write_text
 
 from . import cluster
 
@@ -73,11 +74,8 @@ def _dir(root: Path) -> Path:
 
 
 def save(root: Path, rec: JobRecord) -> None:
-    d = _dir(root)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{rec.job_id}.json.tmp"
-    tmp.write_text(json.dumps(asdict(rec), indent=1))
-    tmp.replace(d / f"{rec.job_id}.json")  # atomic: a reader never sees half a record
+    # atomic, with a unique temp file: the launcher, `status` and `cancel` may write the same record at once
+    atomic_write_text(_dir(root) / f"{rec.job_id}.json", json.dumps(asdict(rec), indent=1))
 
 
 def _load(root: Path) -> list[JobRecord]:

@@ -38,7 +38,7 @@ def load_manifest(dataset_dir: Path) -> dict:
     path = Path(dataset_dir) / MANIFEST
     if not path.is_file():
         raise InputError(
-            f"'{dataset_dir}' has no {MANIFEST}: prepare it first (gemctl data prepare / the data stage)"
+            f"'{dataset_dir}' has no {MANIFEST}: prepare it first (`gemctl train data --recipe <recipe>`)"
         )
     try:
         manifest = json.loads(path.read_text())
