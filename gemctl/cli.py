@@ -179,7 +179,7 @@ def stage_run(stage: str, recipe: RecipeOpt) -> None:
     from .launch import kind_from_env, launch
     from .project import find_project
     from .recipe import from_params
-    from .stage_runner import stage_job
+    from .stage_runner import is_input_error, stage_job
 
     project = find_project()
     kind = kind_from_env()
@@ -208,10 +208,10 @@ def stage_run(stage: str, recipe: RecipeOpt) -> None:
         atomic_write_text(error_file, json.dumps({"message": str(e), "exit_code": 2}))
         err.print(f"[red]error:[/red] {stage}@{recipe}: {e}", highlight=False)
         raise typer.Exit(2) from None
-    value = result.value if isinstance(result.value, dict) else {}
-    if value.get("status") == "input_error":
-        atomic_write_text(error_file, json.dumps({"message": value["message"], "exit_code": 2}))
-        err.print(f"[red]error:[/red] {stage}@{recipe}: {value['message']}", highlight=False)
+    if is_input_error(result.value):
+        message = result.value["message"]
+        atomic_write_text(error_file, json.dumps({"message": message, "exit_code": 2}))
+        err.print(f"[red]error:[/red] {stage}@{recipe}: {message}", highlight=False)
         raise typer.Exit(2)
     if not result.ok:
         code = result.exit_code or 1
@@ -245,6 +245,7 @@ def sweep(
     from . import sweep as sw
     from .launch import launch_array, wait_all
     from .project import find_project
+    from .stage_runner import is_input_error
 
     project = find_project()
     grid: dict = {}
@@ -320,16 +321,14 @@ def sweep(
                 handles = launch_array(fns[i:i + width], kind=executor, resources=resources, job_dir=job_dir,
                                        name=name, project=project.root, tags=tags[i:i + width], code=code)
                 results += wait_all(handles, on_update=show)
-        failed = [(p, r) for p, r in zip(todo, results) if not r.ok or (isinstance(r.value, dict)
-                  and r.value.get("status") == "input_error")]
+        failed = [(p, r) for p, r in zip(todo, results) if not r.ok or is_input_error(r.value)]
         _finish_parent(parent, ok=not failed)
         for p, r in failed:
             why = r.value["message"] if isinstance(r.value, dict) and "message" in r.value else r.state
             err.print(f"[red]point {p.id} ({p.label()}) failed:[/red] {why}; log: {r.stderr}", highlight=False)
     _print_sweep_table(project, s)
     if failed:
-        input_errors = all(isinstance(r.value, dict) and r.value.get("status") == "input_error" for _, r in failed)
-        raise typer.Exit(2 if input_errors else 1)
+        raise typer.Exit(2 if all(is_input_error(r.value) for _, r in failed) else 1)
 
 
 def _finish_parent(run_id: str, ok: bool) -> None:

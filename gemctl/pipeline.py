@@ -8,6 +8,7 @@ inputs (switching back to an earlier recipe is a cache hit, not a re-run).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -24,6 +25,7 @@ from .project import Project
 from .recipe import Recipe
 
 PIPELINE = ("data", *STAGES)
+INDEX_HEADER = "# Recipes whose pipelines this repo builds (dvc.yaml's `foreach`). gemctl adds a recipe the first time you run it.\n"
 
 
 def upstream(stage: str) -> list[str]:
@@ -40,12 +42,15 @@ def render(project: Project, recipe: Recipe) -> Path:
     if not path.is_file() or path.read_text() != text:
         atomic_write_text(path, text)
     index = project.root / "params.yaml"
-    data = yaml.safe_load(index.read_text()) if index.is_file() else None
-    data = data or {}
-    names = list(data.get("recipes") or [])
-    if recipe.name not in names:
-        data["recipes"] = [*names, recipe.name]
-        atomic_write_text(index, yaml.safe_dump(data, sort_keys=False))
+    lock = project.root / ".gemctl" / "params.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as held:  # two `gemctl train` at once must not drop each other's recipe name
+        fcntl.flock(held, fcntl.LOCK_EX)
+        data = (yaml.safe_load(index.read_text()) if index.is_file() else None) or {}
+        names = list(data.get("recipes") or [])
+        if recipe.name not in names:
+            data["recipes"] = [*names, recipe.name]
+            atomic_write_text(index, INDEX_HEADER + yaml.safe_dump(data, sort_keys=False))
     return path
 
 

@@ -166,6 +166,15 @@ def train_with_lineage(project: Project, recipe: Recipe, stage: str, *, data_dir
     return summary
 
 
+def input_error(e: InputError) -> dict:
+    """A job's result for a user input error: the launcher prints the message as one line and exits 2."""
+    return {"status": "input_error", "message": str(e)}
+
+
+def is_input_error(value) -> bool:
+    return isinstance(value, dict) and value.get("status") == "input_error"
+
+
 def stage_job(root: str, recipe_name: str, stage: str) -> dict:
     """What a launched job runs (any executor): run_stage with the launcher's preemption flag, and a user input
     error returned as a result (one line for the CLI to print) rather than raised as a traceback."""
@@ -174,4 +183,4 @@ def stage_job(root: str, recipe_name: str, stage: str) -> dict:
     try:
         return run_stage(root, recipe_name, stage, should_stop=should_stop)
     except InputError as e:
-        return {"status": "input_error", "message": str(e)}
+        return input_error(e)

@@ -29,7 +29,7 @@ from gem_stages.files import atomic_write_text
 
 from .project import Project
 from .recipe import Recipe, from_params, parse_override, resolve
-from .stage_runner import dvc_digest, previous_stage, read_summary, stage_key, train_with_lineage
+from .stage_runner import dvc_digest, input_error, previous_stage, read_summary, stage_key, train_with_lineage
 
 SWEEP_STAGES = ("stage1", "stage2", "stage3", "stage4")
 
@@ -227,7 +227,7 @@ def run_point(root: str, recipe: str, stage: str, point_path: str, pinned: dict,
                                   work_dir=pdir / f"resume-{stage_key(point, stage, input_digests(pinned))}",
                                   should_stop=should_stop, tags=tags)
     except InputError as e:
-        return {"status": "input_error", "message": str(e)}
+        return input_error(e)
 
 
 def parent_run(project: Project, sweep: Sweep, grid: dict, seeds: int) -> str:
