@@ -53,6 +53,8 @@ class TrainStageConfig:
     keep_checkpoints: int = field(default=2, metadata={"min": 1})
     # Log losses to the tracker every this many steps.
     log_every: int = field(default=1, metadata={"min": 1})
+    # Depth-target long side for this stage (null: model.depth.image_long_side). The released VLA script: 256.
+    depth_long_side: int | None = field(default=None, metadata={"min": 32, "multiple_of": 32})
 
     def validate(self) -> None:
         for group in self.trainable:

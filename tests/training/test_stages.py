@@ -8,6 +8,7 @@ import torch
 from gem_models.gem import GemModel
 from gem_stages.data.config import DataConfig
 from gem_stages.data.generate import prepare_dataset
+from gem_stages.data.reader import GemSamples
 from gem_stages.errors import InputError
 from gem_stages.train import make_collate, stage_samples, train_stage
 from gem_stages.trainer import train
@@ -146,3 +147,21 @@ def test_stage4_trains_the_autoregressive_expert_too(data_dir, tmp_path):
     actions = [m["action"] for _, m in tracker.points]
     assert result.step == 20 and len(actions) == 20
     assert sum(actions[-5:]) / 5 < 0.8 * sum(actions[:5]) / 5  # the teacher-forced action loss goes down
+
+
+def test_a_stage_can_set_its_own_depth_target_size(recipe, data_dir, tmp_path):
+    cfg = recipe.stages.stage1
+    cfg = type(cfg)(**{**cfg.__dict__, "steps": 1, "depth_long_side": 32})
+    out = tmp_path / "stage1"
+    train_stage("stage1", model_cfg=recipe.model, stage_cfg=cfg, runtime=recipe.runtime, seed=0,
+                data_dir=data_dir, init_dir=None, out_dir=out, work_dir=tmp_path / "w")
+    import json
+
+    from gem_models.processor import SETTINGS_FILE, GemProcessor
+
+    settings = json.loads((out / "model" / "backbone" / SETTINGS_FILE).read_text())
+    assert settings["depth_long_side"] == 32  # the stage trained on 32-pixel targets
+    processor = GemProcessor.from_pretrained(str(out / "model" / "backbone"))
+    samples = GemSamples(data_dir)
+    batch = processor([samples[0], samples[1]])
+    assert {tuple(t.shape[-2:]) for t in batch["depth_pixel_values"]} == {(32, 32)}
