@@ -9,7 +9,6 @@ inputs (switching back to an earlier recipe is a cache hit, not a re-run).
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -22,10 +21,15 @@ from gem_stages.errors import InputError
 from gem_stages.files import atomic_write_text
 
 from .project import Project
-from .recipe import Recipe
+from .recipe import Recipe, write_params
 
 PIPELINE = ("data", *STAGES)
 INDEX_HEADER = "# Recipes whose pipelines this repo builds (dvc.yaml's `foreach`). gemctl adds a recipe the first time you run it.\n"
+
+
+def previous_stage(stage: str) -> str:
+    """The stage whose output `stage` starts from (stage1 starts from the data)."""
+    return PIPELINE[PIPELINE.index(stage) - 1]
 
 
 def upstream(stage: str) -> list[str]:
@@ -38,9 +42,7 @@ def upstream(stage: str) -> list[str]:
 def render(project: Project, recipe: Recipe) -> Path:
     """Write the resolved recipe where its DVC stages read it; list the recipe in params.yaml's `recipes`."""
     path = project.params_file(recipe.name)
-    text = json.dumps(recipe.to_dict(), indent=1) + "\n"
-    if not path.is_file() or path.read_text() != text:
-        atomic_write_text(path, text)
+    write_params(path, recipe)
     index = project.root / "params.yaml"
     lock = project.root / ".gemctl" / "params.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)

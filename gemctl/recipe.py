@@ -24,6 +24,7 @@ from gem_models.config import GemModelConfig
 from gem_stages.config import RuntimeConfig, StagesConfig
 from gem_stages.data.config import DataConfig
 from gem_stages.errors import InputError
+from gem_stages.files import atomic_write_text
 
 from .launch.resources import Resources
 from .schema import ConfigError, deep_merge, dotted_keys, flatten, from_dict, suggest, to_dict
@@ -154,6 +155,14 @@ def from_params(path: Path) -> Recipe:
     if not path.is_file():
         raise InputError(f"no resolved recipe at {path}: run the stage through `gemctl train` (it renders it)")
     return from_dict(Recipe, json.loads(path.read_text()))
+
+
+def write_params(path: Path, recipe: Recipe) -> None:
+    """Write the resolved recipe a stage runs with (read back by `from_params`); untouched when unchanged, so
+    its mtime and content stay put for DVC and for jobs already reading it."""
+    text = json.dumps(recipe.to_dict(), indent=1) + "\n"
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
 
 
 def dump(recipe: Recipe) -> str:

@@ -17,12 +17,9 @@ from gem_stages.config import STAGES
 from gem_stages.errors import InputError
 from gem_stages.files import atomic_write_text
 
+from .pipeline import previous_stage
 from .project import Project
 from .recipe import Recipe, from_params
-
-
-def previous_stage(stage: str) -> str:
-    return "data" if stage == "stage1" else STAGES[STAGES.index(stage) - 1]
 
 
 def read_summary(project: Project, recipe: str, stage: str) -> dict | None:

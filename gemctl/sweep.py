@@ -25,11 +25,11 @@ from typing import Any
 import yaml
 
 from gem_stages.errors import InputError
-from gem_stages.files import atomic_write_text
 
+from .pipeline import previous_stage
 from .project import Project
-from .recipe import Recipe, from_params, parse_override, resolve
-from .stage_runner import dvc_digest, input_error, previous_stage, read_summary, stage_key, train_with_lineage
+from .recipe import Recipe, from_params, parse_override, resolve, write_params
+from .stage_runner import dvc_digest, input_error, read_summary, stage_key, train_with_lineage
 
 SWEEP_STAGES = ("stage1", "stage2", "stage3", "stage4")
 
@@ -177,7 +177,7 @@ def is_done(project: Project, sweep: Sweep, point: SweepPoint, pinned: dict) -> 
 def pin_inputs(project: Project, recipe: str, stage: str) -> dict:
     """Pinned copies (hard links, keyed by DVC digest) of the data and the parent checkpoint of `stage`."""
     pinned: dict[str, Any] = {}
-    needed = ["data"] + ([previous_stage(stage)] if stage != "stage1" else [])
+    needed = list(dict.fromkeys(["data", previous_stage(stage)]))  # stage1's previous stage is the data
     for up in needed:
         digest = dvc_digest(project, recipe, up)
         src = project.stage_dir(recipe, up)
@@ -254,7 +254,4 @@ def parent_run(project: Project, sweep: Sweep, grid: dict, seeds: int) -> str:
 
 def write_points(project: Project, sweep: Sweep) -> None:
     for p in sweep.points:
-        path = point_dir(project, sweep, p) / "params.json"
-        text = json.dumps(p.recipe.to_dict(), indent=1) + "\n"
-        if not path.is_file() or path.read_text() != text:
-            atomic_write_text(path, text)
+        write_params(point_dir(project, sweep, p) / "params.json", p.recipe)
