@@ -109,18 +109,19 @@ def _pid_alive(pid: int) -> bool:
 
 def _refresh(root: Path, recs: list[JobRecord]) -> None:
     # also finished jobs whose accounting is incomplete: a launcher sees a fast job's result before sacct
-    # knows where and when it ran
-    slurm = [r for r in recs if r.kind == "slurm" and (not r.finished or r.end is None or not r.node)]
+    # knows where and when it ran, and squeue may report the node before sacct has the start and exit code
+    slurm = [r for r in recs if r.kind == "slurm" and (not r.finished or r.end is None or not r.node
+                                                       or r.start is None or r.exit_code is None)]
     info = cluster.query(r.job_id for r in slurm) if slurm else {}
     for r in slurm:
         row = info.get(r.job_id)
         if not row or (r.finished and row["State"] not in cluster.TERMINAL):
             continue  # sacct has not caught up yet
-        new = (row["State"], row.get("NodeList") or r.node, _epoch(row.get("Start", "")), _epoch(row.get("End", "")))
-        if new != (r.state, r.node, r.start, r.end):
-            r.state, r.node, r.start, r.end = new
-            if row.get("ExitCode"):
-                r.exit_code = int(row["ExitCode"].split(":")[0])
+        exit_code = int(row["ExitCode"].split(":")[0]) if row.get("ExitCode") else r.exit_code
+        new = (row["State"], row.get("NodeList") or r.node, _epoch(row.get("Start", "")), _epoch(row.get("End", "")),
+               exit_code)
+        if new != (r.state, r.node, r.start, r.end, r.exit_code):
+            r.state, r.node, r.start, r.end, r.exit_code = new
             save(root, r)
     for r in recs:
         # a local job whose launcher died: its controller's pid tells whether it still runs

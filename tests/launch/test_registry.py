@@ -23,7 +23,7 @@ def test_status_and_logs_of_finished_jobs(tmp_path):
                  name=TEST_PREFIX + "fail", project=tmp_path, tags={"stage": "eval"})
     recs = registry.list_jobs(tmp_path)
     for _ in range(50):  # sacct learns where and when a fast job ran a moment after its result is there
-        if recs[0].node:
+        if recs[0].node and recs[0].start and recs[0].exit_code is not None:
             break
         time.sleep(0.2)
         recs = registry.list_jobs(tmp_path)
