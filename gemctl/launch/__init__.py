@@ -6,6 +6,7 @@ Light on purpose: nothing here imports submitit or torch until a job is submitte
 
 from .executor import (
     KINDS,
+    Executor,
     JobHandle,
     JobUpdate,
     LaunchResult,
@@ -20,6 +21,6 @@ from .preemption import should_stop, should_stop_all
 from .resources import Resources
 
 __all__ = [
-    "KINDS", "JobHandle", "JobUpdate", "LaunchResult", "Resources", "dry_run", "kind_from_env", "launch",
+    "KINDS", "Executor", "JobHandle", "JobUpdate", "LaunchResult", "Resources", "dry_run", "kind_from_env", "launch",
     "launch_array", "should_stop", "should_stop_all", "submit", "wait_all",
 ]

@@ -9,6 +9,7 @@ preemption-safe resume (preemption.py) and torch.distributed variables exported 
 submitit is imported inside functions: `gemctl --help` must not pay for it.
 """
 
+import enum
 import os
 import re
 import shlex
@@ -25,9 +26,20 @@ from . import cluster, registry, snapshot
 from .resources import Resources
 from .runner import Failure, JobMain
 
+
+
+class Executor(str, enum.Enum):
+    """Where a job runs. A str Enum: typer offers its values as choices, and it compares equal to the plain
+    string ("slurm"), which is what travels in $GEMCTL_EXECUTOR and in job records."""
+
+    LOCAL = "local"  # a subprocess of this machine (submitit's LocalExecutor): signals and requeue like SLURM
+    SLURM = "slurm"  # sbatch on the cluster the SLURM client tools point at
+    DEBUG = "debug"  # in this process, at wait time (pdb-friendly; no snapshot, no signals)
+
+
 Kind = Literal["local", "slurm", "debug"]
 _START_LINE = re.compile(r"gemctl: rank 0/\d+ on .*, restart (\d+),")  # printed by runner.JobMain
-KINDS = ("local", "slurm", "debug")
+KINDS = tuple(e.value for e in Executor)
 
 
 @dataclass
