@@ -3,7 +3,7 @@
     recipes/tiny.yaml ──extends──► recipes/base.yaml
           │ + overrides (-o stages.stage3.lr=3e-5)
           ▼
-    Recipe (dataclasses, validated) ──► content hash, flat params, runs/<name>/params.json
+    Recipe (pydantic dataclasses, validated) ──► content hash, flat params, runs/<name>/params.json
 
 The resolved recipe written to runs/<name>/params.json is what the stage programs read: it is the single source of
 truth of a run, and DVC tracks its sections as params so that a changed stage setting re-runs only that stage and
@@ -14,40 +14,35 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import re
+import reprlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gem_models.config import GemModelConfig
-from gem_stages.config import RuntimeConfig, StagesConfig
+from gem_models.config import GemModelConfig, Int, Str, setting
+from gem_stages.config import RuntimeConfig, StagesConfig, settings
 from gem_stages.data.config import DataConfig
 from gem_stages.errors import InputError
 from gem_stages.files import atomic_write_text
 
 from .launch.resources import Resources
-from .schema import ConfigError, deep_merge, dotted_keys, flatten, from_dict, suggest, to_dict
+from .schema import ConfigError, deep_merge, dotted_keys, flatten, from_dict, json_schema, suggest, to_dict
 
 
-@dataclass
+@settings
 class Recipe:
-    # Recipe name: the file name in recipes/ (outputs go to runs/<name>/).
-    name: str = "unnamed"
-    # One line on what this recipe is for.
-    description: str = ""
-    # Seed of every random draw (model init, data order, noise): same recipe + seed = same weights.
-    seed: int = field(default=0, metadata={"min": 0})
-    # The GEM model: backbone, connector, depth generator, action expert.
-    model: GemModelConfig = field(default_factory=GemModelConfig)
-    # Training data: built-in gem-synth or your own annotation files.
-    data: DataConfig = field(default_factory=DataConfig)
-    # Device, precision and distributed strategy shared by all stages.
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    # The four training stages.
-    stages: StagesConfig = field(default_factory=StagesConfig)
-    # Cluster resources for `--executor slurm`.
-    resources: Resources = field(default_factory=Resources)
+    name: Str = setting("unnamed", "Recipe name: the file name in recipes/ (outputs go to runs/<name>/).")
+    description: Str = setting("", "One line on what this recipe is for.")
+    seed: Int = setting(
+        0, "Seed of every random draw (model init, data order, noise): same recipe + seed = same weights.",
+        ge=0, le=2**32 - 1)
+    model: GemModelConfig = setting(GemModelConfig, "The GEM model: backbone, connector, depth generator, action expert.")
+    data: DataConfig = setting(DataConfig, "Training data: built-in gem-synth or your own annotation files.")
+    runtime: RuntimeConfig = setting(RuntimeConfig, "Device, precision and distributed strategy shared by all stages.")
+    stages: StagesConfig = setting(StagesConfig, "The four training stages.")
+    resources: Resources = setting(Resources, "Cluster resources for `--executor slurm`.")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -64,17 +59,49 @@ class Recipe:
         return flatten(self.to_dict())
 
 
+def schema() -> dict[str, Any]:
+    """JSON Schema of a recipe file: the Recipe settings plus the top-level `extends:`."""
+    out = json_schema(Recipe)
+    out["title"] = "gemctl recipe"
+    out["properties"] = {"extends": {"type": "string", "description": "Recipe this one starts from (a file name "
+                                     "in recipes/, without .yaml); its settings are merged under these."},
+                         **out["properties"]}
+    return out
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as users write recipes: 3e-5 is a number (YAML 1.1 wants 3.0e-5), as in YAML 1.2 and JSON."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    """Parse YAML; any failure (syntax, a number too long to convert, nesting too deep) is a ValueError."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ValueError(f" line {mark.line + 1}" if mark else "") from None
+
+
 def available(recipes_dir: Path) -> list[str]:
     return sorted(p.stem for p in recipes_dir.glob("*.yaml"))
 
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise InputError(f"recipe file {path.name}{where} is not valid YAML: fix the syntax") from None
+        data = _load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"recipe file {path.name} is not UTF-8 text: save it as UTF-8") from None
+    except ValueError as e:
+        raise InputError(f"recipe file {path.name}{e} is not valid YAML: fix the syntax") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise InputError(f"recipe file {path.name} must be a mapping of settings, got {type(data).__name__}")
     return data
@@ -82,40 +109,42 @@ def _read_yaml(path: Path) -> dict:
 
 def load_raw(recipes_dir: Path, name: str, _chain: tuple[str, ...] = ()) -> dict:
     """The recipe's settings with its `extends:` chain merged in (parents first)."""
-    path = recipes_dir / f"{name}.yaml"
-    if not path.is_file():
-        names = available(recipes_dir)
+    names = available(recipes_dir)
+    if name not in names:
+        shown = name if name.isprintable() else repr(name)[1:-1]
         if _chain:
-            raise InputError(f"recipe '{_chain[-1]}' extends unknown recipe '{name}': {suggest(name, names, 'recipes')}")
-        raise InputError(f"unknown recipe '{name}': {suggest(name, names, 'available recipes')} (recipes/*.yaml)")
+            raise InputError(f"recipe '{_chain[-1]}' extends unknown recipe '{shown}': {suggest(name, names, 'recipes')}")
+        raise InputError(f"unknown recipe '{shown}': {suggest(name, names, 'available recipes')} (recipes/*.yaml)")
     if name in _chain:
         raise InputError(f"recipe '{name}' extends itself through {' -> '.join((*_chain, name))}: break the cycle")
-    data = _read_yaml(path)
+    data = _read_yaml(recipes_dir / f"{name}.yaml")
     parent = data.pop("extends", None)
     if parent is not None:
         if not isinstance(parent, str):
-            raise InputError(f"recipe '{name}': extends must be a recipe name, got {parent!r}")
+            raise InputError(f"recipe '{name}': extends must be a recipe name, got {_short(parent)}")
         data = deep_merge(load_raw(recipes_dir, parent, (*_chain, name)), data)
     return data
+
+
+def _short(value: Any) -> str:
+    return reprlib.repr(value)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'stages.stage3.lr=3e-5' -> (['stages','stage3','lr'], 3e-5). Values are YAML scalars or flow lists."""
     key, sep, value = text.partition("=")
     key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise InputError(f"bad override '{text}': write it as key.path=value, e.g. -o stages.stage3.lr=3e-5")
+    if not sep or not key or any(not part.strip() for part in key.split(".")):
+        raise InputError(f"bad override {_quoted(text)}: write it as key.path=value, e.g. -o stages.stage3.lr=3e-5")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        raise InputError(f"bad override '{text}': the value is not a valid YAML value") from None
-    # YAML 1.1 reads '3e-5' as a string; numbers in scientific notation are what users type for lrs.
-    if isinstance(parsed, str):
-        try:
-            parsed = float(parsed) if any(c in parsed for c in "eE.") else int(parsed)
-        except ValueError:
-            pass
+        parsed = _load_yaml(value) if value.strip() else ""
+    except ValueError:
+        raise InputError(f"bad override {_quoted(text)}: the value is not a valid YAML value") from None
     return key.split("."), parsed
+
+
+def _quoted(text: str) -> str:
+    return f"'{text}'" if text.isprintable() else repr(text)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -124,7 +153,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         path, value = parse_override(text)
         dotted = ".".join(path)
         if dotted not in valid and not _under_mapping(dotted, valid):
-            raise InputError(f"unknown key '{dotted}' in override '{text}': {suggest(dotted, valid)}")
+            shown = dotted if dotted.isprintable() else repr(dotted)[1:-1]
+            raise InputError(f"unknown key '{shown}' in override {_quoted(text)}: {suggest(dotted, valid)}")
         node = data
         for part in path[:-1]:
             if not isinstance(node.get(part), dict):
@@ -154,7 +184,10 @@ def from_params(path: Path) -> Recipe:
     """The resolved recipe a stage runs with (runs/<name>/params.json, written by `pipeline.render`)."""
     if not path.is_file():
         raise InputError(f"no resolved recipe at {path}: run the stage through `gemctl train` (it renders it)")
-    return from_dict(Recipe, json.loads(path.read_text()))
+    try:
+        return from_dict(Recipe, json.loads(path.read_text()))
+    except ConfigError as e:
+        raise ConfigError(f"resolved recipe {path}: {e}") from None
 
 
 def write_params(path: Path, recipe: Recipe) -> None:

@@ -1,48 +1,61 @@
 """Typed model configuration. These dataclasses become recipe keys (model.backbone.*, model.connector.*, ...).
 
-Rules the recipe loader relies on: fields are int/float/str/bool/Literal/list[int]/list[str]/optional of
-those or nested dataclasses; `Literal` fields are validated as choices; numeric ranges come from
-`metadata={"min", "max"}`. No `from __future__ import annotations`: the annotations stay real types.
+They are pydantic dataclasses: building one validates it (types, ranges and choices declared on the fields,
+cross-field rules in `model_validator`s), and `dataclasses.replace/asdict/fields` work as on any dataclass. Each
+field's description is the text a user sees in `gemctl recipe schema` and in an editor.
 
 Defaults are paper scale (GEM-2B: Qwen3-VL-2B + SANA 1.5 1.6B + DC-AE f32c32). The "tiny" size fields are
 only read when the matching `pretrained` field is None (random init, for laptops and tests); `tiny_config()`
 gives the recommended tiny values.
 """
 
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, Strict, model_validator
+from pydantic.dataclasses import dataclass
+
+# Every settings class (models, stages, recipe) shares this: unknown keys are errors, and NaN/inf are not numbers.
+SETTINGS = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+# Scalars are taken only as themselves: "3" is not an int, true is not an int, 3 is not a string. A float field
+# takes ints too (lr: 1 is 1.0).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Str = Annotated[str, Strict()]
+Bool = Annotated[bool, Strict()]
 
 
-def _range(default, lo=None, hi=None, **kw):
-    """A field with a default and a numeric range the recipe loader validates."""
-    meta = {k: v for k, v in (("min", lo), ("max", hi)) if v is not None}
-    return field(default=default, metadata=meta, **kw)
+def setting(default, description: str, **constraints):
+    """A field with its default, the description users see, and its constraints (ge, le, multiple_of, ...)."""
+    if callable(default):
+        return Field(default_factory=default, description=description, **constraints)
+    return Field(default, description=description, **constraints)
 
 
-@dataclass
+@dataclass(config=SETTINGS)
 class BackboneConfig:
-    # Qwen-VL generation; GEM is built on Qwen3-VL
-    family: Literal["qwen3_vl", "qwen2_5_vl"] = "qwen3_vl"
-    # local dir or hub id; None = tiny random init from the sizes below
-    pretrained: str | None = "Qwen/Qwen3-VL-2B-Instruct"
+    family: Literal["qwen3_vl", "qwen2_5_vl"] = setting("qwen3_vl", "Qwen-VL generation; GEM is built on Qwen3-VL.")
+    pretrained: Str | None = setting(
+        "Qwen/Qwen3-VL-2B-Instruct", "Local dir or hub id; null = tiny random init from the sizes below.")
     # --- tiny random-init sizes (ignored when `pretrained` is set) ---
-    hidden_size: int = _range(64, 8)  # LLM width (a multiple of num_heads)
-    num_layers: int = _range(2, 1)  # LLM decoder layers
-    num_heads: int = _range(4, 1)  # LLM query heads
-    num_kv_heads: int = _range(2, 1)  # LLM key/value heads (grouped-query attention)
-    intermediate_size: int = _range(128, 1)  # LLM SwiGLU width
-    vision_depth: int = _range(2, 1)  # ViT blocks
-    vision_hidden_size: int = _range(32, 8)  # ViT width
-    vision_heads: int = _range(2, 1)  # ViT heads
-    patch_size: int = _range(16, 2)  # ViT patch side in pixels (Qwen3-VL 16, Qwen2.5-VL 14)
-    spatial_merge_size: int = _range(2, 1)  # the merger folds merge x merge patches into one token
-    vocab_size: int = _range(1024, 300)  # embedding rows; the tiny BPE is trained to at most this
+    hidden_size: Int = setting(64, "LLM width (a multiple of num_heads).", ge=8)
+    num_layers: Int = setting(2, "LLM decoder layers.", ge=1)
+    num_heads: Int = setting(4, "LLM query heads.", ge=1)
+    num_kv_heads: Int = setting(2, "LLM key/value heads (grouped-query attention).", ge=1)
+    intermediate_size: Int = setting(128, "LLM SwiGLU width.", ge=1)
+    vision_depth: Int = setting(2, "ViT blocks.", ge=1)
+    vision_hidden_size: Int = setting(32, "ViT width.", ge=8)
+    vision_heads: Int = setting(2, "ViT heads.", ge=1)
+    patch_size: Int = setting(16, "ViT patch side in pixels (Qwen3-VL 16, Qwen2.5-VL 14).", ge=2)
+    spatial_merge_size: Int = setting(2, "The merger folds merge x merge patches into one token.", ge=1)
+    vocab_size: Int = setting(1024, "Embedding rows; the tiny BPE is trained to at most this.", ge=300)
     # --- processing (tiny and pretrained) ---
-    min_pixels: int = _range(64 * 64, 1)  # image processor: lower bound on H*W after resizing
-    max_pixels: int = _range(448 * 448, 1)  # upper bound; 448x448 -> 196 visual tokens
-    max_length: int = _range(16384, 16)  # tokens per sample (the released script: 16384)
+    min_pixels: Int = setting(64 * 64, "Image processor: lower bound on H*W after resizing.", ge=1)
+    max_pixels: Int = setting(448 * 448, "Image processor: upper bound on H*W; 448x448 -> 196 visual tokens.", ge=1)
+    max_length: Int = setting(16384, "Tokens per sample (the released script: 16384).", ge=16)
 
-    def validate(self) -> None:
+    @model_validator(mode="after")
+    def _sizes_fit(self):
         if self.pretrained is None:
             if self.hidden_size % self.num_heads:
                 raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
@@ -53,90 +66,99 @@ class BackboneConfig:
                                  f"{self.vision_heads}")
         if self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels {self.min_pixels} is larger than max_pixels {self.max_pixels}")
+        return self
 
 
-@dataclass
+@dataclass(config=SETTINGS)
 class ConnectorConfig:
-    width: int = _range(2304, 1)  # output width = the DiT's caption_channels (SANA: 2304)
-    norm_eps: float = _range(1e-5, 0.0)  # RMSNorm epsilon (reference: 1e-5)
+    width: Int = setting(2304, "Output width = the DiT's caption_channels (SANA: 2304).", ge=1)
+    norm_eps: Float = setting(1e-5, "RMSNorm epsilon (reference: 1e-5).", ge=0.0)
 
 
-@dataclass
+@dataclass(config=SETTINGS)
 class DepthGeneratorConfig:
-    # latent = SANA DC-AE latent space (paper); pixel = the DiT on the RGB depth image (tiny models)
-    space: Literal["latent", "pixel"] = "latent"
-    # local dir or hub id; "repo::subfolder" selects a diffusers subfolder; None = tiny random init
-    pretrained_transformer: str | None = "Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers::transformer"
-    # DC-AE f32c32, frozen; None = tiny random init (latent space only)
-    pretrained_vae: str | None = "Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers::vae"
+    space: Literal["latent", "pixel"] = setting(
+        "latent", "latent = SANA DC-AE latent space (paper); pixel = the DiT on the RGB depth image (tiny models).")
+    pretrained_transformer: Str | None = setting(
+        "Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers::transformer",
+        "Local dir or hub id; 'repo::subfolder' selects a diffusers subfolder; null = tiny random init.")
+    pretrained_vae: Str | None = setting(
+        "Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers::vae",
+        "DC-AE f32c32, frozen; null = tiny random init (latent space only).")
     # --- tiny random-init DiT (ignored when pretrained_transformer is set) ---
-    num_layers: int = _range(2, 1)  # SANA transformer blocks
-    num_heads: int = _range(4, 1)  # self-attention heads (linear attention)
-    head_dim: int = _range(16, 1)  # inner width = num_heads * head_dim
-    cross_heads: int = _range(4, 1)  # cross-attention heads
-    cross_head_dim: int = _range(16, 1)  # cross_heads * cross_head_dim must equal the inner width
-    patch_size: int = _range(4, 1)  # DiT patch side (latent or pixel units)
-    mlp_ratio: float = _range(2.5, 0.5)  # GLUMBConv expansion
+    num_layers: Int = setting(2, "SANA transformer blocks.", ge=1)
+    num_heads: Int = setting(4, "Self-attention heads (linear attention).", ge=1)
+    head_dim: Int = setting(16, "Inner width = num_heads * head_dim.", ge=1)
+    cross_heads: Int = setting(4, "Cross-attention heads.", ge=1)
+    cross_head_dim: Int = setting(16, "cross_heads * cross_head_dim must equal the inner width.", ge=1)
+    patch_size: Int = setting(4, "DiT patch side (latent or pixel units).", ge=1)
+    mlp_ratio: Float = setting(2.5, "GLUMBConv expansion.", ge=0.5)
     # --- tiny random-init DC-AE (latent space without pretrained_vae) ---
-    vae_latent_channels: int = _range(4, 1)  # latent channels (the real DC-AE: 32)
-    vae_block_out_channels: list[int] = field(default_factory=lambda: [8, 16, 16])  # 2**(len-1)x downsampling
+    vae_latent_channels: Int = setting(4, "Latent channels (the real DC-AE: 32).", ge=1)
+    vae_block_out_channels: list[Int] = setting(
+        lambda: [8, 16, 16], "Encoder block widths; 2**(len-1)x downsampling.", min_length=1)
     # --- targets and flow ---
-    image_long_side: int = _range(448, 32)  # depth target long side (the VLA script: 256)
-    multiple_of: int = _range(32, 1)  # both target sides are multiples of this
-    cfg_dropout: float = _range(0.1, 0.0, 1.0)  # fraction of training conditions zeroed (for CFG)
-    num_train_timesteps: int = _range(1000, 1)  # FlowMatchEulerDiscreteScheduler table size
-    flow_shift: float = _range(1.0, 0.01)  # the scheduler's `shift`; 1.0 = plain rectified flow
-    sample_steps: int = _range(30, 1)  # Euler steps at sampling
-    guidance_scale: float = _range(5.0, 0.0)  # classifier-free guidance at sampling
+    image_long_side: Int = setting(448, "Depth target long side (the VLA script: 256).", ge=32)
+    multiple_of: Int = setting(32, "Both target sides are multiples of this.", ge=1)
+    cfg_dropout: Float = setting(0.1, "Fraction of training conditions zeroed (for CFG).", ge=0.0, le=1.0)
+    num_train_timesteps: Int = setting(1000, "FlowMatchEulerDiscreteScheduler table size.", ge=1)
+    flow_shift: Float = setting(1.0, "The scheduler's `shift`; 1.0 = plain rectified flow.", ge=0.01)
+    sample_steps: Int = setting(30, "Euler steps at sampling.", ge=1)
+    guidance_scale: Float = setting(5.0, "Classifier-free guidance at sampling.", ge=0.0)
 
-    def validate(self) -> None:
+    @model_validator(mode="after")
+    def _sizes_fit(self):
         inner, cross = self.num_heads * self.head_dim, self.cross_heads * self.cross_head_dim
         if self.pretrained_transformer is None and inner != cross:
             raise ValueError(f"cross_heads x cross_head_dim ({self.cross_heads}x{self.cross_head_dim}) must equal "
                              f"num_heads x head_dim ({self.num_heads}x{self.head_dim})")
         if self.image_long_side % self.multiple_of:
             raise ValueError(f"image_long_side {self.image_long_side} is not a multiple of {self.multiple_of}")
+        return self
 
 
-@dataclass
+@dataclass(config=SETTINGS)
 class ActionExpertConfig:
-    # flow = the released RDT-style expert; autoregressive = the paper page's; none = VLM only
-    kind: Literal["none", "flow", "autoregressive"] = "none"
-    action_dim: int = _range(7, 1)  # LIBERO: 6-DoF delta pose + gripper
-    state_dim: int = _range(8, 1)  # LIBERO: eef position (3) + axis-angle (3) + gripper (2)
-    chunk_size: int = _range(32, 1)  # actions predicted per observation
-    normalization: Literal["mean_std", "min_max"] = "mean_std"  # how actions/states are scaled for the loss
+    kind: Literal["none", "flow", "autoregressive"] = setting(
+        "none", "flow = the released RDT-style expert; autoregressive = the paper page's; none = VLM only.")
+    action_dim: Int = setting(7, "LIBERO: 6-DoF delta pose + gripper.", ge=1)
+    state_dim: Int = setting(8, "LIBERO: eef position (3) + axis-angle (3) + gripper (2).", ge=1)
+    chunk_size: Int = setting(32, "Actions predicted per observation.", ge=1)
+    normalization: Literal["mean_std", "min_max"] = setting(
+        "mean_std", "How actions and states are scaled for the loss.")
     # --- transformer sizes (both kinds) ---
-    hidden_size: int = _range(1024, 8)  # expert width
-    num_layers: int = _range(14, 1)  # expert blocks
-    num_heads: int = _range(8, 1)  # query heads
-    num_kv_heads: int = _range(4, 1)  # key/value heads (grouped-query attention)
-    mlp_ratio: float = _range(4.0, 0.5)  # MLP width = mlp_ratio * hidden_size
+    hidden_size: Int = setting(1024, "Expert width.", ge=8)
+    num_layers: Int = setting(14, "Expert blocks.", ge=1)
+    num_heads: Int = setting(8, "Query heads.", ge=1)
+    num_kv_heads: Int = setting(4, "Key/value heads (grouped-query attention).", ge=1)
+    mlp_ratio: Float = setting(4.0, "MLP width = mlp_ratio * hidden_size.", ge=0.5)
     # --- flow only ---
-    num_registers: int = _range(4, 0)  # learned register tokens in the expert sequence
-    # per expert layer, an index into the backbone's `hidden_states` (0 = embeddings, k = after decoder layer
-    # k); empty = layer i reads hidden_states[i], clipped to the deepest one for small backbones
-    vlm_layers: list[int] = field(default_factory=list)
-    logit_normal_mean: float = 0.0  # training t = sigmoid(N(mean, std))
-    logit_normal_std: float = _range(1.0, 0.0)  # see logit_normal_mean
-    inference_steps: int = _range(5, 1)  # Euler steps at prediction
+    num_registers: Int = setting(4, "Learned register tokens in the expert sequence.", ge=0)
+    vlm_layers: list[Int] = setting(
+        list, "Per expert layer, an index into the backbone's hidden_states (0 = embeddings, k = after decoder "
+        "layer k); empty = layer i reads hidden_states[i], clipped to the deepest one for small backbones.")
+    logit_normal_mean: Float = setting(0.0, "Training t = sigmoid(N(mean, std)).")
+    logit_normal_std: Float = setting(1.0, "See logit_normal_mean.", ge=0.0)
+    inference_steps: Int = setting(5, "Euler steps at prediction.", ge=1)
     # --- autoregressive only ---
-    ar_loss: Literal["l1", "mse"] = "l1"  # teacher-forced regression loss on normalised actions
+    ar_loss: Literal["l1", "mse"] = setting("l1", "Teacher-forced regression loss on normalised actions.")
 
-    def validate(self) -> None:
+    @model_validator(mode="after")
+    def _sizes_fit(self):
         if self.kind != "none":
             if self.hidden_size % self.num_heads:
                 raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
             if self.num_heads % self.num_kv_heads:
                 raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
+        return self
 
 
-@dataclass
+@dataclass(config=SETTINGS)
 class GemModelConfig:
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)  # Qwen-VL
-    connector: ConnectorConfig = field(default_factory=ConnectorConfig)  # visual tokens -> DiT caption space
-    depth: DepthGeneratorConfig = field(default_factory=DepthGeneratorConfig)  # SANA DiT (+ DC-AE)
-    action: ActionExpertConfig = field(default_factory=ActionExpertConfig)  # GEM-VLA head (stage 4)
+    backbone: BackboneConfig = setting(BackboneConfig, "Qwen-VL vision-language backbone.")
+    connector: ConnectorConfig = setting(ConnectorConfig, "Visual tokens -> DiT caption space.")
+    depth: DepthGeneratorConfig = setting(DepthGeneratorConfig, "SANA DiT (+ DC-AE) depth generator.")
+    action: ActionExpertConfig = setting(ActionExpertConfig, "GEM-VLA action expert (stage 4).")
 
 
 def tiny_config(family: str = "qwen3_vl", action: str = "none", space: str = "pixel") -> GemModelConfig:

@@ -1,9 +1,24 @@
-"""Typed settings of the training stages and the runtime they share. These become recipe keys."""
+"""Typed settings of the training stages and the runtime they share. These become recipe keys.
+
+Settings classes are pydantic dataclasses built with `settings`: building one in code validates it like the
+recipe loader does and raises a one-line InputError; `explain` turns pydantic's report into that line.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import dataclasses
+import difflib
+import functools
+import types
+import typing
+from typing import Any, Literal
+
+from pydantic import ValidationError, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from gem_models.config import SETTINGS, Bool, Float, Int, setting
+
+from .errors import InputError
 
 # Logical parts of the GEM model a stage can train (gem_models.gem.GemModel.module_groups()).
 MODULE_GROUPS = ("vision", "merger", "language", "connector", "depth_generator", "action_expert")
@@ -11,92 +26,188 @@ MODULE_GROUPS = ("vision", "merger", "language", "connector", "depth_generator",
 STAGES = ("stage1", "stage2", "stage3", "stage4")
 
 
-@dataclass
+def settings(cls: type) -> type:
+    """`cls` as a validated settings dataclass whose bad values raise a one-line InputError."""
+    cls = pydantic_dataclass(cls, config=SETTINGS)
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as e:
+            raise InputError(explain(e, type(self))) from None
+
+    cls.__init__ = __init__
+    return cls
+
+
+def suggest(key: str, valid: typing.Iterable[str], what: str = "valid keys") -> str:
+    """'did you mean ...' text for a mistyped name, or the list of valid names when nothing is close."""
+    valid = list(valid)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return f"{what}: " + ", ".join(sorted(valid))
+
+
+def explain(error: ValidationError, root: type, prefix: str = "") -> str:
+    """One line for the first problem pydantic found in `root`: the dotted key, the value and what is allowed."""
+    problems = error.errors(include_url=False)
+    e = problems[0]
+    loc, kind, ctx, value = e["loc"], e["type"], e.get("ctx") or {}, e.get("input")
+    key = _dotted(prefix, loc)
+    shown = f"{key}={_show(value)}"
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        return f"unknown key '{key}': {suggest(str(loc[-1]), _field_names(root, loc[:-1]))}"
+    if kind == "missing":
+        return f"missing key '{key}'"
+    if kind == "literal_error":
+        return f"{shown} is not allowed: choose one of {ctx['expected'].replace(' or ', ', ')}"
+    bounds = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
+              "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}
+    if kind in bounds:
+        op, name = bounds[kind]
+        return f"{shown} is out of range: must be {op} {ctx[name]}"
+    if kind == "multiple_of":
+        return f"{shown} is not a multiple of {ctx['multiple_of']}"
+    if kind == "too_short":
+        return f"{key} is empty: give at least {ctx.get('min_length', 1)} item(s)"
+    if kind == "finite_number":
+        return f"{shown} is not a finite number"
+    if kind in ("value_error", "assertion_error"):
+        return f"{key or _class_name(root)}: {ctx.get('error', e['msg'])}"
+    for prefix_, what in (("int_", "an integer"), ("float_", "a number"), ("bool_", "a boolean (true/false)"),
+                          ("string_", "a string"), ("list_", "a list"), ("dict_", "a mapping")):
+        if kind.startswith(prefix_):
+            return f"{shown} is not {what}"
+    if kind.startswith(("dataclass_", "model_")):
+        return f"{key} must be a mapping of settings, got {_show(value)}"
+    return f"{shown}: {e['msg']}"
+
+
+def _dotted(prefix: str, loc: tuple) -> str:
+    key = prefix
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    # a key from the user's file may hold control characters: escaped, the message stays one line
+    return key if key.isprintable() else repr(key)[1:-1]
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _class_name(cls: type) -> str:
+    return getattr(cls, "__name__", str(cls))
+
+
+def _field_names(root: type, loc: tuple) -> list[str]:
+    """Field names of the settings class at `loc` below `root` (for 'did you mean')."""
+    tp: Any = root
+    for part in loc:
+        tp = _settings_class(tp, part)
+        if tp is None:
+            return []
+    tp = _settings_class(tp, None)
+    return [f.name for f in dataclasses.fields(tp)] if tp is not None else []
+
+
+def _settings_class(tp: Any, part: Any) -> Any:
+    """The dataclass that field `part` of `tp` holds (None: just unwrap `tp` itself: Optional, list, ...)."""
+    if isinstance(part, str):  # a field name (an int is a list index: `tp` already is the item type)
+        tp = typing.get_type_hints(tp).get(part) if dataclasses.is_dataclass(tp) else None
+    while True:
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            tp = args[0] if len(args) == 1 else None
+        elif origin is list:
+            tp = typing.get_args(tp)[0]
+        else:
+            break
+    return tp if dataclasses.is_dataclass(tp) else None
+
+
+@settings
 class LossWeights:
-    # Weight of the language-modelling cross-entropy (GEM: 1 in stage 3, 0 elsewhere).
-    lm: float = field(default=0.0, metadata={"min": 0.0})
-    # Weight of the rectified-flow depth-generation loss (GEM: 0.1 in joint training).
-    depth: float = field(default=1.0, metadata={"min": 0.0})
-    # Weight of the action expert's loss (stage 4 only).
-    action: float = field(default=0.0, metadata={"min": 0.0})
+    lm: Float = setting(0.0, "Weight of the language-modelling cross-entropy (GEM: 1 in stage 3, 0 elsewhere).", ge=0.0)
+    depth: Float = setting(1.0, "Weight of the rectified-flow depth-generation loss (GEM: 0.1 in joint training).",
+                           ge=0.0)
+    action: Float = setting(0.0, "Weight of the action expert's loss (stage 4 only).", ge=0.0)
 
 
-@dataclass
+@settings
 class TrainStageConfig:
-    # Module groups whose parameters train; every other parameter is frozen (the VAE always is).
-    trainable: list[str] = field(default_factory=lambda: ["connector"])
-    # Where the weights start: the previous stage's checkpoint, or the base model (ablation: skip warm-up).
-    init: Literal["previous", "base"] = "previous"
-    # Optimiser steps (one step = batch_size x grad_accum x world_size samples).
-    steps: int = field(default=10, metadata={"min": 1})
-    # Passes over the stage's data instead of a step count (null: use steps). The released stage-3 script: 1.
-    epochs: float | None = field(default=None, metadata={"min": 0.0})
-    # Peak learning rate of AdamW.
-    lr: float = field(default=1e-4, metadata={"min": 0.0, "max": 1.0})
-    # Learning-rate schedule after warm-up.
-    schedule: Literal["cosine", "constant", "linear"] = "cosine"
-    # Fraction of steps spent warming the learning rate up linearly from 0.
-    warmup_ratio: float = field(default=0.03, metadata={"min": 0.0, "max": 1.0})
-    # AdamW weight decay.
-    weight_decay: float = field(default=0.0, metadata={"min": 0.0})
-    # Samples per device per micro-batch.
-    batch_size: int = field(default=2, metadata={"min": 1})
-    # Micro-batches accumulated per optimiser step.
-    grad_accum: int = field(default=1, metadata={"min": 1})
-    # Gradient-norm clipping threshold (0 disables clipping).
-    max_grad_norm: float = field(default=1.0, metadata={"min": 0.0})
-    # Loss weights of this stage.
-    loss: LossWeights = field(default_factory=LossWeights)
-    # Save a resumable checkpoint every this many steps (0: only at the end and on preemption).
-    checkpoint_every: int = field(default=0, metadata={"min": 0})
-    # Resumable checkpoints kept on disk (older ones are deleted).
-    keep_checkpoints: int = field(default=2, metadata={"min": 1})
-    # Log losses to the tracker every this many steps.
-    log_every: int = field(default=1, metadata={"min": 1})
-    # Depth-target long side for this stage (null: model.depth.image_long_side). The released VLA script: 256.
-    depth_long_side: int | None = field(default=None, metadata={"min": 32, "multiple_of": 32})
-
-    def validate(self) -> None:
-        for group in self.trainable:
-            if group not in MODULE_GROUPS:
-                import difflib
-
-                close = difflib.get_close_matches(group, MODULE_GROUPS, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else "choose from " + ", ".join(MODULE_GROUPS)
-                raise ValueError(f"trainable: unknown module group '{group}': {hint}")
-        if not self.trainable:
-            raise ValueError("trainable is empty: name at least one module group to train")
+    trainable: list[str] = setting(
+        lambda: ["connector"], "Module groups whose parameters train; every other parameter is frozen (the VAE "
+        "always is).", min_length=1)
+    init: Literal["previous", "base"] = setting(
+        "previous", "Where the weights start: the previous stage's checkpoint, or the base model (ablation: skip "
+        "warm-up).")
+    steps: Int = setting(10, "Optimiser steps (one step = batch_size x grad_accum x world_size samples).", ge=1)
+    epochs: Float | None = setting(
+        None, "Passes over the stage's data instead of a step count (null: use steps). The released stage-3 "
+        "script: 1.", ge=0.0)
+    lr: Float = setting(1e-4, "Peak learning rate of AdamW.", ge=0.0, le=1.0)
+    schedule: Literal["cosine", "constant", "linear"] = setting("cosine", "Learning-rate schedule after warm-up.")
+    warmup_ratio: Float = setting(0.03, "Fraction of steps spent warming the learning rate up linearly from 0.",
+                                  ge=0.0, le=1.0)
+    weight_decay: Float = setting(0.0, "AdamW weight decay.", ge=0.0)
+    batch_size: Int = setting(2, "Samples per device per micro-batch.", ge=1)
+    grad_accum: Int = setting(1, "Micro-batches accumulated per optimiser step.", ge=1)
+    max_grad_norm: Float = setting(1.0, "Gradient-norm clipping threshold (0 disables clipping).", ge=0.0)
+    loss: LossWeights = setting(LossWeights, "Loss weights of this stage.")
+    checkpoint_every: Int = setting(
+        0, "Save a resumable checkpoint every this many steps (0: only at the end and on preemption).", ge=0)
+    keep_checkpoints: Int = setting(2, "Resumable checkpoints kept on disk (older ones are deleted).", ge=1)
+    log_every: Int = setting(1, "Log losses to the tracker every this many steps.", ge=1)
+    depth_long_side: Int | None = setting(
+        None, "Depth-target long side for this stage (null: model.depth.image_long_side). The released VLA "
+        "script: 256.", ge=32, multiple_of=32)
 
 
-@dataclass
+@settings
 class RuntimeConfig:
-    # Device to train on; auto = CUDA when available, else CPU.
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Mixed precision; auto = bf16 on GPUs that support it, none on CPU.
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    # Multi-GPU strategy (accelerate): plain DDP, FSDP (full shard), or DeepSpeed ZeRO-2.
-    distributed: Literal["ddp", "fsdp", "deepspeed_zero2"] = "ddp"
-    # Trade compute for memory in the backbone.
-    gradient_checkpointing: bool = False
-    # DataLoader worker processes (0 = load in the training process).
-    num_workers: int = field(default=0, metadata={"min": 0})
-    # torch intra-op CPU threads (0 = torch's default). Tiny models run fastest on 1: more threads spin on small ops.
-    cpu_threads: int = field(default=0, metadata={"min": 0})
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", "Device to train on; auto = CUDA when available, else CPU.")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = setting(
+        "auto", "Mixed precision; auto = bf16 on GPUs that support it, none on CPU.")
+    distributed: Literal["ddp", "deepspeed_zero2"] = setting(
+        "ddp", "Multi-GPU strategy (accelerate): plain DDP or DeepSpeed ZeRO-2.")
+    find_unused_parameters: Bool = setting(
+        True, "DDP: tolerate parameters that get no gradient in a step, e.g. a loss part skipped for a batch "
+        "without depth targets; false is faster when every trainable parameter gets a gradient every step.")
+    gradient_checkpointing: Bool = setting(False, "Trade compute for memory in the backbone.")
+    num_workers: Int = setting(0, "DataLoader worker processes (0 = load in the training process).", ge=0)
+    cpu_threads: Int = setting(
+        0, "torch intra-op CPU threads (0 = torch's default). Tiny models run fastest on 1: more threads spin on "
+        "small ops.", ge=0)
 
 
-@dataclass
+@settings
 class StagesConfig:
-    # 1: connector init (depth loss only; connector trains).
-    stage1: TrainStageConfig = field(default_factory=lambda: TrainStageConfig(
-        trainable=["connector"], init="base", loss=LossWeights(lm=0.0, depth=1.0)))
-    # 2: depth-generator warm-up (connector + DiT).
-    stage2: TrainStageConfig = field(default_factory=lambda: TrainStageConfig(
-        trainable=["connector", "depth_generator"], loss=LossWeights(lm=0.0, depth=1.0)))
-    # 3: end-to-end joint training, L = L_LM + 0.1 L_depth.
-    stage3: TrainStageConfig = field(default_factory=lambda: TrainStageConfig(
+    stage1: TrainStageConfig = setting(lambda: TrainStageConfig(
+        trainable=["connector"], init="base", loss=LossWeights(lm=0.0, depth=1.0)),
+        "1: connector init (depth loss only; connector trains).")
+    stage2: TrainStageConfig = setting(lambda: TrainStageConfig(
+        trainable=["connector", "depth_generator"], loss=LossWeights(lm=0.0, depth=1.0)),
+        "2: depth-generator warm-up (connector + DiT).")
+    stage3: TrainStageConfig = setting(lambda: TrainStageConfig(
         trainable=["merger", "language", "connector", "depth_generator"], lr=1e-5,
-        loss=LossWeights(lm=1.0, depth=0.1)))
-    # 4: GEM-VLA action expert, L = L_action + 0.1 L_depth.
-    stage4: TrainStageConfig = field(default_factory=lambda: TrainStageConfig(
+        loss=LossWeights(lm=1.0, depth=0.1)),
+        "3: end-to-end joint training, L = L_LM + 0.1 L_depth.")
+    stage4: TrainStageConfig = setting(lambda: TrainStageConfig(
         trainable=["action_expert"], lr=1e-5, schedule="constant", warmup_ratio=0.0,
-        loss=LossWeights(lm=0.0, depth=0.1, action=1.0)))
+        loss=LossWeights(lm=0.0, depth=0.1, action=1.0)),
+        "4: GEM-VLA action expert, L = L_action + 0.1 L_depth.")
+
+    @model_validator(mode="after")
+    def _trainable_groups_exist(self):
+        # The trainer itself takes any group names its model has; a recipe trains the GEM model's groups.
+        for stage in STAGES:
+            for group in getattr(self, stage).trainable:
+                if group not in MODULE_GROUPS:
+                    raise ValueError(f"{stage}.trainable has unknown module group {group!r}: "
+                                     f"{suggest(group, MODULE_GROUPS, 'choose from')}")
+        return self

@@ -1,94 +1,84 @@
 """The `data:` section of a recipe: where the samples and episodes come from, and how big the built-in set is."""
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from __future__ import annotations
+
 from typing import Literal
 
-from ..errors import InputError
+from pydantic import model_validator
+
+from gem_models.config import Float, Int, Str, setting
+
+from ..config import settings
 
 # Cameras the synthetic world knows (positions in synth_scene.EPISODE_CAMERAS).
 CAMERA_NAMES = ("front", "top", "side")
 
 
-@dataclass
+@settings
 class AnnotationSet:
-    name: str = "gem"  # set name; a "%NN" suffix keeps NN% of its samples, chosen by seed ("gem%50")
-    annotations: str = ""  # JSONL file, one LLaVA/Qwen-style sample per line
-    data_path: str = ""  # image root the sample paths are relative to; "" = the JSONL file's folder
-    depth_root: str = ""  # depth of image p: <depth_root>/depth/<basename of p> (16-bit mm PNG); "" = none
+    name: Str = setting("gem", 'Set name; a "%NN" suffix keeps NN% of its samples, chosen by seed ("gem%50").')
+    annotations: Str = setting("", "JSONL file, one LLaVA/Qwen-style sample per line.")
+    data_path: Str = setting("", 'Image root the sample paths are relative to; "" = the JSONL file\'s folder.')
+    depth_root: Str = setting(
+        "", 'Depth of image p: <depth_root>/depth/<basename of p> (16-bit mm PNG); "" = none.')
 
 
-SIZE = {"min": 32, "max": 1024, "multiple_of": 32}  # image sides: the depth VAE downsamples by 32
-COUNT = {"min": 0, "max": 1_000_000}
+def _side(default: int, description: str):
+    # image sides: the depth VAE downsamples by 32
+    return setting(default, description, ge=32, le=1024, multiple_of=32)
 
 
-@dataclass
+def _count(default: int, description: str):
+    return setting(default, description, ge=0, le=1_000_000)
+
+
+@settings
 class DataConfig:
-    source: Literal["synth", "files"] = "synth"  # built-in procedural tabletop data, or the user's own files
-    seed: int = 0  # every random choice: same seed -> byte-identical synth files and the same %-sampling
+    source: Literal["synth", "files"] = setting(
+        "synth", "Built-in procedural tabletop data (synth), or the user's own files.")
+    seed: Int = setting(0, "Every random choice: same seed -> byte-identical synth files and the same %-sampling.")
 
     # --- gem-synth (source: synth) ---
-    num_scenes: int = field(default=50, metadata=COUNT)  # tabletop scenes that get questions
-    image_height: int = field(default=64, metadata=SIZE)  # pixels, scenes and episodes alike
-    image_width: int = field(default=64, metadata=SIZE)  # pixels
-    questions_per_scene: int = field(default=4, metadata={"min": 1, "max": 9})  # distinct kinds per scene
-    two_view_fraction: float = field(default=0.15, metadata={"min": 0.0, "max": 1.0})  # scenes with 2 images
-    objects_min: int = field(default=3, metadata={"min": 2, "max": 8})  # fewest objects on a table
-    objects_max: int = field(default=5, metadata={"min": 2, "max": 8})  # most objects on a table
-    num_episodes: int = field(default=8, metadata=COUNT)  # scripted pick-and-place episodes
-    episode_max_steps: int = field(default=40, metadata={"min": 10, "max": 1000})  # the expert needs 15-30
-    cameras: list[str] = field(default_factory=lambda: ["front", "top"])  # episode cameras: front/top/side
+    num_scenes: Int = _count(50, "Tabletop scenes that get questions.")
+    image_height: Int = _side(64, "Pixels, scenes and episodes alike.")
+    image_width: Int = _side(64, "Pixels, scenes and episodes alike.")
+    questions_per_scene: Int = setting(4, "Distinct question kinds per scene.", ge=1, le=9)
+    two_view_fraction: Float = setting(0.15, "Fraction of scenes with 2 images.", ge=0.0, le=1.0)
+    objects_min: Int = setting(3, "Fewest objects on a table.", ge=2, le=8)
+    objects_max: Int = setting(5, "Most objects on a table.", ge=2, le=8)
+    num_episodes: Int = _count(8, "Scripted pick-and-place episodes.")
+    episode_max_steps: Int = setting(40, "Step limit of an episode (the expert needs 15-30).", ge=10, le=1000)
+    cameras: list[Str] = setting(lambda: ["front", "top"], "Episode cameras: front, top, side.")
 
     # --- user files (source: files) ---
-    files: list[AnnotationSet] = field(default_factory=list)  # annotation sets with image and depth roots
-    episodes_dir: str = ""  # folder searched recursively for *.hdf5 episodes; "" = no episodes
-    # "header" reads image sizes only (fast); "decode" also decodes every pixel (finds truncated files)
-    check_images: Literal["header", "decode"] = "header"  # how hard prepare checks each image
+    files: list[AnnotationSet] = setting(list, "Annotation sets with image and depth roots.")
+    episodes_dir: Str = setting("", 'Folder searched recursively for *.hdf5 episodes; "" = no episodes.')
+    check_images: Literal["header", "decode"] = setting(
+        "header", 'How hard prepare checks each image: "header" reads image sizes only (fast); "decode" also '
+        "decodes every pixel (finds truncated files).")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.objects_min > self.objects_max:
+            raise ValueError(f"objects_min ({self.objects_min}) is larger than objects_max ({self.objects_max}): "
+                             "make objects_min <= objects_max")
+        if self.source == "synth":
+            if not self.cameras:
+                raise ValueError(f"cameras is empty: list one or two of {', '.join(CAMERA_NAMES)}")
+            for name in self.cameras:
+                if name not in CAMERA_NAMES:
+                    raise ValueError(f"cameras has unknown camera {name!r}: use one of {', '.join(CAMERA_NAMES)}")
+            if len(set(self.cameras)) != len(self.cameras):
+                raise ValueError(f"cameras lists a camera twice ({self.cameras}): list each camera once")
+            if self.num_scenes == 0 and self.num_episodes == 0:
+                raise ValueError("num_scenes and num_episodes are both 0: set at least one of them above 0")
+        if self.source == "files" and not self.files and not self.episodes_dir:
+            raise ValueError("source is 'files' but files is empty and episodes_dir is unset: "
+                             "list at least one annotation set or give an episodes directory")
+        return self
 
 
 def check_config(cfg: DataConfig) -> None:
-    """Raise InputError for values a recipe loader might let through (ranges, multiples, cross-field rules)."""
-    _check_ranges(cfg, "data")
-    if cfg.objects_min > cfg.objects_max:
-        raise InputError(
-            f"data.objects_min ({cfg.objects_min}) is larger than data.objects_max ({cfg.objects_max}): "
-            "make objects_min <= objects_max"
-        )
-    if cfg.source == "synth":
-        if not cfg.cameras:
-            raise InputError(f"data.cameras is empty: list one or two of {', '.join(CAMERA_NAMES)}")
-        for name in cfg.cameras:
-            if name not in CAMERA_NAMES:
-                raise InputError(
-                    f"data.cameras has unknown camera '{name}': use one of {', '.join(CAMERA_NAMES)}"
-                )
-        if len(set(cfg.cameras)) != len(cfg.cameras):
-            raise InputError(f"data.cameras lists a camera twice ({cfg.cameras}): list each camera once")
-        if cfg.num_scenes == 0 and cfg.num_episodes == 0:
-            raise InputError(
-                "data.num_scenes and data.num_episodes are both 0: set at least one of them above 0"
-            )
-    if cfg.source == "files" and not cfg.files and not cfg.episodes_dir:
-        raise InputError(
-            "data.source is 'files' but data.files is empty and data.episodes_dir is unset: "
-            "list at least one annotation set or give an episodes directory"
-        )
-
-
-def _check_ranges(obj, prefix: str) -> None:
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        key = f"{prefix}.{f.name}"
-        if is_dataclass(value):
-            _check_ranges(value, key)
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                if is_dataclass(item):
-                    _check_ranges(item, f"{key}[{i}]")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            lo, hi, step = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("multiple_of")
-            if lo is not None and value < lo or hi is not None and value > hi:
-                raise InputError(f"{key} is {value}, outside [{lo}, {hi}]: set a value in that range")
-            if step and value % step:
-                raise InputError(
-                    f"{key} is {value}, not a multiple of {step}: use e.g. {max(step, value // step * step)}"
-                )
+    """Raise InputError when `cfg` breaks a rule of DataConfig. Building a DataConfig already checks them all;
+    this re-checks an object whose fields were assigned after it was built."""
+    DataConfig(**{name: getattr(cfg, name) for name in cfg.__dataclass_fields__})
