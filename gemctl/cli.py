@@ -80,11 +80,24 @@ def recipe_show(name: str, override: OverrideOpt = None,
 @recipe_app.command("validate")
 def recipe_validate(name: str, override: OverrideOpt = None) -> None:
     """Check a recipe (and overrides) against the schema; exit 2 with the first problem."""
-    from gem_stages.data.config import check_config
-
     _, recipe = _resolve(name, override)
-    check_config(recipe.data)
     console.print(f"[green]ok[/green] {recipe.name} (hash {recipe.content_hash})")
+
+
+@recipe_app.command("schema")
+def recipe_schema(output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write the schema to FILE (e.g. recipes/recipe.schema.json) instead of stdout.")] = None
+                  ) -> None:
+    """Print the JSON Schema of recipe files, for editors to validate and complete recipes/*.yaml."""
+    from gem_stages.files import atomic_write_text
+
+    from .recipe import schema
+
+    text = json.dumps(schema(), indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        print(text, end="")
+    else:
+        atomic_write_text(output, text)
 
 
 # --- training ------------------------------------------------------------------------------------------------------

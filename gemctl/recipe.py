@@ -61,7 +61,7 @@ class Recipe:
 
 def schema() -> dict[str, Any]:
     """JSON Schema of a recipe file: the Recipe settings plus the top-level `extends:`."""
-    out = json_schema(Recipe)
+    out = {"$schema": "https://json-schema.org/draft/2020-12/schema", **json_schema(Recipe)}
     out["title"] = "gemctl recipe"
     out["properties"] = {"extends": {"type": "string", "description": "Recipe this one starts from (a file name "
                                      "in recipes/, without .yaml); its settings are merged under these."},

@@ -142,7 +142,8 @@ class LossWeights:
 class TrainStageConfig:
     trainable: list[str] = setting(
         lambda: ["connector"], "Module groups whose parameters train; every other parameter is frozen (the VAE "
-        "always is).", min_length=1)
+        "always is).", min_length=1,
+        json_schema_extra={"items": {"enum": list(MODULE_GROUPS)}})
     init: Literal["previous", "base"] = setting(
         "previous", "Where the weights start: the previous stage's checkpoint, or the base model (ablation: skip "
         "warm-up).")

@@ -48,7 +48,8 @@ class DataConfig:
     objects_max: Int = setting(5, "Most objects on a table.", ge=2, le=8)
     num_episodes: Int = _count(8, "Scripted pick-and-place episodes.")
     episode_max_steps: Int = setting(40, "Step limit of an episode (the expert needs 15-30).", ge=10, le=1000)
-    cameras: list[Str] = setting(lambda: ["front", "top"], "Episode cameras: front, top, side.")
+    cameras: list[Str] = setting(lambda: ["front", "top"], "Episode cameras: front, top, side.",
+                                 json_schema_extra={"items": {"enum": list(CAMERA_NAMES)}})
 
     # --- user files (source: files) ---
     files: list[AnnotationSet] = setting(list, "Annotation sets with image and depth roots.")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gem_stages.errors import InputError
-from gemctl.recipe import Recipe, parse_override, resolve
+from gemctl.recipe import Recipe, from_params, parse_override, resolve, write_params
 from gemctl.schema import ConfigError, flatten, from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,3 +127,51 @@ def test_partial_stage_section_keeps_that_stages_defaults(tmp_path):
     assert r.stages.stage3.trainable == ["merger", "language", "connector", "depth_generator"]
     assert (r.stages.stage3.loss.lm, r.stages.stage3.loss.depth) == (1.0, 0.1)
     assert r.stages.stage4.lr == 0.5 and r.stages.stage4.loss.action == 1.0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("seed: '3'\n", "seed='3' is not an integer"),
+    ("seed: true\n", "seed=True is not an integer"),
+    ("description: 3\n", "description=3 is not a string"),
+    ("runtime: {gradient_checkpointing: 1}\n", "runtime.gradient_checkpointing=1 is not a boolean"),
+    ("stages: {stage3: {lr: .nan}}\n", "stages.stage3.lr=nan is not a finite number"),
+    ("stages: {stage3: {max_grad_norm: .inf}}\n", "stages.stage3.max_grad_norm=inf is not a finite number"),
+    ("stages: {stage3: {lr: '1e-5'}}\n", "stages.stage3.lr='1e-5' is not a number"),
+    ("runtime: {distributed: fsdp}\n", "runtime.distributed='fsdp' is not allowed: choose one of 'ddp', "
+                                       "'deepspeed_zero2'"),
+    ("stages: [stage1]\n", "stages must be a mapping of settings, got ['stage1']"),
+    ("model: {backbone: null}\n", "model.backbone must be a mapping of settings, got None"),
+    ("data: {cameras: front}\n", "data.cameras='front' is not a list"),
+    ("data: {files: [{name: a, annotation: x.jsonl}]}\n",
+     "unknown key 'data.files[0].annotation': did you mean 'annotations'?"),
+    ("resources: {extra_sbatch: {exclusive: 1}}\n", "resources.extra_sbatch.exclusive=1 is not a string"),
+    ("resources: {time_min: 1, signal_delay_s: 60}\n", "resources: signal_delay_s=60 must be shorter than time_min=1"),
+    ("resources: {nodes: 0}\n", "resources.nodes=0 is out of range: must be >= 1"),
+    ("seed: 4294967296\n", "seed=4294967296 is out of range: must be <= 4294967295"),
+])
+def test_file_values_keep_their_yaml_types(tmp_path, text, message):
+    write(tmp_path, "r", text)
+    with pytest.raises(ConfigError) as e:
+        resolve(tmp_path, "r")
+    assert str(e.value) == f"recipe 'r': {message}" or message in str(e.value)
+    assert "\n" not in str(e.value) and "pydantic" not in str(e.value)
+
+
+def test_numbers_users_type_are_numbers(tmp_path):
+    write(tmp_path, "r", "stages:\n  stage3: {lr: 3e-5, max_grad_norm: 2, weight_decay: 1E-2}\n")
+    s3 = resolve(tmp_path, "r").stages.stage3
+    assert (s3.lr, s3.max_grad_norm, s3.weight_decay) == (3e-5, 2.0, 0.01)
+    assert isinstance(s3.max_grad_norm, float)
+    r = resolve(RECIPES, "tiny", ["runtime.find_unused_parameters=false", "stages.stage3.lr=1", "seed=0x10"])
+    assert r.runtime.find_unused_parameters is False and resolve(RECIPES, "tiny").runtime.find_unused_parameters
+    assert r.stages.stage3.lr == 1.0 and r.seed == 16
+
+
+def test_from_params_reads_back_what_write_params_wrote(tmp_path):
+    r = resolve(RECIPES, "tiny", ["stages.stage3.lr=3e-5"])
+    write_params(tmp_path / "params.json", r)
+    back = from_params(tmp_path / "params.json")
+    assert back == r and back.content_hash == r.content_hash
+    (tmp_path / "bad.json").write_text('{"stages": {"stage3": {"lr": -1}}}')
+    with pytest.raises(ConfigError, match=r"bad.json: stages.stage3.lr=-1 is out of range: must be >= 0.0"):
+        from_params(tmp_path / "bad.json")
