@@ -12,6 +12,7 @@ the stages downstream of it.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -154,7 +155,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         dotted = ".".join(path)
         if dotted not in valid and not _under_mapping(dotted, valid):
             shown = dotted if dotted.isprintable() else repr(dotted)[1:-1]
-            raise InputError(f"unknown key '{shown}' in override {_quoted(text)}: {suggest(dotted, valid)}")
+            raise InputError(f"unknown key '{shown}' in override {_quoted(text)}: {_suggest_key(path, valid)}")
         node = data
         for part in path[:-1]:
             if not isinstance(node.get(part), dict):
@@ -162,6 +163,19 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node[part]
         node[path[-1]] = value
     return data
+
+
+def _suggest_key(path: list[str], valid: list[str]) -> str:
+    """'did you mean' among the keys as deep as `path` below its longest valid part, or else that part's keys."""
+    known = next((".".join(path[:i]) for i in range(len(path) - 1, 0, -1) if ".".join(path[:i]) in valid), "")
+    under = [k for k in valid if k.startswith(f"{known}.") or not known]
+    rest = {k[len(known) + 1 if known else 0:]: k for k in under if k.count(".") == len(path) - 1}
+    close = difflib.get_close_matches(".".join(path)[len(known) + 1 if known else 0:], list(rest), n=1)
+    if close:
+        return f"did you mean '{rest[close[0]]}'?"
+    depth = known.count(".") + 1 if known else 0
+    names = [k.rsplit(".", 1)[-1] for k in under if k.count(".") == depth]
+    return f"valid keys{' under ' + known if known else ''}: {', '.join(names)}"
 
 
 def _under_mapping(dotted: str, valid: list[str]) -> bool:

@@ -175,3 +175,15 @@ def test_from_params_reads_back_what_write_params_wrote(tmp_path):
     (tmp_path / "bad.json").write_text('{"stages": {"stage3": {"lr": -1}}}')
     with pytest.raises(ConfigError, match=r"bad.json: stages.stage3.lr=-1 is out of range: must be >= 0.0"):
         from_params(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("x=1", "valid keys: name, description, seed, model, data, runtime, stages, resources"),
+    ("stages.stage3.zzzz=1", "valid keys under stages.stage3: trainable, init, steps, epochs, lr, schedule"),
+    ("stages.stage9.lr=1", "did you mean 'stages.stage4.lr'?"),
+    ("moddel.backbone.hidden_size=3", "did you mean 'model.backbone.hidden_size'?"),
+])
+def test_unknown_override_key_suggests_a_key_at_its_level(override, message):
+    with pytest.raises(InputError) as e:
+        resolve(RECIPES, "tiny", [override])
+    assert message in str(e.value)
