@@ -80,8 +80,10 @@ def recipe_show(name: str, override: OverrideOpt = None,
 @recipe_app.command("validate")
 def recipe_validate(name: str, override: OverrideOpt = None) -> None:
     """Check a recipe (and overrides) against the schema; exit 2 with the first problem."""
+    from rich.markup import escape
+
     _, recipe = _resolve(name, override)
-    console.print(f"[green]ok[/green] {recipe.name} (hash {recipe.content_hash})")
+    console.print(f"[green]ok[/green] {escape(recipe.name)} (hash {recipe.content_hash})")
 
 
 @recipe_app.command("schema")
