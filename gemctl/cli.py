@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from gem_stages.errors import InputError
 
@@ -143,7 +144,8 @@ def _reproduce_or_exit(project, recipe: str, stage: str, force: bool = False):
             failed = project.recipe_dir(recipe) / f"{s}.error.json"
             if failed.is_file():
                 raise typer.Exit(json.loads(failed.read_text()).get("exit_code", 1)) from None
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        # the message is text, not markup: a user's key such as '[/red]' must print as it is
+        err.print(Text.assemble(("error:", "red"), f" {e}"), highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -424,7 +426,8 @@ def main() -> None:
     try:
         app()
     except InputError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        # the message is text, not markup: a user's key such as '[/red]' must print as it is
+        err.print(Text.assemble(("error:", "red"), f" {e}"), highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
