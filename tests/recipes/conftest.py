@@ -14,6 +14,7 @@ settings.register_profile(
 )
 
 _cases_run = {"files": 0, "overrides": 0}
+_outcomes = {"valid": 0, "refused": 0}
 
 
 @pytest.fixture(scope="session")
@@ -22,8 +23,15 @@ def fuzz_cases() -> dict[str, int]:
     return _cases_run
 
 
+@pytest.fixture(scope="session")
+def fuzz_outcomes() -> dict[str, int]:
+    """How many fuzz cases validated and how many were refused (both must occur for the fuzzing to mean much)."""
+    return _outcomes
+
+
 def pytest_terminal_summary(terminalreporter):
     total = sum(_cases_run.values())
     if total:
         parts = ", ".join(f"{n} {kind}" for kind, n in _cases_run.items())
-        terminalreporter.write_line(f"recipe fuzz: {total} cases run ({parts}); GEMCTL_FUZZ_CASES={FUZZ_CASES}")
+        terminalreporter.write_line(f"recipe fuzz: {total} cases run ({parts}; {_outcomes['valid']} valid, "
+                                    f"{_outcomes['refused']} refused); GEMCTL_FUZZ_CASES={FUZZ_CASES}")

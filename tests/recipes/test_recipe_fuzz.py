@@ -7,7 +7,6 @@ ends with exactly one line on stderr and exit code 2: no traceback, no other exi
 
 import contextlib
 import io
-import json
 import math
 import os
 import shutil
@@ -20,12 +19,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import FUZZ_CASES
 from gemctl import cli
 from gemctl.recipe import Recipe, from_params, resolve, write_params
 from gemctl.schema import dotted_keys, flatten
 
 ROOT = Path(__file__).resolve().parents[2]
+FUZZ_CASES = settings.get_profile("gemctl-fuzz").max_examples  # GEMCTL_FUZZ_CASES (tests/recipes/conftest.py)
 NAMES = ("a", "b", "c")  # recipe files of a generated case; `a` is the one validated
 KEYS = dotted_keys(Recipe)
 LEAVES = flatten(Recipe().to_dict())  # dotted key -> default value
@@ -63,8 +62,9 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def check_outcome(project: Path, argv: list[str], overrides: list[str]) -> None:
+def check_outcome(project: Path, argv: list[str], overrides: list[str], tally: dict[str, int]) -> None:
     code, out, err = run_cli(argv)
+    tally["valid" if code == 0 else "refused"] += 1
     lines = [line for line in err.splitlines() if line.strip()]
     if code == 2:
         assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -115,14 +115,16 @@ def near_valid(draw, key: str):
 @st.composite
 def keys(draw) -> str:
     key = draw(st.sampled_from(KEYS))
-    how = draw(st.sampled_from(["valid", "valid", "valid", "typo", "extend", "random"]))
+    how = draw(st.sampled_from(["valid", "valid", "valid", "typo", "extend", "random", "odd"]))
     if how == "typo" and key:
         i = draw(st.integers(0, len(key) - 1))
         key = key[:i] + draw(st.sampled_from(["", "x", "_", ".", key[i] * 2])) + key[i + 1:]
     elif how == "extend":
         key = key + "." + draw(st.sampled_from(["x", "lr", "0", ""]))
     elif how == "random":
-        key = draw(st.text(min_size=0, max_size=10) | st.sampled_from(ODD_TEXT))
+        key = draw(st.text(min_size=0, max_size=10))
+    elif how == "odd":
+        key = draw(st.sampled_from([key.rsplit(".", 1)[0] + ".", ""])) + draw(st.sampled_from(ODD_TEXT))
     return key
 
 
@@ -178,7 +180,7 @@ def recipe_text(draw, name: str) -> str | None:
 
 @settings(settings.get_profile("gemctl-fuzz"), max_examples=max(1, FUZZ_CASES // 2))
 @given(data=st.data())
-def test_fuzzed_recipe_files_validate_or_fail_in_one_line(project, fuzz_cases, data):
+def test_fuzzed_recipe_files_validate_or_fail_in_one_line(project, fuzz_cases, fuzz_outcomes, data):
     recipes = project / "recipes"
     for name in NAMES:
         text = data.draw(recipe_text(name) if name != "a" else recipe_text(name).filter(lambda t: t is not None),
@@ -188,7 +190,7 @@ def test_fuzzed_recipe_files_validate_or_fail_in_one_line(project, fuzz_cases, d
             path.unlink(missing_ok=True)
         else:
             path.write_bytes(text.encode("utf-8", "surrogatepass"))
-    check_outcome(project, ["recipe", "validate", "a"], [])
+    check_outcome(project, ["recipe", "validate", "a"], [], fuzz_outcomes)
     fuzz_cases["files"] += 1
 
 
@@ -209,10 +211,10 @@ def override(draw) -> str:
 @settings(settings.get_profile("gemctl-fuzz"), max_examples=max(1, FUZZ_CASES - FUZZ_CASES // 2))
 @given(overrides=st.lists(override(), min_size=1, max_size=4),
        name=st.sampled_from(["a", "a", "a", "tni", "a/../a", "", "\u00e9"]))
-def test_fuzzed_overrides_validate_or_fail_in_one_line(project, fuzz_cases, overrides, name):
+def test_fuzzed_overrides_validate_or_fail_in_one_line(project, fuzz_cases, fuzz_outcomes, overrides, name):
     shutil.copy(ROOT / "recipes" / "tiny.yaml", project / "recipes" / "a.yaml")
     argv = ["recipe", "validate", name, *(f"--override={o}" for o in overrides)]
-    check_outcome(project, argv, overrides)
+    check_outcome(project, argv, overrides, fuzz_outcomes)
     fuzz_cases["overrides"] += 1
 
 
@@ -239,3 +241,11 @@ def test_installed_gemctl_fails_in_one_line(project, file, text, overrides, mess
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
     assert (r.returncode, r.stderr) == run_cli(argv)[::2]
+
+
+def test_markup_like_key_prints_as_text(project):
+    # found by the fuzzer: rich read the key as a closing tag and crashed cli.main with a traceback
+    shutil.copy(ROOT / "recipes" / "tiny.yaml", project / "recipes" / "a.yaml")
+    code, _, err = run_cli(["recipe", "validate", "a", "--override=name.[/red]=null"])
+    assert code == 2 and err.strip() == ("error: unknown key 'name.[/red]' in override 'name.[/red]=null': valid keys: "
+                                         "name, description, seed, model, data, runtime, stages, resources")
