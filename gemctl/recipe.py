@@ -175,6 +175,8 @@ def _suggest_key(path: list[str], valid: list[str]) -> str:
         return f"did you mean '{rest[close[0]]}'?"
     depth = known.count(".") + 1 if known else 0
     names = [k.rsplit(".", 1)[-1] for k in under if k.count(".") == depth]
+    if known and not names:
+        return f"{known} is a single setting with no keys below it: write {known}=VALUE"
     return f"valid keys{' under ' + known if known else ''}: {', '.join(names)}"
 
 

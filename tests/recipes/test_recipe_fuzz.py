@@ -247,5 +247,5 @@ def test_markup_like_key_prints_as_text(project):
     # found by the fuzzer: rich read the key as a closing tag and crashed cli.main with a traceback
     shutil.copy(ROOT / "recipes" / "tiny.yaml", project / "recipes" / "a.yaml")
     code, _, err = run_cli(["recipe", "validate", "a", "--override=name.[/red]=null"])
-    assert code == 2 and err.strip() == ("error: unknown key 'name.[/red]' in override 'name.[/red]=null': valid keys: "
-                                         "name, description, seed, model, data, runtime, stages, resources")
+    assert code == 2 and err.strip() == ("error: unknown key 'name.[/red]' in override 'name.[/red]=null': name is "
+                                         "a single setting with no keys below it: write name=VALUE")
