@@ -70,7 +70,7 @@ def schema() -> dict[str, Any]:
     return out
 
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when PyYAML has it: 10x faster
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser when PyYAML was built with it
     """YAML as users write recipes: 3e-5 is a number (YAML 1.1 wants 3.0e-5), as in YAML 1.2 and JSON."""
 
 
@@ -91,7 +91,7 @@ def _load_yaml(text: str) -> Any:
 
 
 def available(recipes_dir: Path) -> list[str]:
-    return sorted(p.stem for p in recipes_dir.glob("*.yaml"))
+    return sorted(p.stem for p in recipes_dir.glob("*.yaml") if p.is_file())
 
 
 def _read_yaml(path: Path) -> dict:
@@ -122,13 +122,9 @@ def load_raw(recipes_dir: Path, name: str, _chain: tuple[str, ...] = ()) -> dict
     parent = data.pop("extends", None)
     if parent is not None:
         if not isinstance(parent, str):
-            raise InputError(f"recipe '{name}': extends must be a recipe name, got {_short(parent)}")
+            raise InputError(f"recipe '{name}': extends must be a recipe name, got {reprlib.repr(parent)}")
         data = deep_merge(load_raw(recipes_dir, parent, (*_chain, name)), data)
     return data
-
-
-def _short(value: Any) -> str:
-    return reprlib.repr(value)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -201,7 +197,11 @@ def from_params(path: Path) -> Recipe:
     if not path.is_file():
         raise InputError(f"no resolved recipe at {path}: run the stage through `gemctl train` (it renders it)")
     try:
-        return from_dict(Recipe, json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+    except ValueError:
+        raise InputError(f"resolved recipe {path} is not valid JSON: run `gemctl train` to render it again") from None
+    try:
+        return from_dict(Recipe, data)
     except ConfigError as e:
         raise ConfigError(f"resolved recipe {path}: {e}") from None
 

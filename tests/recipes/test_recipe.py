@@ -175,6 +175,12 @@ def test_from_params_reads_back_what_write_params_wrote(tmp_path):
     (tmp_path / "bad.json").write_text('{"stages": {"stage3": {"lr": -1}}}')
     with pytest.raises(ConfigError, match=r"bad.json: stages.stage3.lr=-1 is out of range: must be >= 0.0"):
         from_params(tmp_path / "bad.json")
+    (tmp_path / "cut.json").write_text('{"stages": {"sta')
+    with pytest.raises(InputError, match=r"cut.json is not valid JSON"):
+        from_params(tmp_path / "cut.json")
+    (tmp_path / "list.json").write_text('[1]')
+    with pytest.raises(ConfigError, match=r"list.json: the settings must be a mapping of keys to values, got list"):
+        from_params(tmp_path / "list.json")
 
 
 @pytest.mark.parametrize("override, message", [
