@@ -82,12 +82,16 @@ _Loader.add_implicit_resolver(
 
 
 def _load_yaml(text: str) -> Any:
-    """Parse YAML; any failure (syntax, a number too long to convert, nesting too deep) is a ValueError."""
+    """Parse YAML; a failure is a ValueError whose text completes "recipe file x.yaml ..." or "the value ..."."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
-    except (yaml.YAMLError, ValueError, RecursionError) as e:
+    except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise ValueError(f" line {mark.line + 1}" if mark else "") from None
+        raise ValueError(f"is not valid YAML{f' (line {mark.line + 1})' if mark else ''}: fix the syntax") from None
+    except RecursionError:
+        raise ValueError("nests too deep to read: flatten it") from None
+    except ValueError:  # int() of a literal longer than Python's 4300-digit limit
+        raise ValueError("holds a number with more than 4300 digits: shorten it") from None
 
 
 def available(recipes_dir: Path) -> list[str]:
@@ -100,7 +104,7 @@ def _read_yaml(path: Path) -> dict:
     except UnicodeDecodeError:
         raise InputError(f"recipe file {path.name} is not UTF-8 text: save it as UTF-8") from None
     except ValueError as e:
-        raise InputError(f"recipe file {path.name}{e} is not valid YAML: fix the syntax") from None
+        raise InputError(f"recipe file {path.name} {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -108,23 +112,33 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def load_raw(recipes_dir: Path, name: str, _chain: tuple[str, ...] = ()) -> dict:
+def load_raw(recipes_dir: Path, name: str) -> dict:
     """The recipe's settings with its `extends:` chain merged in (parents first)."""
     names = available(recipes_dir)
-    if name not in names:
-        shown = name if name.isprintable() else repr(name)[1:-1]
-        if _chain:
-            raise InputError(f"recipe '{_chain[-1]}' extends unknown recipe '{shown}': {suggest(name, names, 'recipes')}")
-        raise InputError(f"unknown recipe '{shown}': {suggest(name, names, 'available recipes')} (recipes/*.yaml)")
-    if name in _chain:
-        raise InputError(f"recipe '{name}' extends itself through {' -> '.join((*_chain, name))}: break the cycle")
-    data = _read_yaml(recipes_dir / f"{name}.yaml")
-    parent = data.pop("extends", None)
-    if parent is not None:
+    chain: list[str] = []
+    layers: list[dict] = []
+    while True:
+        if name not in names:
+            shown = name if name.isprintable() else repr(name)[1:-1]
+            if chain:
+                raise InputError(f"recipe '{chain[-1]}' extends unknown recipe '{shown}': "
+                                 f"{suggest(name, names, 'recipes')}")
+            raise InputError(f"unknown recipe '{shown}': {suggest(name, names, 'available recipes')} (recipes/*.yaml)")
+        if name in chain:
+            raise InputError(f"recipe '{name}' extends itself through {' -> '.join((*chain, name))}: break the cycle")
+        chain.append(name)
+        data = _read_yaml(recipes_dir / f"{name}.yaml")
+        parent = data.pop("extends", None)
+        layers.append(data)
+        if parent is None:
+            break
         if not isinstance(parent, str):
             raise InputError(f"recipe '{name}': extends must be a recipe name, got {reprlib.repr(parent)}")
-        data = deep_merge(load_raw(recipes_dir, parent, (*_chain, name)), data)
-    return data
+        name = parent
+    merged: dict = {}
+    for layer in reversed(layers):
+        merged = deep_merge(merged, layer)
+    return merged
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -135,8 +149,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise InputError(f"bad override {_quoted(text)}: write it as key.path=value, e.g. -o stages.stage3.lr=3e-5")
     try:
         parsed = _load_yaml(value) if value.strip() else ""
-    except ValueError:
-        raise InputError(f"bad override {_quoted(text)}: the value is not a valid YAML value") from None
+    except ValueError as e:
+        raise InputError(f"bad override {_quoted(text)}: the value {e}") from None
     return key.split("."), parsed
 
 

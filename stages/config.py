@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import reprlib
 import types
 import typing
 from typing import Any, Literal
@@ -94,9 +95,16 @@ def _dotted(prefix: str, loc: tuple) -> str:
     return key if key.isprintable() else repr(key)[1:-1]
 
 
-def _show(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 6, 4, 60, 60, 40
+
+
+def _show(value: Any) -> str:
+    """A short repr: bounded in depth and length, so any value fits in one line."""
+    try:
+        return _SHORT.repr(value)
+    except ValueError:  # an int too long for repr (Python's 4300-digit limit)
+        return "<a number with more than 4300 digits>"
 
 
 def _class_name(cls: type) -> str:

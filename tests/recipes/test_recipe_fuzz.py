@@ -159,6 +159,7 @@ def recipe_text(draw, name: str) -> str | None:
     if kind == "deep":
         n = draw(st.sampled_from([50, 500, 5000]))
         return draw(st.sampled_from(["[" * n + "]" * n, "a: " + "{b: " * n + "1" + "}" * n,
+                                     "seed: " + "[" * n + "]" * n, "description: " + "{b: " * n + "1" + "}" * n,
                                      "".join(f"{' ' * i}k{i}:\n" for i in range(min(n, 400))) + " " * 400 + "x: 1"]))
     if kind == "huge":
         return draw(st.sampled_from(["seed: 1" + "0" * 5000, "stages: {stage1: {lr: 1" + "0" * 400 + ".5}}",
@@ -222,7 +223,9 @@ def test_fuzzed_overrides_validate_or_fail_in_one_line(project, fuzz_cases, fuzz
 CROSS_CHECK = [
     ("a.yaml", "stages: {stage3: {lrr: 1}}\n", [], "unknown key 'stages.stage3.lrr': did you mean 'lr'?"),
     ("a.yaml", "extends: a\n", [], "recipe 'a' extends itself through a -> a"),
-    ("a.yaml", "seed: 1" + "0" * 5000 + "\n", [], "is not valid YAML"),
+    ("a.yaml", "seed: 1" + "0" * 5000 + "\n", [], "recipe file a.yaml holds a number with more than 4300 digits"),
+    ("a.yaml", "seed: " + "[" * 990 + "]" * 990 + "\n", [], "recipe 'a': seed=[[[[...]]]] is not an integer"),
+    ("a.yaml", "seed: 1\n  x: [\n", [], "recipe file a.yaml is not valid YAML (line 2): fix the syntax"),
     ("a.yaml", "[" * 5000 + "]" * 5000, [], "is not valid YAML"),
     ("a.yaml", "- a\n", [], "must be a mapping of settings, got list"),
     ("a.yaml", "seed: 1\n", ["runtime.distributed=fsdp"], "runtime.distributed='fsdp' is not allowed"),

@@ -54,7 +54,7 @@ def test_any_text_parses_or_is_refused_as_input_error(text):
     except InputError as e:
         assert str(e).startswith("bad override") and "\n" not in str(e)
         assert "=" not in text or any(not p.strip() for p in text.partition("=")[0].strip().split(".")) \
-            or "not a valid YAML value" in str(e)
+            or "the value is not valid YAML" in str(e)
     else:
         assert path == text.partition("=")[0].strip().split(".") and all(p.strip() for p in path)
 
