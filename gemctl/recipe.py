@@ -81,12 +81,12 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _load_yaml(text: str) -> Any:
+def _load_yaml(text: str, show_line: bool = True) -> Any:
     """Parse YAML; a failure is a ValueError whose text completes "recipe file x.yaml ..." or "the value ..."."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
+        mark = getattr(e, "problem_mark", None) if show_line else None
         raise ValueError(f"is not valid YAML{f' (line {mark.line + 1})' if mark else ''}: fix the syntax") from None
     except RecursionError:
         raise ValueError("nests too deep to read: flatten it") from None
@@ -148,7 +148,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part.strip() for part in key.split(".")):
         raise InputError(f"bad override {_quoted(text)}: write it as key.path=value, e.g. -o stages.stage3.lr=3e-5")
     try:
-        parsed = _load_yaml(value) if value.strip() else ""
+        parsed = _load_yaml(value, show_line=False) if value.strip() else ""
     except ValueError as e:
         raise InputError(f"bad override {_quoted(text)}: the value {e}") from None
     return key.split("."), parsed
