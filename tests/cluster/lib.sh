@@ -6,12 +6,12 @@ shape_env() {
   SHAPE=$1
   case "$SHAPE" in
     # single: one node named after this machine, on loopback.
-    single) PORT=16817; NODES="" ;;
+    single) PORT=${GEMCTL_SLURM_PORT:-16817}; NODES="" ;;
     # multi: two nodes, each slurmd in its own network/mount/UTS namespace on the bridge BRIDGE (NET.0/24).
-    multi)  PORT=16827; NODES="n1 n2" ;;
+    multi)  PORT=${GEMCTL_SLURM_PORT:-16827}; NODES="n1 n2" ;;
     *) echo "unknown shape '$SHAPE': use single or multi" >&2; exit 2 ;;
   esac
-  # ports: slurmctld, slurmd, slurmdbd, mariadbd: away from a system SLURM's 6817-6819
+  # ports (GEMCTL_SLURM_PORT overrides the first): slurmctld, slurmd, slurmdbd, mariadbd: away from a system SLURM's 6817-6819
   CTLD_PORT=$PORT; SLURMD_PORT=$((PORT + 1)); DBD_PORT=$((PORT + 2)); DB_PORT=$((PORT + 3))
   BRIDGE=gemctl-br0; NET=10.213.0
   BASE=${GEMCTL_SLURM_BASE:-/tmp/gemctl-slurm}-$SHAPE

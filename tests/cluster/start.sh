@@ -6,7 +6,9 @@
 #   start.sh multi     two nodes n1, n2: each slurmd in its own network namespace on a private bridge
 # Installs the packages if missing, starts munged, mariadbd, slurmdbd, slurmctld and the slurmd(s), then waits until
 # every node is idle. Re-running while up is a no-op. Clients use the cluster with SLURM_CONF=<base>/etc/slurm.conf.
-# Env: GEMCTL_SLURM_BASE (prefix of the private directory: <prefix>-<shape>, default /tmp/gemctl-slurm).
+# Env: GEMCTL_SLURM_BASE (prefix of the private directory: <prefix>-<shape>, default /tmp/gemctl-slurm),
+#      GEMCTL_SLURM_PORT (first of four ports: slurmctld, slurmd, slurmdbd, mariadbd; default 16817 / 16827).
+# One multi shape at a time: its namespaces' veths and bridge have fixed names.
 # Exit status 3 = cannot run here (not root, no apt-get): the SLURM tests skip. Under CI=true that is a failure (1).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -26,6 +28,12 @@ if [ -n "$missing" ]; then
   say "installing:$missing"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
+
+# munged and mariadbd run as their own users: they must reach the private directory
+mkdir -p "$BASE"
+for u in munge mysql; do
+  runuser -u "$u" -- test -x "$BASE" || { echo "gemctl test cluster: user $u cannot reach $BASE; use a GEMCTL_SLURM_BASE under a directory others may traverse (e.g. /tmp)" >&2; exit 1; }
+done
 
 # 1. config (rewritten only when it changes; a change restarts this shape's daemons)
 H=$(hostname -s)
@@ -155,7 +163,7 @@ waitfor 60 sacctmgr -n show cluster
 if [ -n "$NODES" ]; then
   { echo "127.0.0.1 localhost"; echo "$NET.1 $H"; for n in $NODES; do echo "$(node_addr "$n") $n"; done; } > "$ETC/hosts"
   ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
-  ip addr show dev "$BRIDGE" | grep -q "inet $NET.1/24" || ip addr add "$NET.1/24" dev "$BRIDGE"
+  case "$(ip -o addr show dev "$BRIDGE")" in *"inet $NET.1/24"*) ;; *) ip addr add "$NET.1/24" dev "$BRIDGE" ;; esac
   ip link set "$BRIDGE" up
   for n in $NODES; do
     if ! alive "$RUN/ns-$n.pid" sleep; then
