@@ -169,7 +169,8 @@ if [ -n "$NODES" ]; then
     if ! alive "$RUN/ns-$n.pid" sleep; then
       say "creating namespaces for $n"
       ip link del "gemctl-$n" 2>/dev/null || true
-      setsid unshare -n -m -u sh -c 'mount --bind "$1" /etc/hosts && hostname "$2" && exec sleep infinity' \
+      # slave propagation: later mounts on the machine reach the node, its /etc/hosts bind does not leave it
+      setsid unshare -n -m -u --propagation slave sh -c 'mount --bind "$1" /etc/hosts && hostname "$2" && exec sleep infinity' \
         sh "$ETC/hosts" "$n" </dev/null >/dev/null 2>&1 &
       echo $! > "$RUN/ns-$n.pid"
       waitfor 20 sh -c "[ \"\$(nsenter -t $! -u hostname)\" = $n ]"

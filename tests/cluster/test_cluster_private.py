@@ -141,6 +141,7 @@ def test_two_node_job_runs_one_rank_per_node_and_all_reduces(slurm_two_nodes: Sl
 def test_stop_removes_namespaces_and_start_brings_them_back(slurm_two_nodes: SlurmCluster):
     started = pidfiles(slurm_two_nodes.base)
     assert {f"ns-{n}.pid" for n in slurm_two_nodes.nodes} <= started.keys()
+    before = tree("/etc", "/run")
     r = script("stop.sh", "multi")
     assert r.returncode == 0, r.stdout + r.stderr
     assert not any(running(p) for p in started.values())
@@ -152,3 +153,12 @@ def test_stop_removes_namespaces_and_start_brings_them_back(slurm_two_nodes: Slu
     out = subprocess.run(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N %T"], capture_output=True, text=True,
                          env={**os.environ, **slurm_two_nodes.env}, check=True).stdout
     assert sorted(out.split()) == sorted([*slurm_two_nodes.nodes, "idle", "idle"])
+    assert tree("/etc", "/run") == before  # no `ip netns` (it writes /run/netns), no system hosts file
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="not root: cannot switch to another user")
+def test_start_without_root_cannot_run_and_says_why():
+    for ci, rc in (("", 3), ("true", 1)):  # 3: the SLURM tests skip; in CI that is a failure instead
+        cmd = ["runuser", "-u", "nobody", "--", "env", f"CI={ci}", "bash", str(CLUSTER_SCRIPTS / "start.sh")]
+        r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        assert (r.returncode, r.stderr.strip()) == (rc, "gemctl test cluster: not root (the SLURM daemons run as root)")
