@@ -30,8 +30,7 @@ node_addr() { echo "$NET.$((10 + ${1#n}))"; }
 # alive PIDFILE COMM: the pid file names a live (non-zombie) process called COMM.
 alive() {
   local p
-  [ -s "$1" ] || return 1
-  p=$(cat "$1")
+  p=$(cat "$1" 2>/dev/null) && [ -n "$p" ] || return 1  # a daemon removes its own pid file as it exits
   [ -r "/proc/$p/stat" ] || return 1
   [ "$(cat "/proc/$p/comm" 2>/dev/null)" = "$2" ] || return 1
   [ "$(sed 's/.*) //' "/proc/$p/stat" | cut -d' ' -f1)" != Z ]
