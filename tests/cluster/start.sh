@@ -8,7 +8,7 @@
 # every node is idle. Re-running while up is a no-op. Clients use the cluster with SLURM_CONF=<base>/etc/slurm.conf.
 # Env: GEMCTL_SLURM_BASE (prefix of the private directory: <prefix>-<shape>, default /tmp/gemctl-slurm),
 #      GEMCTL_SLURM_PORT (first of four ports: slurmctld, slurmd, slurmdbd, mariadbd; default 16817 / 16827).
-# One multi shape at a time: its namespaces' veths and bridge have fixed names.
+#      GEMCTL_SLURM_NET (multi: the bridge's /24, default 10.213.0).
 # Exit status 3 = cannot run here (not root, no apt-get): the SLURM tests skip. Under CI=true that is a failure (1).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -29,8 +29,8 @@ if [ -n "$missing" ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
+lock
 # munged and mariadbd run as their own users: they must reach the private directory
-mkdir -p "$BASE"
 for u in munge mysql; do
   runuser -u "$u" -- test -x "$BASE" || { echo "gemctl test cluster: user $u cannot reach $BASE; use a GEMCTL_SLURM_BASE under a directory others may traverse (e.g. /tmp)" >&2; exit 1; }
 done
@@ -133,7 +133,7 @@ fi
 if ! alive "$MUNGE/munged.pid" munged; then
   say "starting munged"; rm -f "$MUNGE"/munge.socket*
   runuser -u munge -- /usr/sbin/munged --socket="$MUNGE/munge.socket" --key-file="$MUNGE/munge.key" \
-    --pid-file="$MUNGE/munged.pid" --log-file="$MUNGE/munged.log" --seed-file="$MUNGE/munged.seed"
+    --pid-file="$MUNGE/munged.pid" --log-file="$MUNGE/munged.log" --seed-file="$MUNGE/munged.seed" 9>&-
 fi
 waitfor 20 sh -c "munge -n -S '$MUNGE/munge.socket' | unmunge -S '$MUNGE/munge.socket'"
 
@@ -145,17 +145,17 @@ if ! alive "$DB/mysqld.pid" mariadbd; then
     mariadb-install-db --no-defaults --user=mysql --datadir="$ST/mysql" --auth-root-authentication-method=socket \
       --skip-test-db --innodb-log-file-size=16M >"$LOG/mariadb-install.log" 2>&1
   fi
-  say "starting mariadbd"; rm -f "$DB/mysqld.sock"
+  need_port "$DB_PORT" mariadbd; say "starting mariadbd"; rm -f "$DB/mysqld.sock"
   setsid /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$ST/mysql" --socket="$DB/mysqld.sock" \
     --pid-file="$DB/mysqld.pid" --bind-address=127.0.0.1 --port="$DB_PORT" --skip-name-resolve \
     --log-error="$ST/mysql/error.log" --innodb-buffer-pool-size=64M --innodb-log-file-size=16M \
-    </dev/null >/dev/null 2>&1 &
+    </dev/null >/dev/null 2>&1 9>&- &
   waitfor 60 mariadb-admin --no-defaults --socket="$DB/mysqld.sock" ping
   mariadb --no-defaults --socket="$DB/mysqld.sock" -e "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1';
     ALTER USER 'slurm'@'127.0.0.1' IDENTIFIED BY '$(cat "$ST/dbpass")';
     GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
 fi
-if ! alive "$RUN/slurmdbd.pid" slurmdbd; then say "starting slurmdbd"; slurmdbd; fi
+if ! alive "$RUN/slurmdbd.pid" slurmdbd; then need_port "$DBD_PORT" slurmdbd; say "starting slurmdbd"; slurmdbd 9>&-; fi
 waitfor 60 sacctmgr -n show cluster
 
 # 4. multi: one namespace holder per node (network + mount + UTS namespaces; its mount namespace sees a private
@@ -168,28 +168,28 @@ if [ -n "$NODES" ]; then
   for n in $NODES; do
     if ! alive "$RUN/ns-$n.pid" sleep; then
       say "creating namespaces for $n"
-      ip link del "gemctl-$n" 2>/dev/null || true
+      ip link del "$BRIDGE-$n" 2>/dev/null || true
       # slave propagation: later mounts on the machine reach the node, its /etc/hosts bind does not leave it
       setsid unshare -n -m -u --propagation slave sh -c 'mount --bind "$1" /etc/hosts && hostname "$2" && exec sleep infinity' \
-        sh "$ETC/hosts" "$n" </dev/null >/dev/null 2>&1 &
+        sh "$ETC/hosts" "$n" </dev/null >/dev/null 2>&1 9>&- &
       echo $! > "$RUN/ns-$n.pid"
       waitfor 20 sh -c "[ \"\$(nsenter -t $! -u hostname)\" = $n ]"
-      ip link add "gemctl-$n" type veth peer name eth0 netns "$!"
-      ip link set "gemctl-$n" master "$BRIDGE" up
+      ip link add "$BRIDGE-$n" type veth peer name eth0 netns "$!"
+      ip link set "$BRIDGE-$n" master "$BRIDGE" up
       nsenter -t "$!" -n sh -c "ip link set lo up && ip addr add $(node_addr "$n")/24 dev eth0 && ip link set eth0 up"
     fi
   done
 fi
 
 # 5. slurmctld + slurmd(s)
-if ! alive "$RUN/slurmctld.pid" slurmctld; then say "starting slurmctld"; slurmctld; fi
+if ! alive "$RUN/slurmctld.pid" slurmctld; then need_port "$CTLD_PORT" slurmctld; say "starting slurmctld"; slurmctld 9>&-; fi
 waitfor 60 scontrol ping
 if [ -z "$NODES" ]; then
-  if ! alive "$RUN/slurmd-$H.pid" slurmd; then say "starting slurmd"; slurmd; fi
+  if ! alive "$RUN/slurmd-$H.pid" slurmd; then need_port "$SLURMD_PORT" slurmd; say "starting slurmd"; slurmd 9>&-; fi
 else
   for n in $NODES; do
     if ! alive "$RUN/slurmd-$n.pid" slurmd; then
-      say "starting slurmd $n"; nsenter -t "$(cat "$RUN/ns-$n.pid")" -n -m -u slurmd -N "$n"
+      say "starting slurmd $n"; nsenter -t "$(cat "$RUN/ns-$n.pid")" -n -m -u slurmd -N "$n" 9>&-
     fi
   done
 fi

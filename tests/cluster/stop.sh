@@ -9,6 +9,7 @@ cd "$(dirname "$0")"
 shape=single; wipe=0
 for a in "$@"; do case "$a" in --wipe) wipe=1 ;; *) shape=$a ;; esac; done
 shape_env "$shape"
+lock
 
 # cancel whatever is still queued/running so no slurmstepd outlives its slurmd
 if alive "$RUN/slurmctld.pid" slurmctld; then
@@ -27,7 +28,7 @@ if [ -n "$NODES" ]; then
   # a namespace lives as long as its holder: killing it removes the namespace and the veth pair with it
   for n in $NODES; do
     stop_pidfile "$RUN/ns-$n.pid" sleep
-    ip link del "gemctl-$n" 2>/dev/null || true
+    ip link del "$BRIDGE-$n" 2>/dev/null || true
   done
   if ip link show "$BRIDGE" >/dev/null 2>&1; then echo "removing bridge $BRIDGE"; ip link del "$BRIDGE"; fi
 fi

@@ -1,6 +1,8 @@
 """The test cluster scripts: private to their directory, idempotent, and the two-node shape really spans two nodes."""
 
+import hashlib
 import os
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -22,8 +24,9 @@ def script(name: str, *args: str, env: dict[str, str] | None = None) -> subproce
                           env={**os.environ, **(env or {})}, timeout=900, check=False)
 
 
-def tree(*roots: str) -> dict[str, tuple[int, int]]:
-    """path -> (mtime_ns, size) of everything under roots, symlinks not followed."""
+def tree(*roots: str) -> dict[str, tuple]:
+    """path -> what it holds (file: size and digest, link: target, else its type) of everything under roots.
+    Content, not mtime: an identical rewrite by someone else's older checkout of these scripts is not a change."""
     out = {}
     for root in roots:
         for d, dirs, files in os.walk(root):
@@ -31,9 +34,14 @@ def tree(*roots: str) -> dict[str, tuple[int, int]]:
                 p = os.path.join(d, name)
                 try:
                     st = os.lstat(p)
-                except FileNotFoundError:
+                    if stat.S_ISREG(st.st_mode):
+                        out[p] = ("file", st.st_size, hashlib.sha1(Path(p).read_bytes()).hexdigest())
+                    elif stat.S_ISLNK(st.st_mode):
+                        out[p] = ("link", os.readlink(p))
+                    else:
+                        out[p] = (stat.S_IFMT(st.st_mode),)
+                except (FileNotFoundError, PermissionError):
                     continue
-                out[p] = (st.st_mtime_ns, st.st_size)
     return out
 
 
@@ -60,6 +68,10 @@ def running(pid: int) -> bool:
         return False
 
 
+def links() -> str:
+    return subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+
+
 def config_from_controller(conf: Path) -> dict[str, str]:
     """`scontrol show config`: the settings the controller answering this slurm.conf actually runs with."""
     out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True,
@@ -67,37 +79,48 @@ def config_from_controller(conf: Path) -> dict[str, str]:
     return {k.strip(): v.strip() for k, _, v in (line.partition("=") for line in out.splitlines()) if _}
 
 
-def test_single_node_start_writes_only_its_own_directory(slurm_cluster: SlurmCluster):
-    # a throwaway single-node cluster beside the session's, on its own ports; under /tmp, not pytest's tmp_path,
+@pytest.mark.parametrize("shape", ["single", "multi"])
+def test_start_and_stop_touch_only_their_own_directory(shape, slurm_cluster: SlurmCluster):
+    # a throwaway cluster beside the session's, on its own ports and subnet; under /tmp, not pytest's tmp_path,
     # which the munge and mysql users may not enter
-    prefix = f"/tmp/gemctl-slurm-test{os.getpid()}"
-    env = {"GEMCTL_SLURM_BASE": prefix, "GEMCTL_SLURM_PORT": "16857"}
-    base = Path(f"{prefix}-single")
+    prefix, port = f"/tmp/gemctl-slurm-test{os.getpid()}", {"single": 16857, "multi": 16867}[shape]
+    env = {"GEMCTL_SLURM_BASE": prefix, "GEMCTL_SLURM_PORT": str(port), "GEMCTL_SLURM_NET": "10.214.0"}
+    base = Path(f"{prefix}-{shape}")
     others = daemons()
     before = tree("/etc", "/run")
+    try:
+        check_start_and_stop(shape, env, base, port, others, before)
+    finally:
+        script("stop.sh", shape, "--wipe", env=env)  # nothing left running when an assertion fails
 
-    r = script("start.sh", "single", env=env)
+
+def check_start_and_stop(shape, env, base, port, others, before):
+    r = script("start.sh", shape, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert tree("/etc", "/run") == before
+    assert tree("/etc", "/run") == before  # no /etc/slurm, no /run/munge, no `ip netns` (/run/netns)
     started = pidfiles(base)
     assert {"munged.pid", "mysqld.pid", "slurmdbd.pid", "slurmctld.pid"} <= started.keys()
     assert all(running(p) for p in started.values())
     assert set(started.values()).isdisjoint(others)
     # its clients reach its own controller, not the session's or a system one
     conf = config_from_controller(base / "etc/slurm.conf")
-    assert conf["SlurmctldPort"] == "16857"
+    assert conf["SlurmctldPort"] == str(port)
     assert conf["StateSaveLocation"] == str(base / "state/ctld")
     assert conf["AuthInfo"].startswith(f"socket={base}/munge/munge.socket")
+    if shape == "multi":
+        assert {f"ns-n{i}.pid" for i in (1, 2)} | {f"slurmd-n{i}.pid" for i in (1, 2)} <= started.keys()
+        assert f"gemctl{port}-n1" in links() and f"gemctl{port}-n2" in links()
 
-    again = script("start.sh", "single", env=env)
+    again = script("start.sh", shape, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "starting" not in again.stdout and pidfiles(base) == started
+    assert "starting" not in again.stdout and "creating" not in again.stdout and pidfiles(base) == started
 
-    r = script("stop.sh", "single", "--wipe", env=env)
+    r = script("stop.sh", shape, "--wipe", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert not any(running(p) for p in started.values())
+    assert not any(running(p) for p in started.values())  # namespace holders included: the namespaces are gone
     assert not base.exists()
-    # every daemon that ran before (the session's cluster, any system SLURM) still runs, untouched
+    assert f"gemctl{port}" not in links()  # bridge and veths removed
+    # every daemon that ran before (the session's clusters, any system SLURM) still runs, untouched
     assert {p: n for p, n in daemons().items() if p in others} == others
     assert tree("/etc", "/run") == before
 
@@ -136,24 +159,6 @@ def test_two_node_job_runs_one_rank_per_node_and_all_reduces(slurm_two_nodes: Sl
     assert all(r["hostname"] == r["node"] for r in ranks)  # each rank sees its node's own hostname
     assert all(r["master_addr"] == ranks[0]["node"] for r in ranks)
     assert all(r["world_size"] == 2 and r["sum"] == 3.0 for r in ranks)  # 1 + 2: both ranks took part
-
-
-def test_stop_removes_namespaces_and_start_brings_them_back(slurm_two_nodes: SlurmCluster):
-    started = pidfiles(slurm_two_nodes.base)
-    assert {f"ns-{n}.pid" for n in slurm_two_nodes.nodes} <= started.keys()
-    before = tree("/etc", "/run")
-    r = script("stop.sh", "multi")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert not any(running(p) for p in started.values())
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
-    assert "gemctl-" not in links  # bridge and veths gone
-    # the session's fixture expects it up: start it again (the idempotent start from scratch)
-    r = script("start.sh", "multi")
-    assert r.returncode == 0, r.stdout + r.stderr
-    out = subprocess.run(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N %T"], capture_output=True, text=True,
-                         env={**os.environ, **slurm_two_nodes.env}, check=True).stdout
-    assert sorted(out.split()) == sorted([*slurm_two_nodes.nodes, "idle", "idle"])
-    assert tree("/etc", "/run") == before  # no `ip netns` (it writes /run/netns), no system hosts file
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="not root: cannot switch to another user")
