@@ -168,6 +168,7 @@ if [ -n "$NODES" ]; then
   for n in $NODES; do
     if ! alive "$RUN/ns-$n.pid" sleep; then
       say "creating namespaces for $n"
+      stop_pidfile "$RUN/slurmd-$n.pid" slurmd  # a slurmd left in the old namespaces would keep them, unreachable
       ip link del "$BRIDGE-$n" 2>/dev/null || true
       # slave propagation: later mounts on the machine reach the node, its /etc/hosts bind does not leave it
       setsid unshare -n -m -u --propagation slave sh -c 'mount --bind "$1" /etc/hosts && hostname "$2" && exec sleep infinity' \
@@ -195,15 +196,16 @@ else
 fi
 
 # 6. wait for every node to be idle (resume one that came up down/drained)
-for i in $(seq 1 120); do
+ready=0
+for _ in $(seq 1 120); do
   states=$(sinfo -h -N -p debug -o '%N %T' 2>/dev/null || true)
   bad=$(echo "$states" | awk '$2 !~ /^(idle|mixed|allocated)$/ {print $1}')
-  [ -n "$states" ] && [ -z "$bad" ] && break
+  [ -n "$states" ] && [ -z "$bad" ] && { ready=1; break; }
   for n in $(echo "$states" | awk '$2 ~ /^(down|drain|fail)/ {print $1}'); do
     scontrol update nodename="$n" state=resume 2>/dev/null || true
   done
   sleep 0.5
 done
-[ "$i" -lt 120 ] || { echo "nodes never became idle: $states" >&2; tail -20 "$LOG"/slurm*.log >&2; exit 1; }
+[ $ready = 1 ] || { echo "nodes never became idle: $states" >&2; tail -20 "$LOG"/slurm*.log >&2; exit 1; }
 sinfo
 say "SLURM ready in $(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $t0}") s (SLURM_CONF=$SLURM_CONF)"

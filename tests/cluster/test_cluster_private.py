@@ -2,6 +2,8 @@
 
 import hashlib
 import os
+import re
+import signal
 import stat
 import subprocess
 import time
@@ -15,8 +17,6 @@ from tests.conftest import CLUSTER_SCRIPTS, TEST_PREFIX, SlurmCluster
 
 cloudpickle.register_pickle_by_value(jobfns)
 pytestmark = pytest.mark.slurm
-
-DAEMONS = {"munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd"}
 
 
 def script(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -45,16 +45,14 @@ def tree(*roots: str) -> dict[str, tuple]:
     return out
 
 
-def daemons() -> dict[int, str]:
-    """pid -> name of every SLURM-stack daemon on the machine, whoever started it."""
-    out = {}
-    for p in Path("/proc").iterdir():
-        try:
-            if p.name.isdigit() and (comm := (p / "comm").read_text().strip()) in DAEMONS:
-                out[int(p.name)] = comm
-        except OSError:
-            continue
-    return out
+def protected(session: SlurmCluster) -> dict[int, str]:
+    """pid -> name of the daemons a throwaway cluster must leave alone: the session's cluster (by its pid files)
+    and whatever listens on a system SLURM's ports 6817-6819 (on a workstation: its real SLURM)."""
+    pids = set(pidfiles(session.base).values())
+    ss = subprocess.run(["ss", "-Hltnp", "( sport = :6817 or sport = :6818 or sport = :6819 )"],
+                        capture_output=True, text=True, check=True).stdout
+    pids |= {int(m) for m in re.findall(r"pid=(\d+)", ss)}
+    return {p: Path(f"/proc/{p}/comm").read_text().strip() for p in pids if running(p)}
 
 
 def pidfiles(base: Path) -> dict[str, int]:
@@ -86,15 +84,16 @@ def test_start_and_stop_touch_only_their_own_directory(shape, slurm_cluster: Slu
     prefix, port = f"/tmp/gemctl-slurm-test{os.getpid()}", {"single": 16857, "multi": 16867}[shape]
     env = {"GEMCTL_SLURM_BASE": prefix, "GEMCTL_SLURM_PORT": str(port), "GEMCTL_SLURM_NET": "10.214.0"}
     base = Path(f"{prefix}-{shape}")
-    others = daemons()
+    others = protected(slurm_cluster)
+    assert others  # at least the session's cluster
     before = tree("/etc", "/run")
     try:
-        check_start_and_stop(shape, env, base, port, others, before)
+        check_start_and_stop(shape, env, base, port, slurm_cluster, others, before)
     finally:
         script("stop.sh", shape, "--wipe", env=env)  # nothing left running when an assertion fails
 
 
-def check_start_and_stop(shape, env, base, port, others, before):
+def check_start_and_stop(shape, env, base, port, session, others, before):
     r = script("start.sh", shape, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert tree("/etc", "/run") == before  # no /etc/slurm, no /run/munge, no `ip netns` (/run/netns)
@@ -114,14 +113,23 @@ def check_start_and_stop(shape, env, base, port, others, before):
     again = script("start.sh", shape, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "starting" not in again.stdout and "creating" not in again.stdout and pidfiles(base) == started
+    if shape == "multi":  # a node whose namespaces died comes back with a fresh slurmd, the other one untouched
+        os.kill(started["ns-n2.pid"], signal.SIGKILL)
+        r = script("start.sh", shape, env=env)
+        assert r.returncode == 0 and "creating namespaces for n2" in r.stdout, r.stdout + r.stderr
+        now = pidfiles(base)
+        assert now["slurmd-n2.pid"] != started["slurmd-n2.pid"] and not running(started["slurmd-n2.pid"])
+        assert {k: v for k, v in now.items() if not k.endswith("n2.pid")} == \
+            {k: v for k, v in started.items() if not k.endswith("n2.pid")}
+        started = now
 
     r = script("stop.sh", shape, "--wipe", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert not any(running(p) for p in started.values())  # namespace holders included: the namespaces are gone
     assert not base.exists()
     assert f"gemctl{port}" not in links()  # bridge and veths removed
-    # every daemon that ran before (the session's clusters, any system SLURM) still runs, untouched
-    assert {p: n for p, n in daemons().items() if p in others} == others
+    # the session's cluster and any system SLURM still run, untouched
+    assert protected(session) == others
     assert tree("/etc", "/run") == before
 
 
