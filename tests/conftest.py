@@ -57,7 +57,7 @@ def start_cluster(shape: str) -> SlurmCluster:
     r = subprocess.run(["bash", str(CLUSTER_SCRIPTS / "start.sh"), shape], capture_output=True, text=True,
                        timeout=900, check=False)
     if r.returncode == 3 and os.environ.get("CI") != "true":  # cannot run on this machine (not root, no apt-get)
-        pytest.skip(f"SLURM test cluster ({shape}) cannot run here: {r.stderr.strip().splitlines()[-1]}")
+        pytest.skip(f"SLURM test cluster ({shape}) cannot run here: {(r.stderr.strip().splitlines() or ['no reason given'])[-1]}")
     if r.returncode != 0:
         pytest.fail(f"tests/cluster/start.sh {shape} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     base = cluster_base(shape)
