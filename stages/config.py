@@ -74,8 +74,11 @@ class RuntimeConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Mixed precision; auto = bf16 on GPUs that support it, none on CPU.
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    # Multi-GPU strategy (accelerate): plain DDP, FSDP (full shard), or DeepSpeed ZeRO-2.
-    distributed: Literal["ddp", "fsdp", "deepspeed_zero2"] = "ddp"
+    # Multi-GPU strategy (accelerate): plain DDP or DeepSpeed ZeRO-2.
+    distributed: Literal["ddp", "deepspeed_zero2"] = "ddp"
+    # DDP: look for parameters without a gradient after each backward (a loss part skipped for a batch leaves its
+    # parameters unused). False is faster but fails when a rank's batch skips a part.
+    find_unused_parameters: bool = True
     # Trade compute for memory in the backbone.
     gradient_checkpointing: bool = False
     # DataLoader worker processes (0 = load in the training process).
