@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,6 +90,19 @@ def stage_samples(stage: str, model: GemModel, model_cfg: GemModelConfig, data_d
     return EpisodeSamples(windows)
 
 
+def rank_nodes() -> list[str]:
+    """The machine of every rank, in rank order: SLURM's node name inside a SLURM job, else the host name.
+    A collective when a process group exists: every rank calls it."""
+    import torch.distributed as dist
+
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [node]
+    nodes: list = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return nodes
+
+
 def train_stage(stage: str, *, model_cfg: GemModelConfig, stage_cfg: TrainStageConfig, runtime: RuntimeConfig,
                 seed: int, data_dir: Path, init_dir: Path | None, out_dir: Path, work_dir: Path,
                 tracker: Tracker | None = None, should_stop: Callable[[], bool] | None = None,
@@ -112,7 +126,8 @@ def train_stage(stage: str, *, model_cfg: GemModelConfig, stage_cfg: TrainStageC
     summary = {"stage": stage, "status": result.status, "step": result.step, "losses": result.losses,
                "resumed_from": result.resumed_from, "seconds": round(result.seconds, 3),
                "steps_per_second": round(result.steps_per_second, 3), "trainable": stage_cfg.trainable,
-               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+               "nodes": rank_nodes()}
     if result.status != "completed" or int(os.environ.get("RANK", "0")) != 0:
         return summary  # one rank writes the checkpoint (the trainer's last barrier has passed)
     with atomic_dir(out_dir) as tmp:

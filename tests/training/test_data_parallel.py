@@ -73,6 +73,7 @@ def assert_data_parallel(ranks: list[dict], one_process) -> None:
     assert [r["rank"] for r in ranks] == [0, 1] and [r["world"] for r in ranks] == [2, 2]
     assert all(r["summary"]["status"] == "completed" and r["summary"]["step"] == STEPS for r in ranks)
     assert ranks[0]["checkpoint"]  # rank 0 wrote the stage's model
+    assert len(ranks[0]["summary"]["nodes"]) == 2  # the summary says where each rank ran
     seen = [r["micro_batches"] for r in ranks]
     assert len(seen[0]) == len(seen[1]) == STEPS and seen[0] != seen[1]
     # each rank trained on its own slice, and together on exactly the single process's micro-batches
