@@ -109,6 +109,10 @@ def train_stage(stage: str, *, model_cfg: GemModelConfig, stage_cfg: TrainStageC
                 progress: Callable | None = None, shard: tuple[int, int] | None = None) -> dict:
     """Run one training stage; write <out_dir>/model and <out_dir>/summary.json atomically. Returns the summary.
     shard: (rank, world), which slice of each global batch this process trains on (default: the job's rank)."""
+    from transformers.utils import logging as transformers_logging
+
+    # the stage reports its own progress; transformers' bars for loading and writing each file are noise here
+    transformers_logging.disable_progress_bar()
     model = load_model(stage, model_cfg, stage_cfg, seed, data_dir, init_dir)
     if runtime.gradient_checkpointing:
         model.enable_gradient_checkpointing()

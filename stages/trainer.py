@@ -256,7 +256,9 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
+        # Resume state, read by this trainer only: torch's format keeps tied weights (lm_head = embeddings) tied,
+        # where safetensors would drop one with a warning at every save. The stage's model stays safetensors.
+        acc.save_state(str(tmp), safe_serialization=False)
         acc.wait_for_everyone()
         if acc.is_main_process:
             _fsync_tree(tmp)  # the rename must not reach the disk before the files do (a crash of the machine)

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from gem_stages.trainer import checkpoints
 
@@ -40,7 +39,7 @@ def kill_when(proc: subprocess.Popen, condition) -> bool:
 
 def assert_checkpoints_load(work: Path) -> None:
     for ckpt in checkpoints(work):
-        load_file(ckpt / "model.safetensors")
+        torch.load(ckpt / "pytorch_model.bin", weights_only=True)
         torch.load(ckpt / "optimizer.bin", weights_only=False)
         trainer_state = torch.load(ckpt / "custom_checkpoint_1.pkl", weights_only=False)
         assert trainer_state == {"step": int(ckpt.name.split("-")[1])}, ckpt.name
