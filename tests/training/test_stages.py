@@ -171,3 +171,16 @@ def test_a_stage_can_set_its_own_depth_target_size(recipe, data_dir, tmp_path):
     samples = GemSamples(data_dir)
     batch = processor([samples[0], samples[1]])
     assert {tuple(t.shape[-2:]) for t in batch["depth_pixel_values"]} == {(32, 32)}
+
+
+def test_a_model_section_that_differs_from_the_parent_checkpoint_is_refused(recipe, data_dir, base_model, tmp_path):
+    import dataclasses
+
+    from gem_stages.train import load_model
+
+    base_model.save(str(tmp_path / "parent"))
+    same = load_model("stage2", recipe.model, recipe.stages.stage2, 0, data_dir, tmp_path / "parent")
+    assert same.cfg == recipe.model
+    changed = dataclasses.replace(recipe.model, depth=dataclasses.replace(recipe.model.depth, num_layers=3))
+    with pytest.raises(InputError, match=r"depth.num_layers: 2 -> 3: .*-o stages.stage2.init=base$"):
+        load_model("stage2", changed, recipe.stages.stage2, 0, data_dir, tmp_path / "parent")
