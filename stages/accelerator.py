@@ -29,6 +29,9 @@ def build_accelerator(runtime: RuntimeConfig, grad_accum: int = 1, max_grad_norm
         raise InputError("runtime.device=cuda but no CUDA device is visible: use -o runtime.device=auto")
     on_cuda = runtime.device != "cpu" and torch.cuda.is_available()
     if runtime.cpu_threads:
+        # through the environment too: in a multi-process CPU run accelerate otherwise picks its own thread count
+        # (with a warning), over ours
+        os.environ["OMP_NUM_THREADS"] = str(runtime.cpu_threads)
         torch.set_num_threads(runtime.cpu_threads)
     kwargs: dict = {"cpu": not on_cuda, "mixed_precision": resolve_mixed_precision(runtime, on_cuda)}
     # A sharding strategy only means something with several processes; one process trains plainly.

@@ -34,6 +34,7 @@ def recorded_stage(stage: str, *, shard: tuple[int, int] | None = None, **stage_
 
 def gem_stage_job(expect_world: int, **stage_args) -> dict:
     """One rank of a data-parallel GEM stage. Fails unless torch.distributed formed a group of expect_world."""
+    import torch
     import torch.distributed as dist
 
     out = recorded_stage(**stage_args)
@@ -43,4 +44,4 @@ def gem_stage_job(expect_world: int, **stage_args) -> dict:
         raise RuntimeError(f"the process group has {dist.get_world_size()} ranks, expected {expect_world}")
     return {**out, "rank": dist.get_rank(), "world": dist.get_world_size(),
             "node": os.environ.get("SLURMD_NODENAME", socket.gethostname()), "out_dir": str(stage_args["out_dir"]),
-            "checkpoint": Path(stage_args["out_dir"], "model").is_dir()}
+            "checkpoint": Path(stage_args["out_dir"], "model").is_dir(), "threads": torch.get_num_threads()}

@@ -74,6 +74,8 @@ def assert_data_parallel(ranks: list[dict], one_process) -> None:
     assert all(r["summary"]["status"] == "completed" and r["summary"]["step"] == STEPS for r in ranks)
     assert ranks[0]["checkpoint"]  # rank 0 wrote the stage's model
     assert len(ranks[0]["summary"]["nodes"]) == 2  # the summary says where each rank ran
+    # runtime.cpu_threads of the tiny recipe, not accelerate's pick for multi-process CPU runs (physical cores / ranks)
+    assert [r["threads"] for r in ranks] == [1, 1]
     seen = [r["micro_batches"] for r in ranks]
     assert len(seen[0]) == len(seen[1]) == STEPS and seen[0] != seen[1]
     # each rank trained on its own slice, and together on exactly the single process's micro-batches
