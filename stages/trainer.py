@@ -70,6 +70,7 @@ class MicroBatches(Dataset):
         self._perm_epoch, self._perm = -1, None
 
     def global_index(self, m: int) -> int:
+        """m = step * grad_accum + micro, so this is (step * grad_accum + micro) * world + rank."""
         return m * self.world_size + self.rank
 
     def indices(self, m: int) -> list[int]:
@@ -176,7 +177,7 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         parts = []
         for micro in range(cfg.grad_accum):
-            g = (self.step * cfg.grad_accum + micro) * self.world + self.rank
+            g = self.batches.global_index(self.step * cfg.grad_accum + micro)
             torch.manual_seed(step_seed(self.seed, 2, g))  # dropout layers and anything else on the global RNG
             generator = torch.Generator(device=acc.device).manual_seed(step_seed(self.seed, 3, g))
             batch = _to_device(next(micro_batches), acc.device)

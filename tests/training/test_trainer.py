@@ -134,6 +134,26 @@ def test_loss_decreases_and_is_logged_every_step(tmp_path):
     assert result.losses["depth"] == pytest.approx(sum(p[1]["depth"] for p in tracker.points[-10:]) / 10)
 
 
+def test_losses_are_read_from_the_device_only_on_log_steps(tmp_path, monkeypatch):
+    """A host read of a tensor waits for the device: outside torch itself, the trainer makes one per log step."""
+    import sys
+
+    reads = []
+    for name in ("__float__", "item", "tolist"):
+        def counted(self, *a, _original=getattr(torch.Tensor, name), _name=name, **kw):
+            if not sys._getframe(1).f_globals.get("__name__", "").startswith("torch"):  # AdamW reads its step
+                reads.append((_name, sys._getframe(1).f_code.co_name))
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    _, result, tracker = run(tmp_path, cfg(steps=8, grad_accum=2, log_every=4))
+    monkeypatch.undo()
+    assert [s for s, _ in tracker.points] == [4, 8]
+    # one copy per log step and one for the final losses, none per micro-batch (the data order is drawn on the CPU)
+    assert [r for r in reads if r[1] != "indices"] == [("tolist", "_means")] * 3
+    assert set(result.losses) == {"loss", "depth"}
+
+
 def test_schedule_shapes():
     f = lr_lambda("cosine", warmup=2, total=10)
     assert [round(f(s), 4) for s in (0, 1)] == [0.5, 1.0]
