@@ -26,6 +26,29 @@ from .processor import IGNORE_INDEX, GemProcessor, make_image_processor
 from .tokenizer import load_tokenizer, train_tiny_tokenizer
 
 LOSS_PARTS = ("lm", "depth", "action")
+CONFIG_FILE = "gem_config.json"  # the GemModelConfig a checkpoint was saved with
+
+
+def _config_from_dict(cls, data: dict):
+    """The config dataclass `cls` from its `dataclasses.asdict` form (nested dataclasses included)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no fields {sorted(unknown)}: the checkpoint is from another version")
+    return cls(**{k: _config_from_dict(fields[k].type, v) if dataclasses.is_dataclass(fields[k].type) else v
+                  for k, v in data.items()})
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> dict[str, tuple]:
+    """Dotted key -> (a's value, b's value) for every leaf where two nested dicts differ."""
+    out = {}
+    for k in a.keys() | b.keys():
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out.update(_differences(x, y, f"{prefix}{k}."))
+        elif x != y:
+            out[f"{prefix}{k}"] = (x, y)
+    return dict(sorted(out.items()))
 
 
 def build_action_expert(cfg: ActionExpertConfig, vlm_hidden: int, num_hidden_states: int) -> nn.Module | None:
@@ -96,7 +119,8 @@ class GemModel(nn.Module):
         return cls(cfg, backbone, processor, connector, depth, action)
 
     def save(self, directory: str) -> None:
-        """Write everything under `directory` (the caller renames a temp dir for atomicity)."""
+        """Write everything under `directory` (the caller renames a temp dir for atomicity); CONFIG_FILE holds the
+        whole GemModelConfig, which is all `load` needs besides the weights."""
         os.makedirs(directory, exist_ok=True)
         self.backbone.save_pretrained(os.path.join(directory, "backbone"))
         self.processor.save_pretrained(os.path.join(directory, "backbone"))
@@ -105,22 +129,32 @@ class GemModel(nn.Module):
         if self.action_expert is not None:
             state = {k: v.contiguous() for k, v in self.action_expert.state_dict().items()}
             save_file(state, os.path.join(directory, "action_expert.safetensors"))
-            with open(os.path.join(directory, "action_expert.json"), "w") as f:
-                json.dump(dataclasses.asdict(self.cfg.action), f, indent=2)
-        with open(os.path.join(directory, "gem_config.json"), "w") as f:
+        with open(os.path.join(directory, CONFIG_FILE), "w") as f:
             json.dump(dataclasses.asdict(self.cfg), f, indent=2)
 
     @classmethod
-    def load(cls, directory: str, cfg: GemModelConfig, seed: int = 0) -> "GemModel":
-        """Restore a `save`d model; `cfg` supplies the non-weight settings (processing, sampling, ...).
+    def load(cls, directory: str, cfg: GemModelConfig | None = None, seed: int = 0) -> "GemModel":
+        """Restore a `save`d model with the configuration it was saved with (its CONFIG_FILE).
 
-        A checkpoint without an action expert (a GEM VLM) gets a fresh, `seed`ed one when cfg.action asks for
-        it: that is how GEM-VLA starts from a stage-3 model.
+        `cfg`, the configuration the caller expects, is optional and only checked: a field that differs from the
+        saved one is refused (ValueError naming each), with one exception. A checkpoint without an action expert
+        (a GEM VLM) loaded with a cfg.action that asks for one gets a fresh, `seed`ed expert: that is how GEM-VLA
+        starts from a stage-3 model.
         """
 
         def path(*parts: str) -> str:
             return os.path.join(directory, *parts)
 
+        with open(path(CONFIG_FILE)) as f:
+            saved = _config_from_dict(GemModelConfig, json.load(f))
+        if cfg is not None:
+            if saved.action.kind == "none":
+                saved = dataclasses.replace(saved, action=cfg.action)
+            diff = _differences(dataclasses.asdict(saved), dataclasses.asdict(cfg))
+            if diff:
+                raise ValueError(f"the model in {directory} was saved with another configuration (saved -> given): "
+                                 + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items()))
+        cfg = saved
         backbone = load_backbone(path("backbone"), cfg.backbone.family)
         processor = GemProcessor.from_pretrained(
             path("backbone"),
@@ -139,28 +173,6 @@ class GemModel(nn.Module):
         n_states = backbone.config.text_config.num_hidden_layers + 1
         action = _seeded(seed + 3, lambda: build_action_expert(cfg.action, hidden, n_states))
         if action is not None and os.path.exists(path("action_expert.safetensors")):
-            with open(path("action_expert.json")) as f:
-                saved = json.load(f)
-            arch = (
-                "kind",
-                "action_dim",
-                "state_dim",
-                "chunk_size",
-                "normalization",
-                "hidden_size",
-                "num_layers",
-                "num_heads",
-                "num_kv_heads",
-                "num_registers",
-                "vlm_layers",
-            )
-            diff = {
-                k: (saved.get(k), getattr(cfg.action, k))
-                for k in arch
-                if saved.get(k) != getattr(cfg.action, k)
-            }
-            if diff:
-                raise ValueError(f"saved action expert differs from the config (saved, config): {diff}")
             action.load_state_dict(load_file(path("action_expert.safetensors")))
         return cls(cfg, backbone, processor, connector, depth, action)
 
@@ -219,7 +231,8 @@ class GemModel(nn.Module):
     def forward(
         self, batch: dict, weights: dict[str, float], generator: torch.Generator, per_image: bool = False
     ) -> dict:
-        """-> {"loss": weighted total, "lm"/"depth"/"action": detached floats of the computed parts}; with
+        """-> {"loss": weighted total, "lm"/"depth"/"action": detached scalar tensors of the computed parts (tensors,
+        not floats: reading a value is a device sync, which the trainer does only on log steps)}; with
         per_image=True also "depth_per_image": detached per-image depth losses (images with depth, in order).
 
         Stage-4 batches add "state" [B, state_dim], "actions" [B, chunk, action_dim] (raw units) and
@@ -244,7 +257,7 @@ class GemModel(nn.Module):
 
         def add(name: str, value: Tensor) -> None:
             nonlocal total
-            result[name] = float(value.detach())
+            result[name] = value.detach()
             total = w[name] * value if total is None else total + w[name] * value
 
         if w["lm"] > 0 and bool((batch["labels"][:, 1:] != IGNORE_INDEX).any()):  # prompt-only batches: skip

@@ -29,24 +29,22 @@ def build_accelerator(runtime: RuntimeConfig, grad_accum: int = 1, max_grad_norm
         raise InputError("runtime.device=cuda but no CUDA device is visible: use -o runtime.device=auto")
     on_cuda = runtime.device != "cpu" and torch.cuda.is_available()
     if runtime.cpu_threads:
+        # through the environment too: in a multi-process CPU run accelerate otherwise picks its own thread count
+        # (with a warning), over ours
+        os.environ["OMP_NUM_THREADS"] = str(runtime.cpu_threads)
         torch.set_num_threads(runtime.cpu_threads)
     kwargs: dict = {"cpu": not on_cuda, "mixed_precision": resolve_mixed_precision(runtime, on_cuda)}
     # A sharding strategy only means something with several processes; one process trains plainly.
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if runtime.distributed == "ddp" and multi_process:
-        # a skipped loss part (weight 0, or a batch without depth targets) leaves its parameters without gradients
-        kwargs["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
-    if runtime.distributed == "fsdp" and multi_process:
-        # Sharded training would work, but the stage's final checkpoint is written from rank 0's module, which
-        # under FULL_SHARD holds only its shard: refuse rather than save a partial model.
-        raise InputError("runtime.distributed=fsdp is not supported for multi-process stages yet (the final "
-                         "checkpoint is not gathered across shards): use deepspeed_zero2 or ddp")
+        kwargs["kwargs_handlers"] = [
+            DistributedDataParallelKwargs(find_unused_parameters=runtime.find_unused_parameters)]
     elif runtime.distributed == "deepspeed_zero2" and multi_process:
         try:
             import deepspeed  # noqa: F401
         except ImportError:
             raise InputError("runtime.distributed=deepspeed_zero2 needs DeepSpeed: pip install deepspeed, "
-                             "or use -o runtime.distributed=fsdp") from None
+                             "or use -o runtime.distributed=ddp") from None
         from accelerate import DeepSpeedPlugin
 
         # DeepSpeed owns accumulation and clipping: it steps only at accumulation boundaries and scales the loss

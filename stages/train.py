@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,7 +65,11 @@ def load_model(stage: str, model_cfg: GemModelConfig, stage_cfg: TrainStageConfi
     if init_dir is None:
         # The base model. Tiny backbones train their tokenizer on the dataset's text; same data + seed = same model.
         return GemModel.build(model_cfg, corpus=text_corpus(data_dir), seed=seed)
-    return GemModel.load(init_dir, model_cfg)
+    try:
+        return GemModel.load(str(init_dir), model_cfg)
+    except ValueError as e:  # the recipe's model section was changed after the parent checkpoint was trained
+        raise InputError(f"{stage} continues the model in {init_dir}, but {e}: change the model section back, "
+                         f"or start from the base model with -o stages.{stage}.init=base") from None
 
 
 def stage_samples(stage: str, model: GemModel, model_cfg: GemModelConfig, data_dir: Path):
@@ -85,11 +90,29 @@ def stage_samples(stage: str, model: GemModel, model_cfg: GemModelConfig, data_d
     return EpisodeSamples(windows)
 
 
+def rank_nodes() -> list[str]:
+    """The machine of every rank, in rank order: SLURM's node name inside a SLURM job, else the host name.
+    A collective when a process group exists: every rank calls it."""
+    import torch.distributed as dist
+
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [node]
+    nodes: list = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return nodes
+
+
 def train_stage(stage: str, *, model_cfg: GemModelConfig, stage_cfg: TrainStageConfig, runtime: RuntimeConfig,
                 seed: int, data_dir: Path, init_dir: Path | None, out_dir: Path, work_dir: Path,
                 tracker: Tracker | None = None, should_stop: Callable[[], bool] | None = None,
-                progress: Callable | None = None) -> dict:
-    """Run one training stage; write <out_dir>/model and <out_dir>/summary.json atomically. Returns the summary."""
+                progress: Callable | None = None, shard: tuple[int, int] | None = None) -> dict:
+    """Run one training stage; write <out_dir>/model and <out_dir>/summary.json atomically. Returns the summary.
+    shard: (rank, world), which slice of each global batch this process trains on (default: the job's rank)."""
+    from transformers.utils import logging as transformers_logging
+
+    # the stage reports its own progress; transformers' bars for loading and writing each file are noise here
+    transformers_logging.disable_progress_bar()
     model = load_model(stage, model_cfg, stage_cfg, seed, data_dir, init_dir)
     if runtime.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -102,11 +125,13 @@ def train_stage(stage: str, *, model_cfg: GemModelConfig, stage_cfg: TrainStageC
         progress = RichProgress(stage)
     with progress:
         result = train(model, model.module_groups(), stage_cfg, runtime, samples, make_collate(model), seed=seed,
-                       work_dir=work_dir, tracker=tracker, should_stop=should_stop, progress=progress.update)
+                       work_dir=work_dir, tracker=tracker, should_stop=should_stop, progress=progress.update,
+                       shard=shard)
     summary = {"stage": stage, "status": result.status, "step": result.step, "losses": result.losses,
                "resumed_from": result.resumed_from, "seconds": round(result.seconds, 3),
                "steps_per_second": round(result.steps_per_second, 3), "trainable": stage_cfg.trainable,
-               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+               "nodes": rank_nodes()}
     if result.status != "completed" or int(os.environ.get("RANK", "0")) != 0:
         return summary  # one rank writes the checkpoint (the trainer's last barrier has passed)
     with atomic_dir(out_dir) as tmp:

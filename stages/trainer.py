@@ -1,23 +1,27 @@
-"""One trainer for every stage: accelerate, gradient accumulation, warm-up + schedule, clipping, atomic resumable
-checkpoints and exact resume.
+"""One trainer for every stage, in the shape of torchtitan's Trainer: accelerate, gradient accumulation, warm-up +
+schedule, clipping, crash-safe checkpoints and exact resume.
 
-Exactness by construction: the data order of every micro-batch is a pure function of (seed, micro-step), and every
-random draw of a step (noise, timesteps, CFG dropout, dropout layers) comes from generators seeded by (seed, step,
-micro-step, rank). A run stopped after step k and resumed from its checkpoint (model, optimiser, scheduler, step)
-therefore replays exactly the steps an uninterrupted run would have taken.
+Exact by construction. Micro-batch `micro` of optimiser step `step` on data shard `rank` of `world` has the global
+index g = (step * grad_accum + micro) * world + rank; its samples and every random draw it makes (noise, timesteps and
+CFG dropout through its generator, dropout layers through the global seed) are pure functions of (seed, g). Hence
+- a run stopped after step k and resumed from its checkpoint replays exactly the steps an uninterrupted run takes;
+- W ranks accumulating A micro-batches compute what one process accumulating A*W computes over the same
+  micro-batches (DDP averages the ranks' gradients, accumulation the micro-batches'), up to float summation order.
+
+Checkpoints survive SIGKILL at any moment: ckpt-<step> is filled as ckpt-<step>.tmp and renamed when complete;
+old ones are renamed to .trash-ckpt-<step> before they are deleted. Leftovers of a killed run are removed on start.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import math
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,8 +57,9 @@ def step_seed(seed: int, *parts: int) -> int:
 
 
 class MicroBatches(Dataset):
-    """Item m = the collated micro-batch this rank trains on at micro-step m, over an endless stream of epochs,
-    each a fresh permutation seeded by (seed, epoch). Indexable, so resuming is just starting at m."""
+    """Item m = the collated micro-batch that data shard `rank` of `world_size` trains on at its micro-step m: global
+    micro-batch g = m * world_size + rank of an endless stream of epochs, each a fresh permutation seeded by
+    (seed, epoch). Indexable, so resuming is just starting at m."""
 
     def __init__(self, samples: Sequence, collate: Callable, batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1):
@@ -64,9 +69,13 @@ class MicroBatches(Dataset):
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self._perm_epoch, self._perm = -1, None
 
+    def global_index(self, m: int) -> int:
+        """m = step * grad_accum + micro, so this is (step * grad_accum + micro) * world + rank."""
+        return m * self.world_size + self.rank
+
     def indices(self, m: int) -> list[int]:
         n = len(self.samples)
-        start = (m * self.world_size + self.rank) * self.batch_size
+        start = self.global_index(m) * self.batch_size
         out = []
         for p in range(start, start + self.batch_size):
             epoch = p // n
@@ -118,8 +127,196 @@ def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
-def _checkpoints(work_dir: Path) -> list[Path]:
+
+class Trainer:
+    """Trains `model` for cfg.steps optimiser steps (or cfg.epochs passes over `samples`), resuming from the newest
+    checkpoint in work_dir. `model(batch, weights=..., generator=...)` returns {"loss": tensor, part: tensor|float}.
+
+    shard = (rank, world): which slice of each global batch this process trains on; None = the accelerator's
+    (process_index, num_processes). Giving it explicitly replays on one process what one rank of a job saw.
+    The trainer is itself a checkpointed object: its state is the step count.
+    """
+
+    def __init__(self, model: torch.nn.Module, groups: dict[str, torch.nn.Module], cfg: TrainStageConfig,
+                 runtime: RuntimeConfig, samples: Sequence, collate: Callable, *, seed: int, work_dir: Path,
+                 tracker: Tracker | None = None, shard: tuple[int, int] | None = None):
+        self.cfg, self.seed, self.work_dir = cfg, seed, Path(work_dir)
+        self.num_workers = runtime.num_workers
+        self.tracker = tracker or NullTracker()
+        self.accelerator = acc = build_accelerator(runtime, cfg.grad_accum, cfg.max_grad_norm)
+        self.rank, self.world = shard or (acc.process_index, acc.num_processes)
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"data shard {self.rank} of {self.world} does not exist")
+        # DeepSpeed divides the loss by its accumulation steps itself; everywhere else the trainer does
+        self.loss_scale = 1.0 if acc.distributed_type == "DEEPSPEED" else 1.0 / cfg.grad_accum
+        self.weights = {"lm": cfg.loss.lm, "depth": cfg.loss.depth, "action": cfg.loss.action}
+        set_trainable(model, groups, cfg.trainable)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.total = total_steps(cfg, len(samples), self.world)
+        warmup = int(round(cfg.warmup_ratio * self.total))
+        # Not prepared by accelerate: its wrapper steps a scheduler once per process, which would change the schedule
+        # with the world size. It is registered for checkpointing instead, like the step count (self).
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, warmup, self.total))
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        acc.register_for_checkpointing(self.scheduler, self)
+        self.batches = MicroBatches(samples, collate, cfg.batch_size, seed, self.rank, self.world)
+        self.step = 0
+
+    # ----- checkpointed state (accelerate saves it in custom_checkpoint_1.pkl) -----
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+    # ----- training -----
+    def train_step(self, micro_batches: Iterator) -> list[dict[str, torch.Tensor]]:
+        """One optimiser step over grad_accum micro-batches -> each micro-batch's detached loss parts (on device:
+        no host sync here)."""
+        acc, cfg = self.accelerator, self.cfg
+        parts = []
+        for micro in range(cfg.grad_accum):
+            g = self.batches.global_index(self.step * cfg.grad_accum + micro)
+            torch.manual_seed(step_seed(self.seed, 2, g))  # dropout layers and anything else on the global RNG
+            generator = torch.Generator(device=acc.device).manual_seed(step_seed(self.seed, 3, g))
+            batch = _to_device(next(micro_batches), acc.device)
+            last = micro == cfg.grad_accum - 1
+            with acc.no_sync(self.model) if not last else contextlib.nullcontext():
+                with acc.autocast():
+                    out = self.model(batch, weights=self.weights, generator=generator)
+                acc.backward(out["loss"] * self.loss_scale)
+            parts.append({k: torch.as_tensor(v, device=acc.device).detach().float() for k, v in out.items()})
+        if cfg.max_grad_norm > 0:
+            acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return parts
+
+    def train(self, should_stop: Callable[[], bool] | None = None,
+              progress: Callable[[int, int, dict[str, float], float], None] | None = None) -> TrainResult:
+        """Resume, then step until done or until should_stop() (checked at step boundaries, agreed by all ranks),
+        then checkpoint. progress(step, total, last logged losses, seconds) is called after each step on rank 0."""
+        acc, cfg = self.accelerator, self.cfg
+        self.resume()
+        start = self.step
+        loader = DataLoader(self.batches, sampler=range(start * cfg.grad_accum, self.total * cfg.grad_accum),
+                            batch_size=None, num_workers=self.num_workers)
+        micro_batches = iter(loader)
+        self.model.train()
+        window: list[dict[str, torch.Tensor]] = []
+        # the reported final losses average the last micro-batches: one step of a flow-matching loss is noise
+        recent: collections.deque[dict[str, torch.Tensor]] = collections.deque(maxlen=FINAL_LOSS_STEPS)
+        logged: dict[str, float] = {}
+        status, t0 = "completed", time.perf_counter()
+        while self.step < self.total:
+            if _stop_requested(should_stop, acc):
+                status = "preempted"
+                break
+            parts = self.train_step(micro_batches)
+            window += parts
+            recent.extend(parts)
+            if self.step % cfg.log_every == 0 or self.step == self.total:
+                logged = {**_means(window), "lr": self.scheduler.get_last_lr()[0]}  # the only host sync
+                window.clear()
+                if acc.is_main_process:
+                    self.tracker.log_metrics(logged, self.step)
+            if progress is not None and acc.is_main_process:
+                progress(self.step, self.total, logged, time.perf_counter() - t0)
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < self.total:
+                self.save_checkpoint()
+        if status == "preempted":
+            self.save_checkpoint()
+        acc.wait_for_everyone()
+        seconds = time.perf_counter() - t0
+        return TrainResult(status=status, step=self.step, losses=_means(list(recent)), resumed_from=start,
+                           seconds=seconds, steps_per_second=(self.step - start) / seconds if seconds > 0 else 0.0)
+
+    # ----- checkpoints -----
+    def resume(self) -> None:
+        """Drop what a killed run left half-done, then load the newest complete checkpoint, if any."""
+        acc = self.accelerator
+        if acc.is_main_process and self.work_dir.is_dir():
+            for leftover in [*self.work_dir.glob("ckpt-*.tmp"), *self.work_dir.glob(f"{TRASH}*")]:
+                shutil.rmtree(leftover, ignore_errors=True)
+        acc.wait_for_everyone()
+        found = checkpoints(self.work_dir)
+        if found:
+            acc.load_state(str(found[-1]))
+
+    def save_checkpoint(self) -> None:
+        """Write ckpt-<step> so that it exists complete or not at all; keep the newest cfg.keep_checkpoints."""
+        acc = self.accelerator
+        final = self.work_dir / f"ckpt-{self.step:08d}"
+        if final.is_dir():  # stopped again before another step: this very state is on disk already
+            return
+        tmp = final.with_name(final.name + ".tmp")
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        # Resume state, read by this trainer only: torch's format keeps tied weights (lm_head = embeddings) tied,
+        # where safetensors would drop one with a warning at every save. The stage's model stays safetensors.
+        acc.save_state(str(tmp), safe_serialization=False)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            _fsync_tree(tmp)  # the rename must not reach the disk before the files do (a crash of the machine)
+            os.replace(tmp, final)
+            for old in checkpoints(self.work_dir)[:-self.cfg.keep_checkpoints]:
+                _discard(old)
+        acc.wait_for_everyone()
+
+
+def train(model: torch.nn.Module, groups: dict[str, torch.nn.Module], cfg: TrainStageConfig, runtime: RuntimeConfig,
+          samples: Sequence, collate: Callable, *, seed: int, work_dir: Path, tracker: Tracker | None = None,
+          should_stop: Callable[[], bool] | None = None,
+          progress: Callable[[int, int, dict[str, float], float], None] | None = None,
+          shard: tuple[int, int] | None = None) -> TrainResult:
+    """Trainer(...).train(...) in one call (see Trainer for the arguments)."""
+    trainer = Trainer(model, groups, cfg, runtime, samples, collate, seed=seed, work_dir=work_dir, tracker=tracker,
+                      shard=shard)
+    return trainer.train(should_stop, progress)
+
+
+TRASH = ".trash-"  # prefix of a checkpoint being deleted
+
+
+def checkpoints(work_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a .tmp one is being written, a .trash- one deleted)."""
+    if not work_dir.is_dir():
+        return []
     return sorted(p for p in work_dir.glob("ckpt-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint so that no half-deleted copy keeps its name: rename it out of the way, then delete."""
+    trash = path.with_name(TRASH + path.name)
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for f in directory.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _means(parts: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Mean of each loss part over the micro-batches that computed it, in one device-to-host copy."""
+    keys = sorted({k for p in parts for k in p})
+    if not keys:
+        return {}
+    means = torch.stack([torch.stack([p[k] for p in parts if k in p]).mean() for k in keys])
+    return dict(zip(keys, means.tolist()))
 
 
 def _to_device(batch, device):
@@ -132,107 +329,6 @@ def _to_device(batch, device):
     return batch
 
 
-def train(
-    model: torch.nn.Module,
-    groups: dict[str, torch.nn.Module],
-    cfg: TrainStageConfig,
-    runtime: RuntimeConfig,
-    samples: Sequence,
-    collate: Callable,
-    *,
-    seed: int,
-    work_dir: Path,
-    tracker: Tracker | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    progress: Callable[[int, int, dict[str, float], float], None] | None = None,
-) -> TrainResult:
-    """Train `model` for cfg.steps optimiser steps (or cfg.epochs passes over `samples`); resume from the newest
-    checkpoint in work_dir if any.
-
-    `model(batch, weights=..., generator=...)` must return a dict with "loss" (tensor) and float loss parts.
-    """
-    tracker = tracker or NullTracker()
-    work_dir = Path(work_dir)
-    accelerator = build_accelerator(runtime, cfg.grad_accum, cfg.max_grad_norm)
-    # DeepSpeed divides the loss by its accumulation steps itself; everywhere else the trainer does
-    loss_scale = 1.0 if accelerator.distributed_type == "DEEPSPEED" else 1.0 / cfg.grad_accum
-    set_trainable(model, groups, cfg.trainable)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = total_steps(cfg, len(samples), accelerator.num_processes)
-    warmup = int(round(cfg.warmup_ratio * total))
-    # Not prepared by accelerate: its wrapper steps a scheduler once per process, which would change the schedule
-    # with the world size. It is registered for checkpointing instead.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, warmup, total))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-
-    start = 0
-    found = _checkpoints(work_dir) if work_dir.exists() else []
-    if found:
-        accelerator.load_state(str(found[-1]))
-        start = json.loads((found[-1] / "trainer_state.json").read_text())["step"]
-
-    weights = {"lm": cfg.loss.lm, "depth": cfg.loss.depth, "action": cfg.loss.action}
-    rank, world = accelerator.process_index, accelerator.num_processes
-    batches = MicroBatches(samples, collate, cfg.batch_size, seed, rank, world)
-    loader = DataLoader(batches, sampler=range(start * cfg.grad_accum, total * cfg.grad_accum),
-                        batch_size=None, num_workers=runtime.num_workers)
-    micro_batches = iter(loader)
-
-    model.train()
-    window: dict[str, list[float]] = {}
-    last: dict[str, float] = {}
-    # the reported final losses average the last steps: one step of a flow-matching loss is noise
-    recent: collections.deque[dict[str, float]] = collections.deque(maxlen=FINAL_LOSS_STEPS)
-    t0 = time.perf_counter()
-    step = start
-    status = "completed"
-    while step < total:
-        if _stop_requested(should_stop, accelerator):
-            status = "preempted"
-            break
-        torch.manual_seed(step_seed(seed, 2, step, rank))  # dropout layers and anything else on the global RNG
-        for micro in range(cfg.grad_accum):
-            batch = _to_device(next(micro_batches), accelerator.device)
-            generator = torch.Generator(device=accelerator.device).manual_seed(step_seed(seed, 3, step, micro, rank))
-            sync = micro == cfg.grad_accum - 1
-            with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
-                with accelerator.autocast():
-                    out = model(batch, weights=weights, generator=generator)
-                accelerator.backward(out["loss"] * loss_scale)
-            parts = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()}
-            for k, v in parts.items():
-                window.setdefault(k, []).append(v)
-            recent.append(parts)
-        if cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-
-        if step % cfg.log_every == 0 or step == total:
-            last = {k: sum(v) / len(v) for k, v in window.items()}
-            last["lr"] = scheduler.get_last_lr()[0]
-            window.clear()
-            if accelerator.is_main_process:
-                tracker.log_metrics(last, step)
-        if progress is not None and accelerator.is_main_process:
-            progress(step, total, last, time.perf_counter() - t0)
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
-            _save(accelerator, work_dir, step, cfg.keep_checkpoints)
-
-    if status == "preempted":
-        _save(accelerator, work_dir, step, cfg.keep_checkpoints)
-    accelerator.wait_for_everyone()
-    seconds = time.perf_counter() - t0
-    done = step - start
-    final = {k: sum(r[k] for r in recent) / len(recent) for k in (recent[0] if recent else {})}
-    return TrainResult(status=status, step=step, losses=final, resumed_from=start, seconds=seconds,
-                       steps_per_second=done / seconds if seconds > 0 else 0.0)
-
-
 def _stop_requested(should_stop, accelerator) -> bool:
     flag = bool(should_stop and should_stop())
     if accelerator.num_processes > 1:
@@ -240,22 +336,3 @@ def _stop_requested(should_stop, accelerator) -> bool:
         t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
         flag = bool(accelerator.reduce(t, reduction="sum").item() > 0)
     return flag
-
-
-def _save(accelerator, work_dir: Path, step: int, keep: int) -> None:
-    """Write ckpt-<step> atomically: fill ckpt-<step>.tmp, then rename; drop the oldest beyond `keep`."""
-    final = work_dir / f"ckpt-{step:08d}"
-    tmp = work_dir / f"ckpt-{step:08d}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in _checkpoints(work_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()

@@ -1,5 +1,6 @@
 """The four training stages on the real tiny GEM model and gem-synth data: freeze spec, exact resume, errors."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -108,13 +109,18 @@ def test_stage3_resume_is_exact(recipe, data_dir, base_model, tmp_path):
         assert torch.equal(ref_state[k], new_state[k]), k
 
 
-def test_stage_writes_loadable_checkpoint_atomically(recipe, data_dir, tmp_path):
+def test_stage_writes_loadable_checkpoint_atomically(recipe, data_dir, tmp_path, capfd, caplog):
     cfg = recipe.stages.stage1
-    cfg = type(cfg)(**{**cfg.__dict__, "steps": 1})
+    cfg = type(cfg)(**{**cfg.__dict__, "steps": 2, "checkpoint_every": 1})
     out = tmp_path / "stage1"
     summary = train_stage("stage1", model_cfg=recipe.model, stage_cfg=cfg, runtime=recipe.runtime, seed=0,
                           data_dir=data_dir, init_dir=None, out_dir=out, work_dir=tmp_path / "w")
-    assert summary["status"] == "completed" and summary["step"] == 1
+    assert summary["status"] == "completed" and summary["step"] == 2
+    # a resumable checkpoint and the stage's model were written: the output is the stage's own lines only
+    # (no tied-weights warning from safetensors, no transformers progress bars)
+    captured = capfd.readouterr()
+    assert [line for line in (captured.out + captured.err).splitlines() if not line.startswith("[stage1]")] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert sorted(p.name for p in out.iterdir()) == ["model", "summary.json"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".stage1")]  # no temp folder left behind
     # the parts load with the libraries' own from_pretrained
@@ -165,3 +171,16 @@ def test_a_stage_can_set_its_own_depth_target_size(recipe, data_dir, tmp_path):
     samples = GemSamples(data_dir)
     batch = processor([samples[0], samples[1]])
     assert {tuple(t.shape[-2:]) for t in batch["depth_pixel_values"]} == {(32, 32)}
+
+
+def test_a_model_section_that_differs_from_the_parent_checkpoint_is_refused(recipe, data_dir, base_model, tmp_path):
+    import dataclasses
+
+    from gem_stages.train import load_model
+
+    base_model.save(str(tmp_path / "parent"))
+    same = load_model("stage2", recipe.model, recipe.stages.stage2, 0, data_dir, tmp_path / "parent")
+    assert same.cfg == recipe.model
+    changed = dataclasses.replace(recipe.model, depth=dataclasses.replace(recipe.model.depth, num_layers=3))
+    with pytest.raises(InputError, match=r"depth.num_layers: 2 -> 3: .*-o stages.stage2.init=base$"):
+        load_model("stage2", changed, recipe.stages.stage2, 0, data_dir, tmp_path / "parent")

@@ -78,6 +78,28 @@ def test_exact_resume_matches_uninterrupted_run(tmp_path):
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
+def test_the_step_lives_in_the_checkpoint_and_leftovers_of_a_kill_are_ignored(tmp_path):
+    _, first, _ = run(tmp_path, cfg(), stop_after=3)
+    ckpt = tmp_path / "w" / "ckpt-00000003"
+    assert first.step == 3 and not (ckpt / "trainer_state.json").exists()
+    # what a SIGKILL can leave: a half-written newer checkpoint and a half-deleted older one
+    for junk in ("ckpt-00000005.tmp", ".trash-ckpt-00000001"):
+        (tmp_path / "w" / junk).mkdir()
+        (tmp_path / "w" / junk / "model.safetensors").write_bytes(b"half")
+    _, second, _ = run(tmp_path, cfg())
+    assert second.resumed_from == 3 and second.step == 8
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["ckpt-00000003"]
+
+
+def test_a_data_shard_trains_its_slice_of_each_global_batch():
+    data = list(range(12))
+    # shard r of 2 at micro-step m trains global micro-batch 2m + r: what one process sees at micro-steps 2m, 2m+1
+    one = MicroBatches(data, list, batch_size=2, seed=4)
+    shards = [MicroBatches(data, list, batch_size=2, seed=4, rank=r, world_size=2) for r in (0, 1)]
+    for m in range(5):
+        assert shards[0].indices(m) == one.indices(2 * m) and shards[1].indices(m) == one.indices(2 * m + 1)
+
+
 def test_periodic_checkpoints_keep_the_newest(tmp_path):
     run(tmp_path, cfg(checkpoint_every=2, keep_checkpoints=2))
     names = sorted(p.name for p in (tmp_path / "w").iterdir())
@@ -110,6 +132,26 @@ def test_loss_decreases_and_is_logged_every_step(tmp_path):
     assert set(result.losses) == {"loss", "depth"}
     # 20 micro-batches = the last 10 steps of 2 (grad_accum)
     assert result.losses["depth"] == pytest.approx(sum(p[1]["depth"] for p in tracker.points[-10:]) / 10)
+
+
+def test_losses_are_read_from_the_device_only_on_log_steps(tmp_path, monkeypatch):
+    """A host read of a tensor waits for the device: outside torch itself, the trainer makes one per log step."""
+    import sys
+
+    reads = []
+    for name in ("__float__", "item", "tolist"):
+        def counted(self, *a, _original=getattr(torch.Tensor, name), _name=name, **kw):
+            if not sys._getframe(1).f_globals.get("__name__", "").startswith("torch"):  # AdamW reads its step
+                reads.append((_name, sys._getframe(1).f_code.co_name))
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    _, result, tracker = run(tmp_path, cfg(steps=8, grad_accum=2, log_every=4))
+    monkeypatch.undo()
+    assert [s for s, _ in tracker.points] == [4, 8]
+    # one copy per log step and one for the final losses, none per micro-batch (the data order is drawn on the CPU)
+    assert [r for r in reads if r[1] != "indices"] == [("tolist", "_means")] * 3
+    assert set(result.losses) == {"loss", "depth"}
 
 
 def test_schedule_shapes():
