@@ -46,11 +46,19 @@ def _on_signal(signum: int, _frame: Any) -> None:
     os.write(2, f"gemctl: got {signal.Signals(signum).name}, stopping at the next step boundary\n".encode())
 
 
-def install() -> None:
-    """In the job, after submitit installed its handlers: make the timeout and preemption signals set the flag."""
-    from submitit.core.job_environment import JobEnvironment
+def timeout_signal() -> signal.Signals:
+    """The signal SLURM sends before the time limit: submitit asks for it in sbatch's --signal (and the local
+    controller sends it) by the public name `JobEnvironment.USR_SIG`, "USR2" unless $SUBMITIT_PREEMPT_SIGNAL
+    names another one."""
+    from submitit import JobEnvironment
 
-    for sig in {JobEnvironment._usr_sig(), signal.SIGTERM}:
+    return signal.Signals[f"SIG{JobEnvironment.USR_SIG}"]
+
+
+def install() -> None:
+    """In the job, after submitit installed its handlers: make the timeout signal and SIGTERM (what SLURM sends
+    first on preemption, and what scancel and `gemctl cancel` send) set the flag instead."""
+    for sig in {timeout_signal(), signal.SIGTERM}:
         signal.signal(sig, _on_signal)
 
 
