@@ -124,10 +124,15 @@ def _refresh(root: Path, recs: list[JobRecord]) -> None:
             r.state, r.node, r.start, r.end, r.exit_code = new
             save(root, r)
     for r in recs:
-        # a local job whose launcher died: its controller's pid tells whether it still runs
-        if r.kind == "local" and not r.finished and not _pid_alive(int(r.job_id.split("-")[1])):
-            r.state, r.end = "LOST", r.end or time.time()
-            save(root, r)
+        # a local job starts at once and runs while its controller's pid lives (also when its launcher is gone,
+        # or is a `submit` that nobody waits on)
+        if r.kind == "local" and not r.finished:
+            if not _pid_alive(int(r.job_id.split("-")[1])):
+                r.state, r.end = "LOST", r.end or time.time()
+                save(root, r)
+            elif r.state == "PENDING":
+                r.state, r.start = "RUNNING", r.start or time.time()
+                save(root, r)
 
 
 def list_jobs(root: Path) -> list[JobRecord]:
@@ -194,12 +199,32 @@ def cancel(root: Path, key: str) -> list[str]:
     slurm_ids = [r.job_id for r in recs if r.kind == "slurm"]
     if slurm_ids:
         subprocess.run(["scancel", *slurm_ids], check=True, capture_output=True, timeout=60)
+    _cancel_local([int(r.job_id.split("-")[1]) for r in recs if r.kind == "local"])
     for r in recs:
-        if r.kind == "local":
-            try:  # submitit's local controller stops its tasks on SIGINT
-                os.kill(int(r.job_id.split("-")[1]), signal.SIGINT)
-            except ProcessLookupError:
-                pass
         r.state, r.end = "CANCELLED", r.end or time.time()
         save(root, r)
     return [r.job_id for r in recs]
+
+
+LOCAL_KILL_WAIT_S = 30  # like SLURM's default KillWait: time between SIGTERM and the hard stop
+
+
+def _cancel_local(pids: list[int]) -> None:
+    """Do what scancel does, for local jobs: SIGTERM (submitit's local controller forwards it to its tasks, which
+    checkpoint at the next step boundary and leave; the cancel marker tells them not to requeue), then, for a job
+    still running after LOCAL_KILL_WAIT_S, SIGINT, on which the controller stops its tasks (SIGINT, SIGKILL)."""
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + LOCAL_KILL_WAIT_S
+    while any(_pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        if _pid_alive(pid):
+            _signal(pid, signal.SIGINT)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
