@@ -30,9 +30,15 @@ def log_has(path: Path, text: str) -> bool:
     return path.exists() and text in path.read_text(errors="replace")
 
 
-def _executor(request: pytest.FixtureRequest) -> str:
-    if request.param == "slurm":
+def needs_cluster_if_slurm(kind: str, request: pytest.FixtureRequest) -> None:
+    """In a test parametrised over executors (slurm cases marked `slurm`): start the cluster for the slurm cases
+    only. (pytest.param cannot carry usefixtures.)"""
+    if kind == "slurm":
         request.getfixturevalue("slurm_cluster")
+
+
+def _executor(request: pytest.FixtureRequest) -> str:
+    needs_cluster_if_slurm(request.param, request)
     return request.param
 
 
