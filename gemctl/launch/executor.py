@@ -269,6 +269,7 @@ def _why(state: str, h: JobHandle) -> str:
         "CANCELLED": "was cancelled",
         "OUT_OF_MEMORY": "ran out of memory (raise resources.mem_gb)",
         "NODE_FAIL": "lost its node",
+        "PREEMPTED": "was preempted and not requeued (its checkpoint is kept: run the stage again to resume)",
         "LOST": "lost its controller process",
     }
     code = f", exit code {h._exit_code}" if h._exit_code is not None else ""

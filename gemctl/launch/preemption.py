@@ -9,6 +9,12 @@ checkpoint. Each rank gets the signal (it is sent to every task of the step) and
 the step to stop at with `should_stop_all()` (an all-reduce), called by every rank at the same step.
 
 An external `scontrol requeue` sends no signal: the job is killed and resumes from its last checkpoint.
+A signal that lands before the first step stops the run at step 0: it checkpoints step 0 and the requeued run
+starts over, ending as an uninterrupted one. One that lands while the job's Python is still starting, before
+`install()`, ends that task (the signal's default action): the job fails and is not requeued.
+
+SIGTERM means preemption, unless `gemctl cancel` wrote the job's cancel marker first: then the checkpoint is
+kept and the job is not requeued (an scancel from outside gemctl is told by SLURM's CANCELLED state).
 """
 
 import os
