@@ -2,13 +2,12 @@
 so jobs need not import the tests package; what they import from gemctl comes from the job's code snapshot."""
 
 import os
-import socket
 import time
 from pathlib import Path
 
 
 def add(a: int, b: int) -> dict:
-    return {"sum": a + b, "host": socket.gethostname()}
+    return {"sum": a + b}
 
 
 def fail(msg: str) -> None:
@@ -75,7 +74,7 @@ def snapshot_requeue_probe(pkg: str) -> dict:
     return {"value": mod.VALUE, "pkg_file": mod.__file__, "restarts": preemption.restarts()}
 
 
-def train(ckpt_dir: str, steps: int = 30, step_s: float = 0.0, pause_at: int | None = None) -> dict:
+def train(ckpt_dir: str, steps: int = 30, pause_at: int | None = None) -> dict:
     """A small deterministic training loop (DDP over gloo when the job has several ranks) that checkpoints on
     should_stop and resumes from its checkpoint: an interrupted run must end exactly like an uninterrupted one.
     pause_at: on the first run, wait at that step until the preemption signal came (pause_for_signal)."""
@@ -125,8 +124,6 @@ def train(ckpt_dir: str, steps: int = 30, step_s: float = 0.0, pause_at: int | N
         opt.step()
         losses.append(loss.item())
         print(f"step {step} loss {loss.item():.6f}", flush=True)
-        if step_s:
-            time.sleep(step_s)
     if world > 1:
         dist.destroy_process_group()
     return {"status": "done", "rank": rank, "world": world, "losses": losses, "resumed_at": resumed_at,
