@@ -27,17 +27,13 @@ from .resources import Resources
 from .runner import Failure, JobMain
 
 
-
-class Executor(str, enum.Enum):
-    """Where a job runs. A str Enum: typer offers its values as choices, and it compares equal to the plain
-    string ("slurm"), which is what travels in $GEMCTL_EXECUTOR and in job records."""
+class Executor(enum.StrEnum):
+    """Where a job runs. A str Enum: typer offers its values as choices, and it compares equal to (and prints
+    as) the plain string ("slurm"), which is what travels in $GEMCTL_EXECUTOR and in job records."""
 
     LOCAL = "local"  # a subprocess of this machine (submitit's LocalExecutor): signals and requeue like SLURM
     SLURM = "slurm"  # sbatch on the cluster the SLURM client tools point at
     DEBUG = "debug"  # in this process, at wait time (pdb-friendly; no snapshot, no signals)
-
-    def __str__(self) -> str:  # "slurm" in messages and f-strings, not "Executor.SLURM"
-        return self.value
 
 
 Kind = Literal["local", "slurm", "debug"]
@@ -333,7 +329,7 @@ def _submit(fns: Sequence[Callable[[], Any]], *, kind: str, resources: Resources
 
     if kind not in KINDS:
         raise InputError(f"unknown executor '{kind}' (one of: {', '.join(KINDS)})")
-    kind = Executor(kind).value  # the plain string: an Executor hashes by its name, not its value
+    kind = Executor(kind).value  # the plain string, in job records and job ids
     job_dir = Path(job_dir).absolute()
     job_dir.mkdir(parents=True, exist_ok=True)
     if kind == "slurm":
