@@ -228,7 +228,7 @@ class JobHandle:
             state, error, code = "COMPLETED", None, 0
         elif errors:
             state, error, code = "FAILED", errors[0], self._exit_code or 1
-        elif self.kind == "local" and self._cancelled():
+        elif self._cancelled():  # `gemctl cancel`: the job may have ended on its own before SLURM stopped it
             state, error, code = "CANCELLED", _why("CANCELLED", self), self._exit_code
         else:
             state = self.state if self.kind == "slurm" and self.state != "COMPLETED" else "FAILED"

@@ -114,6 +114,9 @@ def requeue_or_fail(max_requeues: int) -> NoReturn:
     if cancelled(env.job_id):
         # scancel sends SIGTERM too: the checkpoint is taken (a later run resumes from it), but no requeue
         os.write(2, f"gemctl: job {env.job_id} was cancelled; checkpoint kept, not requeueing\n".encode())
+        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and env.global_rank == 0:
+            # `gemctl cancel` sent SIGTERM to the tasks only: end the job as SLURM's CANCELLED (not FAILED)
+            subprocess.run(["scancel", env.job_id], capture_output=True, timeout=60, check=False)
         raise SystemExit(1)
     done = restarts()
     if done >= max_requeues:

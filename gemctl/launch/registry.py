@@ -118,7 +118,10 @@ def _refresh(root: Path, recs: list[JobRecord]) -> None:
         if not row or (r.finished and row["State"] not in cluster.TERMINAL):
             continue  # sacct has not caught up yet
         exit_code = int(row["ExitCode"].split(":")[0]) if row.get("ExitCode") else r.exit_code
-        new = (row["State"], row.get("NodeList") or r.node, _epoch(row.get("Start", "")), _epoch(row.get("End", "")),
+        # `gemctl cancel` recorded CANCELLED: SLURM may say FAILED for a job that was still starting and died of
+        # the SIGTERM meant to make it checkpoint
+        state = r.state if r.state == "CANCELLED" and row["State"] in cluster.TERMINAL else row["State"]
+        new = (state, row.get("NodeList") or r.node, _epoch(row.get("Start", "")), _epoch(row.get("End", "")),
                exit_code)
         if new != (r.state, r.node, r.start, r.end, r.exit_code):
             r.state, r.node, r.start, r.end, r.exit_code = new
@@ -186,7 +189,12 @@ def job_log(root: Path, key: str, follow: bool = False) -> Iterator[str]:
 
 
 def cancel(root: Path, key: str) -> list[str]:
-    """Cancel the unfinished jobs matching a job id, array id, run id or sweep id; returns their ids."""
+    """Cancel the unfinished jobs matching a job id, array id, run id or sweep id; returns their ids.
+
+    A running job gets SIGTERM, marked as a cancel (preemption.cancel_marker): it checkpoints at its next step
+    boundary and leaves without being requeued. A job still running KILL_WAIT_S later (it never reached a step
+    boundary) is stopped hard, like one not started yet at once. SLURM's own scancel gives only its KillWait
+    (seconds) between SIGTERM and SIGKILL, less than a stage may need to start or to finish a step."""
     recs = [r for r in find(root, key) if not r.finished and r.kind != "debug"]  # debug runs in its launcher
     _refresh(root, recs)
     recs = [r for r in recs if not r.finished]
@@ -196,31 +204,43 @@ def cancel(root: Path, key: str) -> list[str]:
         marker = cancel_marker(Path(r.job_dir), r.job_id)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
-    slurm_ids = [r.job_id for r in recs if r.kind == "slurm"]
-    if slurm_ids:
-        subprocess.run(["scancel", *slurm_ids], check=True, capture_output=True, timeout=60)
-    _cancel_local([int(r.job_id.split("-")[1]) for r in recs if r.kind == "local"])
+    running = [r for r in recs if r.kind == "local" or r.state == "RUNNING"]
+    _scancel([r.job_id for r in recs if r not in running])
+    _scancel([r.job_id for r in running if r.kind == "slurm"], "--signal=TERM")  # to the tasks, not the script
+    for r in running:
+        if r.kind == "local":
+            _signal(_pid(r), signal.SIGTERM)  # submitit's local controller forwards it to its tasks
+    deadline = time.monotonic() + KILL_WAIT_S
+    while (left := _still_running(running)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    _scancel([r.job_id for r in left if r.kind == "slurm"])
+    for r in left:
+        if r.kind == "local":
+            _signal(_pid(r), signal.SIGINT)  # the controller stops its tasks (SIGINT, then SIGKILL)
     for r in recs:
         r.state, r.end = "CANCELLED", r.end or time.time()
         save(root, r)
     return [r.job_id for r in recs]
 
 
-LOCAL_KILL_WAIT_S = 30  # like SLURM's default KillWait: time between SIGTERM and the hard stop
+KILL_WAIT_S = 30  # a cancelled running job's time to reach a step boundary and checkpoint before a hard stop
 
 
-def _cancel_local(pids: list[int]) -> None:
-    """Do what scancel does, for local jobs: SIGTERM (submitit's local controller forwards it to its tasks, which
-    checkpoint at the next step boundary and leave; the cancel marker tells them not to requeue), then, for a job
-    still running after LOCAL_KILL_WAIT_S, SIGINT, on which the controller stops its tasks (SIGINT, SIGKILL)."""
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + LOCAL_KILL_WAIT_S
-    while any(_pid_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in pids:
-        if _pid_alive(pid):
-            _signal(pid, signal.SIGINT)
+def _pid(r: JobRecord) -> int:
+    return int(r.job_id.split("-")[1])
+
+
+def _scancel(job_ids: list[str], *flags: str) -> None:
+    if job_ids:
+        # not check=True: a job may have ended since (scancel then says so and fails; nothing left to do)
+        subprocess.run(["scancel", *flags, *job_ids], capture_output=True, timeout=60, check=False)
+
+
+def _still_running(recs: list[JobRecord]) -> list[JobRecord]:
+    slurm = [r.job_id for r in recs if r.kind == "slurm"]
+    info = cluster.query(slurm) if slurm else {}
+    return [r for r in recs if (_pid_alive(_pid(r)) if r.kind == "local" else
+                                info.get(r.job_id, {}).get("State", "RUNNING") not in cluster.TERMINAL)]
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

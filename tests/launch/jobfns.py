@@ -26,11 +26,17 @@ def _wait(condition, what: str) -> None:
         time.sleep(0.05)
 
 
-def block(go_file: str) -> str:
-    """Say "blocked", then wait for go_file (a test that never creates it cancels the job)."""
+def block(go_file: str, heed_signal: bool = True) -> str | dict:
+    """Say "blocked", then wait for go_file (a test that never creates it cancels the job) or, with heed_signal,
+    stop on the preemption signal (as a training loop would, without a checkpoint to take)."""
+    from gemctl.launch import preemption
+
+    def stop() -> bool:
+        return heed_signal and preemption.should_stop()
+
     print("blocked", flush=True)
-    _wait(Path(go_file).exists, go_file)
-    return "released"
+    _wait(lambda: Path(go_file).exists() or stop(), go_file)
+    return {"status": "preempted"} if stop() else "released"
 
 
 def pause_for_signal(step: int) -> None:

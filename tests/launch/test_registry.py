@@ -67,3 +67,15 @@ def test_follow_logs_and_cancel_a_running_job(job_kind, tmp_path):
     assert not follower.is_alive()  # follow ends when the job does
     assert registry.list_jobs(tmp_path)[0].state == "CANCELLED"
     assert registry.cancel(tmp_path, h.job_id) == []  # nothing left to cancel
+
+
+def test_cancel_stops_a_job_that_never_reaches_a_step_boundary(job_kind, tmp_path, monkeypatch):
+    """A job that ignores the cancel's SIGTERM (stuck, or still starting) is stopped hard after the kill wait."""
+    monkeypatch.setattr(registry, "KILL_WAIT_S", 0)
+    h = submit(functools.partial(jobfns.block, str(tmp_path / "never"), heed_signal=False), kind=job_kind,
+               resources=SMALL, job_dir=tmp_path / "jobs", name=TEST_PREFIX + "stuck", project=tmp_path)
+    wait_for(lambda: log_has(h.stdout, "blocked"), "the job to start")
+    wait_for(lambda: registry.list_jobs(tmp_path)[0].state == "RUNNING", "the registry to see it running")
+    assert registry.cancel(tmp_path, h.job_id) == [h.job_id]
+    r = h.wait()
+    assert r.state == "CANCELLED" and r.value is None and "was cancelled" in r.error
