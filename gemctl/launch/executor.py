@@ -346,7 +346,7 @@ def _submit(fns: Sequence[Callable[[], Any]], *, kind: str, resources: Resources
         ex.update_parameters(timeout_min=resources.time_min, tasks_per_node=resources.ntasks_per_node,
                              gpus_per_node=resources.gpus_per_node, signal_delay_s=resources.signal_delay_s)
         # the snapshot goes through the environment, not `setup`: with setup submitit starts the controller
-        # through a shell, whose pid (the job id) then does not forward SIGINT to cancel it
+        # through a shell, whose pid (the job id) then does not forward the SIGTERM and SIGINT of a cancel
         if code_dir:
             path = ":".join(x for x in (str(code_dir), os.environ.get("PYTHONPATH", "")) if x)
             env = {"PYTHONPATH": path, "PYTHONSAFEPATH": "1", "GEMCTL_CODE": str(code_dir)}
