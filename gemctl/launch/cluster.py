@@ -14,7 +14,7 @@ from .resources import Resources
 # States after which a job never runs again (anything else may still run: PENDING, RUNNING, REQUEUED, ...).
 TERMINAL = {
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
-    "REVOKED", "SPECIAL_EXIT", "FINISHED",  # FINISHED: gone from squeue when sacct is unavailable
+    "REVOKED", "SPECIAL_EXIT", "PREEMPTED", "FINISHED",  # FINISHED: gone from squeue when sacct is unavailable
 }
 
 

@@ -22,15 +22,14 @@ from typing import Any, Literal
 
 from gem_stages.errors import InputError
 
-from . import cluster, registry, snapshot
+from . import cluster, preemption, registry, snapshot
 from .resources import Resources
 from .runner import Failure, JobMain
 
 
-
-class Executor(str, enum.Enum):
-    """Where a job runs. A str Enum: typer offers its values as choices, and it compares equal to the plain
-    string ("slurm"), which is what travels in $GEMCTL_EXECUTOR and in job records."""
+class Executor(enum.StrEnum):
+    """Where a job runs. A str Enum: typer offers its values as choices, and it compares equal to (and prints
+    as) the plain string ("slurm"), which is what travels in $GEMCTL_EXECUTOR and in job records."""
 
     LOCAL = "local"  # a subprocess of this machine (submitit's LocalExecutor): signals and requeue like SLURM
     SLURM = "slurm"  # sbatch on the cluster the SLURM client tools point at
@@ -113,6 +112,7 @@ class JobHandle:
         self.result: LaunchResult | None = None
         self._exit_code: int | None = None
         self._ended = False  # SLURM says the job is over, or the local controller process exited
+        self._local_state = ""  # submitit's LocalJob.state at the last poll
         self._grace_since: float | None = None
         self._loaded: dict[int, tuple] = {}  # task -> ("success"|"error", value), read once
         self._tails = [_Tail(getattr(p, s), s, k) for k, p in enumerate(self._task_paths) for s in ("stdout", "stderr")]
@@ -170,17 +170,26 @@ class JobHandle:
                 if code.isdigit() and self._ended:
                     self._exit_code = int(code) or (128 + int(sig) if sig.isdigit() and int(sig) else 0)
         elif self.kind == "local":
-            rc = self._job._process.poll() if self._job._process is not None else 0
-            if rc is None:
+            # LocalJob.state polls the controller process: RUNNING, FINISHED (it exited; the tasks have ended),
+            # INTERRUPTED (it was killed by a signal), UNKNOWN (could not tell: ask again next time)
+            state = self._job.state
+            if state == "RUNNING":
                 self._set("RUNNING", emit, "localhost")
-            self._ended, self._exit_code = rc is not None, rc
+            self._ended = state not in ("RUNNING", "UNKNOWN")
+            self._local_state = state
 
     def _pump(self, emit: Callable[[JobUpdate], None], final: bool = False) -> None:
         for t in self._tails:
             for line in t.lines(final):
                 m = _START_LINE.match(line) if t.task == 0 and t.stream == "stdout" else None
                 if m:  # each run says how many times the job was requeued: polls may miss a short PENDING
-                    self.requeues = self._record.requeues = max(self.requeues, int(m.group(1)))
+                    restart = int(m.group(1))
+                    if self.kind == "local" and restart > self.requeues:
+                        # the local controller restarted the tasks (one exited with LOCAL_REQUEUE_RETURN_CODE):
+                        # report it as SLURM's requeue reads
+                        self._set("REQUEUED", emit)
+                        self._set("RUNNING", emit)
+                    self.requeues = self._record.requeues = max(self.requeues, restart)
                 emit(JobUpdate(self.job_id, line=line, stream=t.stream, task=t.task))
 
     def _outcomes(self) -> list[tuple | None]:
@@ -193,6 +202,9 @@ class JobHandle:
                 except EOFError:  # being written (submitit writes elsewhere and renames, but shared FS...)
                     pass
         return [self._loaded.get(k) for k in range(len(self._task_paths))]
+
+    def _cancelled(self) -> bool:
+        return preemption.cancel_marker(Path(self._record.job_dir), self.job_id).exists()
 
     def _grace(self, seconds: float) -> bool:
         """True for `seconds` after the first call: lets SLURM or the file system catch up."""
@@ -216,6 +228,8 @@ class JobHandle:
             state, error, code = "COMPLETED", None, 0
         elif errors:
             state, error, code = "FAILED", errors[0], self._exit_code or 1
+        elif self._cancelled():  # `gemctl cancel`: the job may have ended on its own before SLURM stopped it
+            state, error, code = "CANCELLED", _why("CANCELLED", self), self._exit_code
         else:
             state = self.state if self.kind == "slurm" and self.state != "COMPLETED" else "FAILED"
             error, code = _why(state, self), self._exit_code
@@ -242,11 +256,16 @@ class JobHandle:
 
 
 def _why(state: str, h: JobHandle) -> str:
+    if h.kind == "local" and state == "FAILED":
+        what = ("its controller process was killed" if h._local_state == "INTERRUPTED" else
+                "its process ended without a result (killed, e.g. by SIGKILL or the out-of-memory killer?)")
+        return f"job {h.job_id} failed: {what}; logs: {h.stderr}"
     reasons = {
         "TIMEOUT": "hit its time limit (raise resources.time_min, or make the training code stop on should_stop)",
         "CANCELLED": "was cancelled",
         "OUT_OF_MEMORY": "ran out of memory (raise resources.mem_gb)",
         "NODE_FAIL": "lost its node",
+        "PREEMPTED": "was preempted and not requeued (its checkpoint is kept: run the stage again to resume)",
         "LOST": "lost its controller process",
     }
     code = f", exit code {h._exit_code}" if h._exit_code is not None else ""
@@ -310,6 +329,7 @@ def _submit(fns: Sequence[Callable[[], Any]], *, kind: str, resources: Resources
 
     if kind not in KINDS:
         raise InputError(f"unknown executor '{kind}' (one of: {', '.join(KINDS)})")
+    kind = Executor(kind).value  # the plain string, in job records and job ids
     job_dir = Path(job_dir).absolute()
     job_dir.mkdir(parents=True, exist_ok=True)
     if kind == "slurm":
@@ -326,7 +346,7 @@ def _submit(fns: Sequence[Callable[[], Any]], *, kind: str, resources: Resources
         ex.update_parameters(timeout_min=resources.time_min, tasks_per_node=resources.ntasks_per_node,
                              gpus_per_node=resources.gpus_per_node, signal_delay_s=resources.signal_delay_s)
         # the snapshot goes through the environment, not `setup`: with setup submitit starts the controller
-        # through a shell, whose pid (the job id) then does not forward SIGINT to cancel it
+        # through a shell, whose pid (the job id) then does not forward the SIGTERM and SIGINT of a cancel
         if code_dir:
             path = ":".join(x for x in (str(code_dir), os.environ.get("PYTHONPATH", "")) if x)
             env = {"PYTHONPATH": path, "PYTHONSAFEPATH": "1", "GEMCTL_CODE": str(code_dir)}
@@ -347,17 +367,17 @@ def _submit(fns: Sequence[Callable[[], Any]], *, kind: str, resources: Resources
     return [JobHandle(j, kind, resources, name, job_dir, project, t) for j, t in zip(jobs, tags)]
 
 
-def kind_from_env(default: Kind = "local") -> Kind:
+def kind_from_env(default: Kind | Executor = Executor.LOCAL) -> Executor:
     """The executor for a stage command: $GEMCTL_EXECUTOR (set by `gemctl ... --executor`), else default.
     An env var, not a stage parameter: where a stage runs does not change what it computes, so DVC must not
     re-run it when only that changes."""
     kind = os.environ.get("GEMCTL_EXECUTOR", "") or default
     if kind not in KINDS:
         raise InputError(f"GEMCTL_EXECUTOR={kind!r} is not an executor (one of: {', '.join(KINDS)})")
-    return kind  # type: ignore[return-value]
+    return Executor(kind)
 
 
-def submit(fn: Callable[[], Any], *, kind: Kind, resources: Resources, job_dir: Path, name: str,
+def submit(fn: Callable[[], Any], *, kind: Kind | Executor, resources: Resources, job_dir: Path, name: str,
            project: Path | None = None, tags: Mapping[str, str] | None = None,
            code: Mapping[str, Path] | None = None) -> JobHandle:
     """Submit fn() and return at once. project: folder whose job registry records it (for `gemctl status`);
@@ -367,7 +387,7 @@ def submit(fn: Callable[[], Any], *, kind: Kind, resources: Resources, job_dir: 
                    tags=[tags or {}], code=code, array=False)[0]
 
 
-def launch(fn: Callable[[], Any], *, kind: Kind, resources: Resources, job_dir: Path, name: str,
+def launch(fn: Callable[[], Any], *, kind: Kind | Executor, resources: Resources, job_dir: Path, name: str,
            on_update: Callable[[JobUpdate], None] | None = None, project: Path | None = None,
            tags: Mapping[str, str] | None = None, code: Mapping[str, Path] | None = None) -> LaunchResult:
     """Submit fn() and block until it ends (through requeues), like `sbatch -W`. Ctrl-C cancels the job."""
@@ -380,7 +400,7 @@ def launch(fn: Callable[[], Any], *, kind: Kind, resources: Resources, job_dir: 
         raise
 
 
-def launch_array(fns: Sequence[Callable[[], Any]], *, kind: Kind, resources: Resources, job_dir: Path, name: str,
+def launch_array(fns: Sequence[Callable[[], Any]], *, kind: Kind | Executor, resources: Resources, job_dir: Path, name: str,
                  project: Path | None = None, tags: Sequence[Mapping[str, str]] | None = None,
                  code: Mapping[str, Path] | None = None) -> list[JobHandle]:
     """Submit the functions as ONE job array (at most resources.array_parallelism run at once) and return
@@ -399,13 +419,19 @@ def launch_array(fns: Sequence[Callable[[], Any]], *, kind: Kind, resources: Res
 def dry_run(*, resources: Resources, job_dir: Path, name: str, array_size: int | None = None,
             code: Mapping[str, Path] | None = None) -> str:
     """The sbatch script that `launch(kind="slurm")` would submit (nothing is submitted or copied)."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
     job_dir = Path(job_dir).absolute()
     code_dir = None
     if code != {}:
         code_dir = job_dir / "code" / snapshot.content_hash(snapshot.project_packages() if code is None else code)
     command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(job_dir))])
     map_count = array_size if array_size and array_size > 1 else None
-    return _make_sbatch_string(command=command, folder=job_dir, map_count=map_count,
-                               **_slurm_params(resources, name, code_dir))
+    return sbatch_script(command, job_dir, map_count, _slurm_params(resources, name, code_dir))
+
+
+def sbatch_script(command: str, folder: Path, map_count: int | None, params: Mapping[str, Any]) -> str:
+    """submitit's sbatch script for these SlurmExecutor parameters. submitit has no public way to render the
+    script without submitting (SlurmExecutor writes it only inside submit), so this is the one place that calls
+    its private `_make_sbatch_string`; tests/launch/test_submitit_api.py fails loudly if it changes."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    return _make_sbatch_string(command=command, folder=folder, map_count=map_count, **params)

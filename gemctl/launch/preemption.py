@@ -9,6 +9,12 @@ checkpoint. Each rank gets the signal (it is sent to every task of the step) and
 the step to stop at with `should_stop_all()` (an all-reduce), called by every rank at the same step.
 
 An external `scontrol requeue` sends no signal: the job is killed and resumes from its last checkpoint.
+A signal that lands before the first step stops the run at step 0: it checkpoints step 0 and the requeued run
+starts over, ending as an uninterrupted one. One that lands while the job's Python is still starting, before
+`install()`, ends that task (the signal's default action): the job fails and is not requeued.
+
+SIGTERM means preemption, unless `gemctl cancel` wrote the job's cancel marker first: then the checkpoint is
+kept and the job is not requeued (an scancel from outside gemctl is told by SLURM's CANCELLED state).
 """
 
 import os
@@ -46,11 +52,19 @@ def _on_signal(signum: int, _frame: Any) -> None:
     os.write(2, f"gemctl: got {signal.Signals(signum).name}, stopping at the next step boundary\n".encode())
 
 
-def install() -> None:
-    """In the job, after submitit installed its handlers: make the timeout and preemption signals set the flag."""
-    from submitit.core.job_environment import JobEnvironment
+def timeout_signal() -> signal.Signals:
+    """The signal SLURM sends before the time limit: submitit asks for it in sbatch's --signal (and the local
+    controller sends it) by the public name `JobEnvironment.USR_SIG`, "USR2" unless $SUBMITIT_PREEMPT_SIGNAL
+    names another one."""
+    from submitit import JobEnvironment
 
-    for sig in {JobEnvironment._usr_sig(), signal.SIGTERM}:
+    return signal.Signals[f"SIG{JobEnvironment.USR_SIG}"]
+
+
+def install() -> None:
+    """In the job, after submitit installed its handlers: make the timeout signal and SIGTERM (what SLURM sends
+    first on preemption, and what scancel and `gemctl cancel` send) set the flag instead."""
+    for sig in {timeout_signal(), signal.SIGTERM}:
         signal.signal(sig, _on_signal)
 
 
@@ -100,6 +114,9 @@ def requeue_or_fail(max_requeues: int) -> NoReturn:
     if cancelled(env.job_id):
         # scancel sends SIGTERM too: the checkpoint is taken (a later run resumes from it), but no requeue
         os.write(2, f"gemctl: job {env.job_id} was cancelled; checkpoint kept, not requeueing\n".encode())
+        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and env.global_rank == 0:
+            # `gemctl cancel` sent SIGTERM to the tasks only: end the job as SLURM's CANCELLED (not FAILED)
+            subprocess.run(["scancel", env.job_id], capture_output=True, timeout=60, check=False)
         raise SystemExit(1)
     done = restarts()
     if done >= max_requeues:

@@ -118,16 +118,24 @@ def _refresh(root: Path, recs: list[JobRecord]) -> None:
         if not row or (r.finished and row["State"] not in cluster.TERMINAL):
             continue  # sacct has not caught up yet
         exit_code = int(row["ExitCode"].split(":")[0]) if row.get("ExitCode") else r.exit_code
-        new = (row["State"], row.get("NodeList") or r.node, _epoch(row.get("Start", "")), _epoch(row.get("End", "")),
+        # `gemctl cancel` recorded CANCELLED: SLURM may say FAILED for a job that was still starting and died of
+        # the SIGTERM meant to make it checkpoint
+        state = r.state if r.state == "CANCELLED" and row["State"] in cluster.TERMINAL else row["State"]
+        new = (state, row.get("NodeList") or r.node, _epoch(row.get("Start", "")), _epoch(row.get("End", "")),
                exit_code)
         if new != (r.state, r.node, r.start, r.end, r.exit_code):
             r.state, r.node, r.start, r.end, r.exit_code = new
             save(root, r)
     for r in recs:
-        # a local job whose launcher died: its controller's pid tells whether it still runs
-        if r.kind == "local" and not r.finished and not _pid_alive(int(r.job_id.split("-")[1])):
-            r.state, r.end = "LOST", r.end or time.time()
-            save(root, r)
+        # a local job starts at once and runs while its controller's pid lives (also when its launcher is gone,
+        # or is a `submit` that nobody waits on)
+        if r.kind == "local" and not r.finished:
+            if not _pid_alive(int(r.job_id.split("-")[1])):
+                r.state, r.end = "LOST", r.end or time.time()
+                save(root, r)
+            elif r.state == "PENDING":
+                r.state, r.start = "RUNNING", r.start or time.time()
+                save(root, r)
 
 
 def list_jobs(root: Path) -> list[JobRecord]:
@@ -181,7 +189,12 @@ def job_log(root: Path, key: str, follow: bool = False) -> Iterator[str]:
 
 
 def cancel(root: Path, key: str) -> list[str]:
-    """Cancel the unfinished jobs matching a job id, array id, run id or sweep id; returns their ids."""
+    """Cancel the unfinished jobs matching a job id, array id, run id or sweep id; returns their ids.
+
+    A running job gets SIGTERM, marked as a cancel (preemption.cancel_marker): it checkpoints at its next step
+    boundary and leaves without being requeued. A job still running KILL_WAIT_S later (it never reached a step
+    boundary) is stopped hard, like one not started yet at once. SLURM's own scancel gives only its KillWait
+    (seconds) between SIGTERM and SIGKILL, less than a stage may need to start or to finish a step."""
     recs = [r for r in find(root, key) if not r.finished and r.kind != "debug"]  # debug runs in its launcher
     _refresh(root, recs)
     recs = [r for r in recs if not r.finished]
@@ -191,15 +204,47 @@ def cancel(root: Path, key: str) -> list[str]:
         marker = cancel_marker(Path(r.job_dir), r.job_id)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
-    slurm_ids = [r.job_id for r in recs if r.kind == "slurm"]
-    if slurm_ids:
-        subprocess.run(["scancel", *slurm_ids], check=True, capture_output=True, timeout=60)
-    for r in recs:
+    running = [r for r in recs if r.kind == "local" or r.state == "RUNNING"]
+    _scancel([r.job_id for r in recs if r not in running])
+    _scancel([r.job_id for r in running if r.kind == "slurm"], "--signal=TERM")  # to the tasks, not the script
+    for r in running:
         if r.kind == "local":
-            try:  # submitit's local controller stops its tasks on SIGINT
-                os.kill(int(r.job_id.split("-")[1]), signal.SIGINT)
-            except ProcessLookupError:
-                pass
+            _signal(_pid(r), signal.SIGTERM)  # submitit's local controller forwards it to its tasks
+    deadline = time.monotonic() + KILL_WAIT_S
+    while (left := _still_running(running)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    _scancel([r.job_id for r in left if r.kind == "slurm"])
+    for r in left:
+        if r.kind == "local":
+            _signal(_pid(r), signal.SIGINT)  # the controller stops its tasks (SIGINT, then SIGKILL)
+    for r in recs:
         r.state, r.end = "CANCELLED", r.end or time.time()
         save(root, r)
     return [r.job_id for r in recs]
+
+
+KILL_WAIT_S = 30  # a cancelled running job's time to reach a step boundary and checkpoint before a hard stop
+
+
+def _pid(r: JobRecord) -> int:
+    return int(r.job_id.split("-")[1])
+
+
+def _scancel(job_ids: list[str], *flags: str) -> None:
+    if job_ids:
+        # not check=True: a job may have ended since (scancel then says so and fails; nothing left to do)
+        subprocess.run(["scancel", *flags, *job_ids], capture_output=True, timeout=60, check=False)
+
+
+def _still_running(recs: list[JobRecord]) -> list[JobRecord]:
+    slurm = [r.job_id for r in recs if r.kind == "slurm"]
+    info = cluster.query(slurm) if slurm else {}
+    return [r for r in recs if (_pid_alive(_pid(r)) if r.kind == "local" else
+                                info.get(r.job_id, {}).get("State", "RUNNING") not in cluster.TERMINAL)]
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -2,13 +2,12 @@
 so jobs need not import the tests package; what they import from gemctl comes from the job's code snapshot."""
 
 import os
-import socket
 import time
 from pathlib import Path
 
 
 def add(a: int, b: int) -> dict:
-    return {"sum": a + b, "host": socket.gethostname()}
+    return {"sum": a + b}
 
 
 def fail(msg: str) -> None:
@@ -16,10 +15,38 @@ def fail(msg: str) -> None:
     raise ValueError(msg)
 
 
-def sleep(seconds: float) -> str:
-    print("sleeping", flush=True)
-    time.sleep(seconds)
-    return "slept"
+BOUND_S = 600  # what jobs waiting on a test's condition wait at most: only guards against a hung test
+
+
+def _wait(condition, what: str) -> None:
+    deadline = time.monotonic() + BOUND_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+def block(go_file: str, heed_signal: bool = True) -> str | dict:
+    """Say "blocked", then wait for go_file (a test that never creates it cancels the job) or, with heed_signal,
+    stop on the preemption signal (as a training loop would, without a checkpoint to take)."""
+    from gemctl.launch import preemption
+
+    def stop() -> bool:
+        return heed_signal and preemption.should_stop()
+
+    print("blocked", flush=True)
+    _wait(lambda: Path(go_file).exists() or stop(), go_file)
+    return {"status": "preempted"} if stop() else "released"
+
+
+def pause_for_signal(step: int) -> None:
+    """Say "at step <step>" and wait until this process got the timeout/preemption signal: a test sends the
+    signal when it reads the line, so the job stops at exactly this step. Only on the job's first run."""
+    from gemctl.launch import preemption
+
+    if preemption.restarts() == 0:
+        print(f"at step {step}", flush=True)
+        _wait(preemption.should_stop, "the preemption signal")
 
 
 def array_point(x: int) -> dict:
@@ -28,8 +55,7 @@ def array_point(x: int) -> dict:
 
 def snapshot_probe(pkg: str, go_file: str) -> dict:
     """Wait until the test has edited the working tree, then import: must still see the submitted code."""
-    while not Path(go_file).exists():
-        time.sleep(0.1)
+    _wait(Path(go_file).exists, go_file)
     import importlib
 
     import gem_stages
@@ -39,9 +65,25 @@ def snapshot_probe(pkg: str, go_file: str) -> dict:
     return {"value": mod.VALUE, "pkg_file": mod.__file__, "gemctl": gemctl.__file__, "gem_stages": gem_stages.__file__}
 
 
-def train(ckpt_dir: str, steps: int = 30, step_s: float = 0.1) -> dict:
+def snapshot_requeue_probe(pkg: str) -> dict:
+    """First run: import pkg, stop at "step 0" on the preemption signal and be requeued; the requeued run
+    imports pkg again, in a fresh process, and returns what it saw."""
+    import importlib
+
+    from gemctl.launch import preemption
+
+    mod = importlib.import_module(pkg)
+    if preemption.restarts() == 0:
+        print(f"first run sees VALUE={mod.VALUE}", flush=True)
+        pause_for_signal(0)
+        return {"status": "preempted"}
+    return {"value": mod.VALUE, "pkg_file": mod.__file__, "restarts": preemption.restarts()}
+
+
+def train(ckpt_dir: str, steps: int = 30, pause_at: int | None = None) -> dict:
     """A small deterministic training loop (DDP over gloo when the job has several ranks) that checkpoints on
-    should_stop and resumes from its checkpoint: an interrupted run must end exactly like an uninterrupted one."""
+    should_stop and resumes from its checkpoint: an interrupted run must end exactly like an uninterrupted one.
+    pause_at: on the first run, wait at that step until the preemption signal came (pause_for_signal)."""
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
@@ -67,6 +109,8 @@ def train(ckpt_dir: str, steps: int = 30, step_s: float = 0.1) -> dict:
     X = torch.randn(64, 4, generator=gen)
     Y = X.sum(1, keepdim=True).sin()
     for step in range(start, steps):
+        if step == pause_at:
+            pause_for_signal(step)
         if preemption.should_stop_all():
             if rank == 0:
                 tmp = ckpt.with_suffix(".tmp")
@@ -86,25 +130,25 @@ def train(ckpt_dir: str, steps: int = 30, step_s: float = 0.1) -> dict:
         opt.step()
         losses.append(loss.item())
         print(f"step {step} loss {loss.item():.6f}", flush=True)
-        time.sleep(step_s)
     if world > 1:
         dist.destroy_process_group()
     return {"status": "done", "rank": rank, "world": world, "losses": losses, "resumed_at": resumed_at,
             "weights": {k: v.tolist() for k, v in model.state_dict().items()}}
 
 
-def fail_on_rank(bad_rank: int, others_sleep: float) -> str:
-    """One rank crashes while the others would wait much longer (as if stuck in a collective)."""
+def fail_on_rank(bad_rank: int, go_file: str) -> str:
+    """One rank crashes while the others wait for a file that never comes (as if stuck in a collective)."""
     rank = int(os.environ.get("RANK", "0"))
     if rank == bad_rank:
         raise RuntimeError(f"rank {rank} crashed")
-    time.sleep(others_sleep)
+    _wait(Path(go_file).exists, go_file)
     return "survived"
 
 
-def gem_trainer(work_dir: str, steps: int = 12, step_s: float = 0.0) -> dict:
+def gem_trainer(work_dir: str, steps: int = 12, pause_at: int | None = None) -> dict:
     """gem_stages' own trainer (accelerate; DDP over gloo when the job has several ranks) on a small model, with
-    the launcher's preemption flag: returns a digest of the final weights so ranks and runs can be compared."""
+    the launcher's preemption flag: returns a digest of the final weights so ranks and runs can be compared.
+    pause_at: on the first run, wait at that step boundary until the preemption signal came."""
     import hashlib
 
     import torch
@@ -128,8 +172,14 @@ def gem_trainer(work_dir: str, steps: int = 12, step_s: float = 0.0) -> dict:
             return {"loss": weights["depth"] * depth, "depth": depth.detach()}
 
     def collate(items):
-        time.sleep(step_s)  # slow steps, so that a test can interrupt mid-run
         return {"x": torch.stack([i["x"] for i in items]), "y": torch.stack([i["y"] for i in items])}
+
+    boundaries = iter(range(steps + 1))  # the trainer asks should_stop once per step boundary, from its start
+
+    def should_stop() -> bool:
+        if next(boundaries) == pause_at:
+            pause_for_signal(pause_at)
+        return preemption.should_stop()
 
     samples = [{"x": torch.randn(4, generator=torch.Generator().manual_seed(i)), "y": torch.tensor(float(i % 3))}
                for i in range(16)]
@@ -137,7 +187,7 @@ def gem_trainer(work_dir: str, steps: int = 12, step_s: float = 0.0) -> dict:
     cfg = TrainStageConfig(trainable=["a", "b"], steps=steps, lr=1e-2, batch_size=2, warmup_ratio=0.0,
                            loss=LossWeights(depth=1.0))
     result = train(model, {"a": model.a, "b": model.b}, cfg, RuntimeConfig(device="cpu"), samples, collate, seed=0,
-                   work_dir=Path(work_dir), should_stop=preemption.should_stop)
+                   work_dir=Path(work_dir), should_stop=should_stop)
     digest = hashlib.sha256(b"".join(t.detach().numpy().tobytes() for t in model.state_dict().values()))
     return {"status": result.status, "step": result.step, "resumed_from": result.resumed_from,
             "weights": digest.hexdigest(), "rank": int(os.environ.get("RANK", "0"))}

@@ -6,11 +6,10 @@ import pytest
 
 from gemctl.launch import Resources, launch_array, registry, wait_all
 from tests.launch import jobfns
-from tests.launch.conftest import TEST_PREFIX
-
-pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+from tests.launch.conftest import TEST_PREFIX, needs_slurm
 
 
+@needs_slurm
 def test_job_array_runs_every_point(tmp_path):
     res = Resources(time_min=5, signal_delay_s=30, array_parallelism=2)
     fns = [functools.partial(jobfns.array_point, x) for x in range(5)]
@@ -37,9 +36,10 @@ def test_arrays_work_on_other_executors(kind, tmp_path):
     assert [r.value["square"] for r in wait_all(handles)] == [0, 1, 4]
 
 
+@needs_slurm
 def test_hundred_point_array_is_one_array_and_cancels_by_sweep(tmp_path):
     res = Resources(time_min=5, signal_delay_s=30, array_parallelism=1)
-    fns = [functools.partial(jobfns.sleep, 30) for _ in range(100)]
+    fns = [functools.partial(jobfns.block, str(tmp_path / "never")) for _ in range(100)]
     handles = launch_array(fns, kind="slurm", resources=res, job_dir=tmp_path / "jobs", name=TEST_PREFIX + "a100",
                            project=tmp_path, tags=[{"sweep": "big", "point": str(i)} for i in range(100)])
     # (how fast it queues is measured by bench/bench_submit.py)

@@ -1,20 +1,21 @@
 """launch(): the same function on debug, local and slurm; failures; sbatch scripts; refusals before submitting."""
 
 import functools
+import os
+import signal
 import subprocess
+import uuid
 
 import pytest
 
 from gem_stages.errors import InputError
-from gemctl.launch import Resources, cluster, dry_run, kind_from_env, launch
+from gemctl.launch import Executor, Resources, cluster, dry_run, kind_from_env, launch, submit
 from tests.launch import jobfns
-from tests.launch.conftest import TEST_PREFIX
+from tests.launch.conftest import TEST_PREFIX, log_has, needs_slurm, wait_for
 
-pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 SMALL = Resources(time_min=5, signal_delay_s=30)
 
 
-@pytest.mark.parametrize("kind", ["debug", "local", "slurm"])
 def test_trivial_function_same_result_everywhere(kind, tmp_path):
     updates = []
     r = launch(functools.partial(jobfns.add, 2, 3), kind=kind, resources=SMALL, job_dir=tmp_path / "jobs",
@@ -28,19 +29,57 @@ def test_trivial_function_same_result_everywhere(kind, tmp_path):
         assert any(u.line and "gemctl: rank 0/1" in u.line for u in updates)
 
 
-@pytest.mark.parametrize("kind", ["debug", "local", "slurm"])
-def test_failing_job_reports_failure_and_log_tail(kind, tmp_path, monkeypatch):
+def test_failing_job_reports_the_jobs_own_traceback(kind, tmp_path, monkeypatch, capfd):
     monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)  # debug must not open pdb even so
-    r = launch(functools.partial(jobfns.fail, "boom-42"), kind=kind, resources=SMALL, job_dir=tmp_path / "jobs",
+    marker = f"boom-{uuid.uuid4().hex}"  # raised inside the job function: nothing else can produce it
+    r = launch(functools.partial(jobfns.fail, marker), kind=kind, resources=SMALL, job_dir=tmp_path / "jobs",
                name=TEST_PREFIX + "fail")
-    assert not r.ok and r.state == "FAILED" and r.exit_code == 1
-    assert "ValueError: boom-42" in r.error
-    assert r.value is None
+    assert not r.ok and r.state == "FAILED" and r.exit_code == 1 and r.value is None
+    # the error is the job's traceback: it ends in the job function's own frame and exception
+    lines = r.error.strip().splitlines()
+    assert lines[-1] == f"ValueError: {marker}"
+    frames = [i for i, line in enumerate(lines) if line.strip().startswith('File "')]
+    assert lines[frames[-1]].strip().endswith(", in fail"), lines[frames[-1]]
+    # ... and no frame of the launcher's side: gemctl reported the failure, it did not raise one of its own
+    assert "executor.py" not in r.error and "wait_all" not in r.error
+    assert "Traceback" not in capfd.readouterr().err.replace(r.error, "")
     if kind != "debug":
-        assert "boom-42" in r.log_tail()
+        assert f"ValueError: {marker}" in r.log_tail()
 
 
-def test_dry_run_shows_the_sbatch_script(tmp_path):
+def test_local_job_killed_by_sigkill_fails_with_a_clear_reason(tmp_path):
+    """LocalJob.state (submitit's public view of the controller) tells a job that died without a result."""
+    h = submit(functools.partial(jobfns.block, str(tmp_path / "never")), kind="local", resources=SMALL,
+               job_dir=tmp_path / "jobs", name=TEST_PREFIX + "killed")
+    wait_for(lambda: log_has(h.stdout, "blocked"), "the job to start")
+    pid = wait_for(lambda: _child_running(int(h.job_id.split("-")[1]), "submitit.core._submit"), "the job's process")
+    os.kill(pid, signal.SIGKILL)
+    r = h.wait()  # returns: the controller sees its task gone and exits; no result file will ever come
+    assert r.state == "FAILED" and r.value is None
+    assert "ended without a result (killed" in r.error and str(h.stderr) in r.error
+
+
+def test_local_job_whose_controller_is_killed_fails_with_a_clear_reason(tmp_path):
+    h = submit(functools.partial(jobfns.block, str(tmp_path / "never")), kind="local", resources=SMALL,
+               job_dir=tmp_path / "jobs", name=TEST_PREFIX + "killed")
+    wait_for(lambda: log_has(h.stdout, "blocked"), "the job to start")
+    task = _child_running(int(h.job_id.split("-")[1]), "submitit.core._submit")
+    os.kill(int(h.job_id.split("-")[1]), signal.SIGKILL)
+    try:
+        r = h.wait()
+    finally:
+        if task:
+            os.kill(task, signal.SIGKILL)  # an orphan now: nobody else stops it
+    assert r.state == "FAILED" and "its controller process was killed" in r.error
+
+
+def _child_running(ppid: int, needle: str) -> int | None:
+    """The pid of a child of ppid whose command line contains needle (the local controller's task)."""
+    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(ppid)], capture_output=True, text=True).stdout
+    return next((int(line.split()[0]) for line in out.splitlines() if needle in line), None)
+
+
+def test_dry_run_shows_the_sbatch_script(tmp_path):  # needs no SLURM: nothing is submitted
     res = Resources(nodes=1, tasks_per_node=2, cpus_per_task=1, mem_gb=2, time_min=4, partition="short",
                     signal_delay_s=30, array_parallelism=3, extra_sbatch={"exclusive": "", "comment": "x"})
     text = dry_run(resources=res, job_dir=tmp_path, name="stage3", array_size=10)
@@ -52,11 +91,13 @@ def test_dry_run_shows_the_sbatch_script(tmp_path):
     assert not (tmp_path / "code").exists()  # nothing copied, nothing submitted
 
 
+@needs_slurm
 def test_sbatch_itself_refuses_an_unknown_partition():
     r = subprocess.run(["sbatch", "-p", "no-such-partition", "--wrap", "true"], capture_output=True, text=True, check=False)
     assert r.returncode != 0 and "invalid partition" in r.stderr.lower()
 
 
+@needs_slurm
 @pytest.mark.parametrize("res, message", [
     ({"partition": "no-such-partition"}, "unknown SLURM partition 'no-such-partition' (available: debug, short)"),
     ({"cpus_per_task": 64}, "CPUs per node"),
@@ -99,6 +140,7 @@ def test_slurm_controller_down_is_a_clear_error(tmp_path, monkeypatch):
         cluster.require_slurm()
 
 
+@needs_slurm
 def test_sbatch_refusal_is_one_line_input_error(tmp_path):
     res = Resources(time_min=5, signal_delay_s=30, extra_sbatch={"nodelist": "no-such-node"})
     with pytest.raises(InputError, match=r"^sbatch refused the job: .*[Ii]nvalid node name") as e:
@@ -111,7 +153,7 @@ def test_executor_kind_from_env(monkeypatch):
     monkeypatch.delenv("GEMCTL_EXECUTOR", raising=False)
     assert kind_from_env() == "local" and kind_from_env("slurm") == "slurm"
     monkeypatch.setenv("GEMCTL_EXECUTOR", "slurm")
-    assert kind_from_env() == "slurm"
+    assert kind_from_env() == "slurm" and kind_from_env() is Executor.SLURM
     monkeypatch.setenv("GEMCTL_EXECUTOR", "kubernetes")
     with pytest.raises(InputError, match="GEMCTL_EXECUTOR='kubernetes' is not an executor"):
         kind_from_env()

@@ -1,14 +1,12 @@
 """Jobs run the code of submit time: editing the working tree afterwards changes nothing for them."""
 
 import functools
-
-import pytest
+import signal
 
 from gemctl.launch import Resources, snapshot, submit
 from tests.launch import jobfns
-from tests.launch.conftest import TEST_PREFIX
-
-pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+from tests.launch.conftest import TEST_PREFIX, log_has, wait_for
+from tests.launch.test_preemption import send_signal
 
 
 def test_snapshot_is_content_addressed_and_reused(tmp_path):
@@ -26,8 +24,8 @@ def test_snapshot_is_content_addressed_and_reused(tmp_path):
     assert set(snapshot.project_packages()) == {"gemctl", "gem_models", "gem_stages"}
 
 
-@pytest.mark.parametrize("kind", ["slurm", "local"])
-def test_editing_the_working_tree_after_submit_does_not_change_the_job(kind, tmp_path):
+def test_editing_the_working_tree_after_submit_does_not_change_the_job(job_kind, tmp_path):
+    kind = job_kind
     src = tmp_path / "src" / "probe_pkg"
     src.mkdir(parents=True)
     (src / "__init__.py").write_text("VALUE = 1\n")
@@ -45,3 +43,22 @@ def test_editing_the_working_tree_after_submit_does_not_change_the_job(kind, tmp
     # the project's own packages come from the snapshot too, not from the editable install or the cwd
     for key in ("pkg_file", "gemctl", "gem_stages"):
         assert r.value[key].startswith(str(code_dir)), (key, r.value[key])
+
+
+def test_a_requeued_job_runs_the_code_of_submit_time(job_kind, tmp_path):
+    """Edit the snapshotted package between submit and requeue: the requeued run, a fresh process that imports
+    it again, still runs the submitted code."""
+    src = tmp_path / "src" / "probe_pkg"
+    src.mkdir(parents=True)
+    (src / "__init__.py").write_text("VALUE = 1\n")
+    h = submit(functools.partial(jobfns.snapshot_requeue_probe, "probe_pkg"), kind=job_kind,
+               resources=Resources(time_min=5, signal_delay_s=30), job_dir=tmp_path / "jobs",
+               name=TEST_PREFIX + "snap-requeue", code={**snapshot.project_packages(), "probe_pkg": src})
+    wait_for(lambda: log_has(h.stdout, "at step 0"), "the first run to start")
+    assert "first run sees VALUE=1" in h.stdout.read_text()
+    (src / "__init__.py").write_text("VALUE = 2\n")  # the user edits the tree while the job runs
+    send_signal(h.job_id, signal.SIGTERM)  # preempted: checkpoint, requeue, run again
+    r = h.wait()
+    assert r.ok, r.error
+    assert r.requeues == 1 and r.value["restarts"] == 1
+    assert r.value["value"] == 1 and r.value["pkg_file"].startswith(str(tmp_path / "jobs" / "code"))
