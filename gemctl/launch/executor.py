@@ -27,7 +27,6 @@ from .resources import Resources
 from .runner import Failure, JobMain
 
 
-
 class Executor(str, enum.Enum):
     """Where a job runs. A str Enum: typer offers its values as choices, and it compares equal to the plain
     string ("slurm"), which is what travels in $GEMCTL_EXECUTOR and in job records."""
