@@ -2,6 +2,7 @@
 status, logs and cancel, all through the gemctl CLI."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -127,7 +128,13 @@ def test_failing_job_shows_its_log_and_is_not_recorded(project):
     r = gemctl(project, "train", "stage1", "--recipe", "broken", "--executor", "slurm")
     assert r.returncode != 0
     assert "ended FAILED" in r.stderr and "full log:" in r.stderr
-    assert "Traceback" in r.stderr  # the job's log tail, not ours
+    # the traceback shown is the job's (its log's tail, between these two markers), and gemctl's own has none
+    ours, _, rest = r.stderr.partition("last lines of its log:")
+    tail, _, log_path = rest.partition("full log:")
+    assert "Traceback" not in ours and "Traceback" not in r.stdout
+    assert "Traceback" in tail and "JSONDecodeError" in tail
+    job_log = Path(log_path.split()[0]).read_text()
+    assert tail.strip().splitlines()[-1] in job_log  # the same lines as in the job's own log file
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert "stage1@broken" not in lock and "data@broken" in lock
     assert not (project / "runs" / "broken" / "stage1").exists()
@@ -135,27 +142,36 @@ def test_failing_job_shows_its_log_and_is_not_recorded(project):
 
 def test_cancel_a_running_job(project):
     import subprocess
-    import time
 
-    from .project_copy import GEMCTL
+    from .project_copy import GEMCTL, env
 
     proc = subprocess.Popen([GEMCTL, "train", "stage3", "--recipe", "ci", "--executor", "slurm", "-o",
                              "stages.stage3.steps=100000"], cwd=project, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env())
     try:
-        deadline = time.time() + 240
-        running = []
-        while time.time() < deadline and not running:
-            running = [j for j in jobs(project) if j["stage"] == "stage3" and j["state"] == "RUNNING"]
-            time.sleep(1)
-        assert running, "stage3 never started"
+        # the job says it started (its signal handlers are in place) on its first line: wait for that line of
+        # stage3's job (the launcher streams it), bounded by the command's output ending
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("gemctl: rank 0/1 on") and any("stage3@ci" in x for x in lines):
+                break
+        else:
+            pytest.fail("stage3 never started:\n" + "".join(lines))
+        # (the registry may not have seen sacct say RUNNING yet: the job is unfinished either way)
+        running = [j for j in jobs(project) if j["stage"] == "stage3" and j["state"] in ("PENDING", "RUNNING")]
+        assert len(running) == 1, jobs(project)
         r = gemctl(project, "cancel", "stage3@ci")
         assert r.returncode == 0 and running[0]["job_id"] in r.stdout
-        out, errs = proc.communicate(timeout=120)
-        assert proc.returncode != 0
+        out = "".join(lines) + proc.stdout.read()
+        assert proc.wait() != 0
         assert [j["state"] for j in jobs(project) if j["job_id"] == running[0]["job_id"]] == ["CANCELLED"]
-        assert "was cancelled; checkpoint kept, not requeueing" in out + errs
+        assert "was cancelled; checkpoint kept, not requeueing" in out
         assert "REQUEUED" not in out
+        # the checkpoint the job says it kept is there: the stage resumes from it when it runs again
+        kept = list((project / "runs" / "ci" / "resume").glob("stage3-*/ckpt-*/trainer_state.json"))
+        assert kept, "no checkpoint kept in runs/ci/resume"
+        assert json.loads(kept[-1].read_text())["step"] >= 0
         lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
         assert "stage3@ci" not in lock  # a cancelled stage is not recorded as done
     finally:
