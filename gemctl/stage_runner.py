@@ -238,18 +238,18 @@ def launch_stage(project: Project, recipe_name: str, stage: str, on_update=None)
     code = result.exit_code or 1
     outcome.write_error(recipe_dir, stage, f"job {result.job_id} {result.state}", code)
     why = f"job {result.job_id} ended {result.state} (exit {code})"
-    close_interrupted(project, launch_id, _run_id_file(project, recipe, recipe_name, stage), why)
+    close_interrupted(project, launch_id, _run_id_files(project, recipe, recipe_name, stage), why)
     tail = result.log_tail(20) or (result.error or "")
     return code, f"{why}; last lines of its log:\n{tail}\nfull log: {result.stderr}"
 
 
-def _run_id_file(project: Project, recipe: Recipe, recipe_name: str, stage: str) -> Path | None:
-    """Where the stage's job keeps its MLflow run id (its resume state); None for the data stage or when its
+def _run_id_files(project: Project, recipe: Recipe, recipe_name: str, stage: str) -> list[Path]:
+    """Where the stage's job keeps its MLflow run id (its resume state); none for the data stage or when its
     inputs are gone."""
     if stage == "data":
-        return None
+        return []
     try:
         inputs = stage_inputs(recipe, recipe_name, stage, upstream_outputs(project, recipe_name, stage))
     except InputError:
-        return None
-    return work_dir(project.resume_dir(recipe_name), recipe, stage, inputs) / "mlflow_run_id"
+        return []
+    return [work_dir(project.resume_dir(recipe_name), recipe, stage, inputs) / "mlflow_run_id"]

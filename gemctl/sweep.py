@@ -269,8 +269,11 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
     their shared upstream up to date. Returns the points that failed, with their launch results."""
     from functools import partial
 
+    import uuid
+
     from . import pipeline
     from .launch import launch_array, snapshot, wait_all
+    from .tracking import LAUNCH_ENV, close_interrupted
 
     resources = sweep.base.resources
     if parallel is not None:
@@ -300,6 +303,7 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
             console.print(f"[dim]{update.job_id}: {update.state}[/dim]", highlight=False)
 
     job_dir, name = project.jobs_dir / recipe / f"sweep-{sweep.id}", f"{sweep.id}-{stage}"
+    os.environ[LAUNCH_ENV] = launch_id = uuid.uuid4().hex  # each point's job tags its MLflow run with it
     # one snapshot for every point, taken now: later waves must not pick up code edited meanwhile
     code_dir = snapshot.take(job_dir)
     code = {pkg: code_dir / pkg for pkg in snapshot.project_packages()}
@@ -317,6 +321,11 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
                                    name=name, project=project.root, tags=tags[i:i + width], code=code)
             results += wait_all(handles, on_update=show)
     failed = [(p, r) for p, r in zip(todo, results) if not (r.ok and r.value.ok)]
+    died = [p for p, r in failed if not r.ok]
+    if died:  # their jobs ended without a result (killed, out of memory...): no run stays RUNNING
+        files = [work_dir(point_dir(project, sweep, p), p.recipe, stage, stage_inputs(p.recipe, recipe, stage, pinned))
+                 / "mlflow_run_id" for p in died]
+        close_interrupted(project, launch_id, files, "its job ended without a result")
     _finish_parent(parent, ok=not failed)
     for p, r in failed:
         why = r.value.message if r.ok else r.state

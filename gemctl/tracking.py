@@ -121,17 +121,16 @@ def _close_if_running(run_id: str, why: str) -> bool:
     return True
 
 
-def close_interrupted(project: Project, launch_id: str, run_id_file: Path | None, why: str) -> list[str]:
-    """After a job ended without a result: close the MLflow runs it left RUNNING (found by its launch tag, and
-    by the run id in its resume state). Returns their ids."""
+def close_interrupted(project: Project, launch_id: str, run_id_files: list[Path], why: str) -> list[str]:
+    """After the jobs of a launch ended, some without a result: close the MLflow runs they left RUNNING (found by
+    the launch's tag, and by the run ids in their resume state). Returns their ids."""
     import mlflow
 
     setup(project)
     found = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                filter_string=f"tags.`{LAUNCH_TAG}` = '{launch_id}' and attributes.status = 'RUNNING'")
     ids = [r.info.run_id for r in found]
-    if run_id_file is not None and run_id_file.is_file():
-        ids.append(run_id_file.read_text().strip())
+    ids += [f.read_text().strip() for f in run_id_files if f.is_file()]
     return [i for i in dict.fromkeys(ids) if _is_live(i) and _close_if_running(i, why)]
 
 

@@ -7,7 +7,6 @@ run resumed to the end has the same weights, tensor for tensor, as an uninterrup
 """
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -20,12 +19,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from .project_copy import GEMCTL, gemctl, make_project
+from .project_copy import GEMCTL, env, gemctl, make_project
 
 pytestmark = pytest.mark.slow
 
 KILLS = 20
-STEPS = 30
+STEPS = 80
 SEED = 1234
 RECIPE = "crash"
 TRAIN = ["train", "stage1", "--recipe", RECIPE, "-o", "stages.stage1.checkpoint_every=1",
@@ -89,15 +88,33 @@ def wait_for(condition, proc: subprocess.Popen, log: Path, what: str):
         time.sleep(POLL_S)
 
 
-def new_items(project: Path, before: set, tmp: bool) -> list[Path]:
-    pattern = "ckpt-*.tmp" if tmp else "ckpt-*"
-    found = [p for p in (project / "runs" / RECIPE / "resume").glob(f"stage1-*/{pattern}")
-             if tmp or not p.name.endswith(".tmp")]
-    return [p for p in found if (p, identity(p)) not in before and identity(p) is not None]
+class Watcher:
+    """Counts the checkpoints a run starts writing (ckpt-*.tmp) and finishes (ckpt-*) after it was created: a
+    folder that was there before counts again only when made anew (another inode or mtime)."""
 
+    def __init__(self, project: Path):
+        self.resume = project / "runs" / RECIPE / "resume"
+        self.before = self._now()
+        self.started: dict[Path, tuple] = {}
+        self.finished: dict[Path, tuple] = {}
 
-def snapshot(project: Path) -> set:
-    return {(p, identity(p)) for p in (project / "runs" / RECIPE / "resume").glob("stage1-*/ckpt-*")}
+    def _now(self) -> set:
+        return {(p, identity(p)) for p in self.resume.glob("stage1-*/ckpt-*")}
+
+    def poll(self) -> None:
+        for p, ident in self._now() - self.before:
+            if ident is not None:
+                (self.started if p.name.endswith(".tmp") else self.finished).setdefault(p, ident)
+
+    def writing(self, n: int) -> Path | None:
+        """A checkpoint folder being written, from the n-th this run started on (a write seen too late to be
+        caught counts as started; the next one is taken)."""
+        self.poll()
+        return next((p for p in sorted(self.started)[n - 1:] if identity(p) is not None), None)
+
+    def done(self, n: int) -> bool:
+        self.poll()
+        return len(self.finished) >= n
 
 
 def mlflow_runs(project: Path):
@@ -111,31 +128,30 @@ def mlflow_runs(project: Path):
 def kill_once(project: Path, rng: random.Random, mode: str, log: Path) -> bool:
     """Start `gemctl train`, SIGKILL its training process at a moment chosen by `mode`, wait for gemctl to end.
     Returns whether the kill landed while a checkpoint was being written."""
-    before = snapshot(project)
+    watch = Watcher(project)
     with log.open("w") as out:
         proc = subprocess.Popen([GEMCTL, *TRAIN], cwd=project, stdout=out, stderr=subprocess.STDOUT,
-                                env={k: v for k, v in os.environ.items() if k != "GEMCTL_TRACKING_URI"})
+                                env=env())
     try:
         task = wait_for(lambda: training_process(proc), proc, log, "the training process started")
         writing = None
-        if mode == "starting":  # importing, building the model, opening the MLflow run, or the first step
+        if mode == "starting":  # importing, building the model, opening the MLflow run, or the first steps
             at = time.monotonic() + rng.uniform(0.0, 4.0)
-            wait_for(lambda: time.monotonic() >= at or new_items(project, before, tmp=False), proc, log,
-                     "the kill moment")
-        elif mode == "writing":  # the n-th checkpoint of this run is being written
-            n = rng.randint(1, 2)
-            writing = wait_for(lambda: len(new_items(project, before, tmp=True)) >= n and
-                               max(new_items(project, before, tmp=True)), proc, log, f"checkpoint write {n}")
-            writing = (writing, writing.stat().st_ino)
-        else:  # "training": somewhere in the step after the n-th checkpoint of this run
-            n = rng.randint(1, 2)
-            wait_for(lambda: len(new_items(project, before, tmp=False)) >= n, proc, log, f"checkpoint {n}")
-            at = time.monotonic() + rng.uniform(0.0, 0.3)
+            wait_for(lambda: time.monotonic() >= at or watch.done(1), proc, log, "the kill moment")
+        elif mode == "writing":  # while the n-th checkpoint of this run is being written
+            n = rng.randint(1, 3)
+            path = wait_for(lambda: watch.writing(n), proc, log, f"checkpoint write {n}")
+            writing = (path, (identity(path) or (None,))[0])
+        else:  # "training": in the step after the n-th checkpoint of this run (a step takes tens of ms here)
+            n = rng.randint(1, 3)
+            wait_for(lambda: watch.done(n), proc, log, f"checkpoint {n}")
+            at = time.monotonic() + rng.uniform(0.0, 0.05)
             wait_for(lambda: time.monotonic() >= at, proc, log, "the kill moment")
         task.send_signal(signal.SIGKILL)
         task.wait()
         # the write never finished: its folder is still there, not renamed to its final name
-        during_write = writing is not None and (identity(writing[0]) or (None,))[0] == writing[1]
+        during_write = writing is not None and writing[1] is not None and \
+            (identity(writing[0]) or (None,))[0] == writing[1]
         rc = proc.wait()
     finally:
         if proc.poll() is None:
@@ -175,7 +191,7 @@ def test_sigkill_at_random_moments_then_exact_resume(tmp_path_factory):
     for i in range(KILLS):
         # every third kill lands in a checkpoint write; near the end only start-up kills, so the run never finishes
         mode = "writing" if i % 3 == 0 else rng.choice(["starting", "training"])
-        if STEPS - step <= 4:
+        if STEPS - step <= 10:
             mode = "starting"
         during_write += kill_once(project, rng, mode, logs / f"kill-{i:02d}.log")
         step = assert_crash_safe(project)
