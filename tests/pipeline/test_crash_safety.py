@@ -195,6 +195,7 @@ def test_sigkill_at_random_moments_then_exact_resume(tmp_path_factory):
             mode = "starting"
         during_write += kill_once(project, rng, mode, logs / f"kill-{i:02d}.log")
         step = assert_crash_safe(project)
+    print(f"{KILLS} kills, {during_write} while a checkpoint was being written; resuming from step {step}/{STEPS}")
     assert during_write >= 3, f"only {during_write} kill(s) landed while a checkpoint was being written"
     assert step > 0, "no kill let the stage get past its first checkpoint"
 
