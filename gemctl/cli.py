@@ -165,8 +165,10 @@ def stage_run(stage: str, recipe: RecipeOpt) -> None:
     from .stage_runner import launch_stage
 
     code, message = launch_stage(_project(), recipe, stage, on_update=partial(_show_job, stage))
-    if message:
-        err.print(f"[red]error:[/red] {stage}@{recipe}: {message}", highlight=False)
+    if message:  # may hold the job's log lines: printed as they are, not read as rich markup or emoji codes
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/red] {stage}@{recipe}: {escape(message)}", highlight=False, emoji=False)
     if code:
         raise typer.Exit(code)
 
