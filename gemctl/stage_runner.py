@@ -1,7 +1,9 @@
-"""Run one stage of one recipe: read its resolved recipe, check its inputs, wrap the stage program in lineage.
+"""Run one stage of one recipe: read its resolved recipe, build its inputs, wrap the stage program in lineage.
 
-This is what `gemctl stage run STAGE --recipe NAME` (the DVC stage command) executes, in-process or inside a
-SLURM job. The stage programs themselves (gem_stages) know nothing of DVC, MLflow or SLURM.
+`gemctl stage run STAGE --recipe NAME` (the DVC stage command) calls launch_stage, which runs stage_job as a job
+(in-process, a local subprocess or a SLURM job) and turns its StageOutcome into an exit code. Sweep points run the
+same train_with_lineage on inputs built by the same stage_inputs. The stage programs themselves (gem_stages) know
+nothing of DVC, MLflow or SLURM.
 """
 
 from __future__ import annotations
