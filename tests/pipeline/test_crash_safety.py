@@ -1,5 +1,6 @@
 """Crash safety under SIGKILL: `gemctl train stage1` of a tiny recipe, its training process killed at seeded random
-moments (while it starts, between steps, while a checkpoint is being written), then resumed to the end.
+moments (while it starts, between steps, while a checkpoint is being written), then while its output is written and
+once it is in place but not recorded, then resumed to the end.
 
 After every kill: the newest complete checkpoint loads, the stage's output is absent or complete (never half
 written under its final name), dvc.lock records nothing for the stage and its MLflow run is not left RUNNING. The
@@ -94,7 +95,10 @@ class Watcher:
 
     def __init__(self, project: Path):
         self.resume = project / "runs" / RECIPE / "resume"
+        self.out = project / "runs" / RECIPE / "stage1"
         self.before = self._now()
+        self.out_before = identity(self.out)
+        self.staging_before = set(self.out.parent.glob(".stage1.staging-*"))
         self.started: dict[Path, tuple] = {}
         self.finished: dict[Path, tuple] = {}
 
@@ -115,6 +119,15 @@ class Watcher:
     def done(self, n: int) -> bool:
         self.poll()
         return len(self.finished) >= n
+
+    def writing_output(self) -> bool:
+        """The stage's output is being written (a new staging sibling of runs/<recipe>/stage1)."""
+        return bool(set(self.out.parent.glob(".stage1.staging-*")) - self.staging_before)
+
+    def output_in_place(self) -> bool:
+        """A new runs/<recipe>/stage1 is in place: the job now records its lineage, then DVC its lock entry."""
+        now = identity(self.out)
+        return now is not None and now[0] != (self.out_before or (None,))[0]
 
 
 def mlflow_runs(project: Path):
@@ -142,6 +155,10 @@ def kill_once(project: Path, rng: random.Random, mode: str, log: Path) -> bool:
             n = rng.randint(1, 3)
             path = wait_for(lambda: watch.writing(n), proc, log, f"checkpoint write {n}")
             writing = (path, (identity(path) or (None,))[0])
+        elif mode == "writing output":  # training is over; the output is being written beside its final name
+            wait_for(watch.writing_output, proc, log, "the output being written")
+        elif mode == "recording":  # the output is in place; its lineage and dvc.lock entry are not
+            wait_for(watch.output_in_place, proc, log, "the output in place")
         else:  # "training": in the step after the n-th checkpoint of this run (a step takes tens of ms here)
             n = rng.randint(1, 3)
             wait_for(lambda: watch.done(n), proc, log, f"checkpoint {n}")
@@ -195,7 +212,12 @@ def test_sigkill_at_random_moments_then_exact_resume(tmp_path_factory):
             mode = "starting"
         during_write += kill_once(project, rng, mode, logs / f"kill-{i:02d}.log")
         step = assert_crash_safe(project)
-    print(f"{KILLS} kills, {during_write} while a checkpoint was being written; resuming from step {step}/{STEPS}")
+    # then where the stage ends: while its output is written, and once it is in place but not recorded yet
+    for i, mode in enumerate(("writing output", "recording")):
+        kill_once(project, rng, mode, logs / f"kill-end-{i}.log")
+        step = assert_crash_safe(project)
+    print(f"{KILLS + 2} kills, {during_write} while a checkpoint was being written, 2 while the stage's output was "
+          f"written or recorded; resuming from step {step}/{STEPS}")
     assert during_write >= 3, f"only {during_write} kill(s) landed while a checkpoint was being written"
     assert step > 0, "no kill let the stage get past its first checkpoint"
 
