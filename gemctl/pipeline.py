@@ -1,7 +1,9 @@
 """The DVC side: render a resolved recipe into the pipeline's params and reproduce stages, skipping what is current.
 
 dvc.yaml declares every stage once, `foreach` recipe name in params.yaml; `render` writes runs/<name>/params.json
-(only when its content changes; JSON because DVC re-reads it for every stage and its YAML parser is slow) and adds the name to that list. `reproduce` then asks DVC for `<stage>@<name>`:
+(only when its content changes; JSON because DVC re-reads it for every stage and its YAML parser is slow) and adds
+the name to that list; `prepare_launch` does that and the other checks and settings `train`, `run` and `sweep` share
+before anything runs. `reproduce` then asks DVC for `<stage>@<name>`:
 DVC runs what is out of date upstream, and restores from its run-cache a stage it has run before with the same
 inputs (switching back to an earlier recipe is a cache hit, not a re-run).
 """
