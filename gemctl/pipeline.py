@@ -1,7 +1,9 @@
 """The DVC side: render a resolved recipe into the pipeline's params and reproduce stages, skipping what is current.
 
 dvc.yaml declares every stage once, `foreach` recipe name in params.yaml; `render` writes runs/<name>/params.json
-(only when its content changes; JSON because DVC re-reads it for every stage and its YAML parser is slow) and adds the name to that list. `reproduce` then asks DVC for `<stage>@<name>`:
+(only when its content changes; JSON because DVC re-reads it for every stage and its YAML parser is slow) and adds
+the name to that list; `prepare_launch` does that and the other checks and settings `train`, `run` and `sweep` share
+before anything runs. `reproduce` then asks DVC for `<stage>@<name>`:
 DVC runs what is out of date upstream, and restores from its run-cache a stage it has run before with the same
 inputs (switching back to an earlier recipe is a cache hit, not a re-run).
 """
@@ -20,6 +22,9 @@ from gem_stages.config import STAGES
 from gem_stages.errors import InputError
 from gem_stages.files import atomic_write_text
 
+from . import outcome
+from .launch import Resources
+from .outcome import StageFailed
 from .project import Project
 from .recipe import Recipe, write_params
 
@@ -71,12 +76,38 @@ def _stage_on_path() -> None:
         os.environ["PATH"] = bindir + os.pathsep + path
 
 
+def prepare_launch(project: Project, recipe: Recipe, executor: str, tracking_uri: str | None,
+                   resources: Resources | None = None) -> None:
+    """What `gemctl train`, `run` and `sweep` do before DVC or a job runs: refuse a data config or (on SLURM)
+    resources that cannot work, point jobs at the tracking store and executor, render the recipe's params and pin
+    the code version the jobs record. `resources`: what will be asked for, when not the recipe's own."""
+    from gem_stages.data.config import check_config
+
+    from .tracking import pin_code_version
+
+    check_config(recipe.data)
+    if executor == "slurm":  # refuse resources the cluster cannot satisfy before DVC runs anything
+        from .launch import cluster
+
+        cluster.check(resources or recipe.resources)
+    if tracking_uri:
+        os.environ["GEMCTL_TRACKING_URI"] = tracking_uri
+    # where stages run is not a DVC parameter (it does not change what they compute): it travels in the env
+    os.environ["GEMCTL_EXECUTOR"] = executor
+    render(project, recipe)
+    pin_code_version(project.root)
+
+
 def reproduce(project: Project, recipe: str, stage: str, force: bool = False) -> ReproResult:
-    """Bring `stage@recipe` and its upstream up to date with DVC."""
+    """Bring `stage@recipe` and its upstream up to date with DVC. Raises StageFailed with the exit code of the
+    stage that failed (and whether it printed its reason already)."""
     from dvc.repo import Repo
     from dvc.stage.exceptions import StageCmdFailedError
 
     wanted = upstream(stage)
+    recipe_dir = project.recipe_dir(recipe)
+    for s in wanted:
+        outcome.clear_error(recipe_dir, s)
     _stage_on_path()
     with Repo(str(project.root)) as repo:
         repo.scm_context.quiet = True  # gemctl's summary says what to commit; skip DVC's per-stage git hints
@@ -91,14 +122,9 @@ def reproduce(project: Project, recipe: str, stage: str, force: bool = False) ->
             cause = e
             while cause.__cause__ is not None and not isinstance(cause, StageCmdFailedError):
                 cause = cause.__cause__
-            raise StageFailed(recipe, stage, str(cause)) from e
+            failed = [e for e in (outcome.read_error(recipe_dir, s) for s in wanted) if e]
+            # a stage that wrote its error file printed its one-line reason itself
+            code = failed[0].get("exit_code", 1) if failed else 1
+            raise StageFailed(recipe, stage, str(cause), exit_code=code, reported=bool(failed)) from e
     ran = [s.addressing.split("@")[0] for s in stages]
     return ReproResult(ran=ran, skipped=[s for s in wanted if s not in ran])
-
-
-class StageFailed(RuntimeError):
-    """A stage command exited non-zero under DVC; nothing was recorded in dvc.lock for it."""
-
-    def __init__(self, recipe: str, stage: str, detail: str):
-        super().__init__(f"{stage}@{recipe} failed: {detail}")
-        self.recipe, self.stage, self.detail = recipe, stage, detail

@@ -1,7 +1,9 @@
-"""Run one stage of one recipe: read its resolved recipe, check its inputs, wrap the stage program in lineage.
+"""Run one stage of one recipe: read its resolved recipe, build its inputs, wrap the stage program in lineage.
 
-This is what `gemctl stage run STAGE --recipe NAME` (the DVC stage command) executes, in-process or inside a
-SLURM job. The stage programs themselves (gem_stages) know nothing of DVC, MLflow or SLURM.
+`gemctl stage run STAGE --recipe NAME` (the DVC stage command) calls launch_stage, which runs stage_job as a job
+(in-process, a local subprocess or a SLURM job) and turns its StageOutcome into an exit code. Sweep points run the
+same train_with_lineage on inputs built by the same stage_inputs. The stage programs themselves (gem_stages) know
+nothing of DVC, MLflow or SLURM.
 """
 
 from __future__ import annotations
@@ -11,20 +13,22 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from gem_stages.config import STAGES
 from gem_stages.errors import InputError
-from gem_stages.files import atomic_write_text
 
+from . import outcome
+from .outcome import StageOutcome
 from .pipeline import previous_stage
 from .project import Project
 from .recipe import Recipe, from_params
 
 
 def read_summary(project: Project, recipe: str, stage: str) -> dict | None:
-    path = project.stage_dir(recipe, stage) / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return outcome.read_summary(project.stage_dir(recipe, stage))
 
 
 def dvc_digest(project: Project, recipe: str, stage: str) -> str | None:
@@ -69,6 +73,58 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+@dataclass(frozen=True)
+class StageInputs:
+    """What a training stage reads, for a plain run and a sweep point alike."""
+
+    data_dir: Path  # the prepared dataset
+    data: dict  # its MLflow dataset input: name, uri, digest
+    init_dir: Path | None  # the parent stage's model, when the stage starts from it
+    parent: dict | None  # the parent's lineage: run_id, model_id, checkpoint
+    digests: dict[str, str]  # upstream output name -> DVC digest: part of the stage's identity (resume key)
+
+
+def upstream_outputs(project: Project, recipe_name: str, stage: str) -> dict[str, dict]:
+    """The outputs `stage` reads, where `gemctl train` builds them: {name: {dir, digest, summary}} for the data and
+    the previous stage. The digest is DVC's (dvc.lock), else the data's own digest (a stage run outside DVC)."""
+    outputs = {}
+    for up in dict.fromkeys(["data", previous_stage(stage)]):  # stage1's previous stage is the data
+        summary = read_summary(project, recipe_name, up) or {}
+        digest = dvc_digest(project, recipe_name, up) or str(summary.get("digest") or summary.get("model_id") or "")
+        outputs[up] = {"dir": str(project.stage_dir(recipe_name, up)), "digest": digest, "summary": summary}
+    return outputs
+
+
+def stage_inputs(recipe: Recipe, recipe_name: str, stage: str, upstream: dict[str, dict]) -> StageInputs:
+    """The one place a training stage's inputs are built, from `upstream` (upstream_outputs, or a sweep's pinned
+    copies of them). Refuses, with the command that fixes it, an input that does not exist."""
+    if stage not in STAGES:
+        raise InputError(f"unknown stage '{stage}': choose one of data, {', '.join(STAGES)}")
+    data_dir = Path(upstream["data"]["dir"])
+    if not (data_dir / "dataset.json").is_file():
+        raise InputError(f"{stage}@{recipe_name} needs the dataset in runs/{recipe_name}/data: "
+                         f"run `gemctl train {stage} --recipe {recipe_name}` (it builds upstream stages first)")
+    data = {"name": f"gem-{recipe.data.source}:{recipe_name}", "uri": str(data_dir.resolve()),
+            "digest": upstream["data"]["digest"]}
+    init_dir, parent = None, None
+    if stage != "stage1" and getattr(recipe.stages, stage).init == "previous":
+        prev = previous_stage(stage)
+        summary = upstream[prev]["summary"]
+        init_dir = Path(upstream[prev]["dir"]) / "model"
+        if not summary or not init_dir.is_dir():
+            raise InputError(f"{stage}@{recipe_name} starts from {prev}'s checkpoint, which does not exist: "
+                             f"run `gemctl train {stage} --recipe {recipe_name}` to build it first")
+        parent = {"run_id": summary.get("mlflow_run_id", ""), "model_id": summary.get("model_id"),
+                  "checkpoint": str(init_dir)}
+    digests = {name: entry["digest"] for name, entry in sorted(upstream.items())}
+    return StageInputs(data_dir=data_dir, data=data, init_dir=init_dir, parent=parent, digests=digests)
+
+
+def work_dir(parent_dir: Path, recipe: Recipe, stage: str, inputs: StageInputs) -> Path:
+    """The stage's resume state (checkpoints, MLflow run id): one folder per stage identity."""
+    return parent_dir / f"{stage}-{stage_key(recipe, stage, inputs.digests)}"
+
+
 def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run `stage` of recipe `recipe_name` in project `root`. Returns the stage summary (status "preempted" if it
     checkpointed on request and must be run again to finish)."""
@@ -92,40 +148,17 @@ def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[],
             import mlflow
 
             mlflow.set_tag("gemctl.data_digest", str(manifest.get("digest")))
-            atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+            outcome.write_summary(out_dir, summary)
         return summary
 
-    if stage not in STAGES:
-        raise InputError(f"unknown stage '{stage}': choose one of data, {', '.join(STAGES)}")
-    stage_cfg = getattr(recipe.stages, stage)
-    data_dir = project.stage_dir(recipe_name, "data")
-    if not (data_dir / "dataset.json").is_file():
-        raise InputError(f"{stage}@{recipe_name} needs the dataset in runs/{recipe_name}/data: "
-                         f"run `gemctl train {stage} --recipe {recipe_name}` (it builds upstream stages first)")
-    init_dir, parent = None, None
-    if stage != "stage1" and stage_cfg.init == "previous":
-        prev = previous_stage(stage)
-        parent = read_summary(project, recipe_name, prev)
-        init_dir = project.stage_dir(recipe_name, prev) / "model"
-        if parent is None or not init_dir.is_dir():
-            raise InputError(f"{stage}@{recipe_name} starts from {prev}'s checkpoint, which does not exist: "
-                             f"run `gemctl train {stage} --recipe {recipe_name}` to build it first")
-        parent = {"run_id": parent.get("mlflow_run_id", ""), "model_id": parent.get("model_id"),
-                  "checkpoint": str(init_dir)}
-
-    data_summary = read_summary(project, recipe_name, "data") or {}
-    data = {"name": f"gem-{recipe.data.source}:{recipe_name}", "uri": str(data_dir.resolve()),
-            "digest": dvc_digest(project, recipe_name, "data") or str(data_summary.get("digest", ""))}
-
-    inputs = {"data": data["digest"], "parent": parent and (parent.get("model_id") or parent["checkpoint"])}
-    work_dir = project.resume_dir(recipe_name) / f"{stage}-{stage_key(recipe, stage, inputs)}"
-    return train_with_lineage(project, recipe, stage, data_dir=data_dir, init_dir=init_dir, data=data,
-                              parent=parent, out_dir=out_dir, work_dir=work_dir, should_stop=should_stop)
+    inputs = stage_inputs(recipe, recipe_name, stage, upstream_outputs(project, recipe_name, stage))
+    return train_with_lineage(project, recipe, stage, inputs, out_dir=out_dir,
+                              work_dir=work_dir(project.resume_dir(recipe_name), recipe, stage, inputs),
+                              should_stop=should_stop)
 
 
-def train_with_lineage(project: Project, recipe: Recipe, stage: str, *, data_dir: Path, init_dir: Path | None,
-                       data: dict, parent: dict | None, out_dir: Path, work_dir: Path,
-                       should_stop: Callable[[], bool] | None = None, tags: dict | None = None,
+def train_with_lineage(project: Project, recipe: Recipe, stage: str, inputs: StageInputs, *, out_dir: Path,
+                       work_dir: Path, should_stop: Callable[[], bool] | None = None, tags: dict | None = None,
                        record: dict | None = None, register: bool = True) -> dict:
     """The training stage program inside one MLflow run; resume state (and the run id) live in work_dir.
     `record` adds fields to the summary; `register` adds the checkpoint to the model registry too."""
@@ -134,23 +167,15 @@ def train_with_lineage(project: Project, recipe: Recipe, stage: str, *, data_dir
     from .tracking import StageRun
 
     stage_cfg = getattr(recipe.stages, stage)
+    train = partial(train_stage, stage, model_cfg=recipe.model, stage_cfg=stage_cfg, runtime=recipe.runtime,
+                    seed=recipe.seed, data_dir=inputs.data_dir, init_dir=inputs.init_dir, out_dir=out_dir,
+                    work_dir=work_dir, should_stop=should_stop)
     if int(os.environ.get("RANK", "0")) != 0:
         # other ranks of a multi-process job train alongside rank 0; lineage and the checkpoint are rank 0's
-        return train_stage(stage, model_cfg=recipe.model, stage_cfg=stage_cfg, runtime=recipe.runtime,
-                           seed=recipe.seed, data_dir=data_dir, init_dir=init_dir, out_dir=out_dir,
-                           work_dir=work_dir, tracker=None, should_stop=should_stop)
-    run_id_file = work_dir / "mlflow_run_id"
-    resume_id = run_id_file.read_text().strip() if run_id_file.is_file() else None
-    with StageRun(project, recipe, stage, data=data, parent=parent, resume_run_id=resume_id, tags=tags) as run:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_id_file, run.run_id)
-        try:
-            summary = train_stage(stage, model_cfg=recipe.model, stage_cfg=stage_cfg, runtime=recipe.runtime,
-                                  seed=recipe.seed, data_dir=data_dir, init_dir=init_dir, out_dir=out_dir,
-                                  work_dir=work_dir, tracker=run, should_stop=should_stop)
-        except InputError:
-            run_id_file.unlink(missing_ok=True)  # the run is deleted: a fixed re-run starts a new one
-            raise
+        return train(tracker=None)
+    with StageRun(project, recipe, stage, data=inputs.data, parent=inputs.parent, work_dir=work_dir,
+                  tags=tags) as run:
+        summary = train(tracker=run)
         if summary["status"] == "preempted":
             run.preempted = True
             return summary
@@ -158,26 +183,75 @@ def train_with_lineage(project: Project, recipe: Recipe, stage: str, *, data_dir
                        **(record or {}))
         # model_id is written last: a summary with it means training and lineage both completed
         summary["model_id"] = run.log_checkpoint((out_dir / "model").resolve(), summary["step"], register=register)
-        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+        outcome.write_summary(out_dir, summary)
     shutil.rmtree(work_dir, ignore_errors=True)
     return summary
 
 
-def input_error(e: InputError) -> dict:
-    """A job's result for a user input error: the launcher prints the message as one line and exits 2."""
-    return {"status": "input_error", "message": str(e)}
+def job_outcome(run: Callable[[], dict]) -> StageOutcome:
+    """A stage job's result, whatever the executor: the summary as a StageOutcome, and a user input error as one
+    (one line for the launcher to print, exit 2) rather than raised as a traceback."""
+    try:
+        summary = run()
+    except InputError as e:
+        return StageOutcome("input_error", message=str(e))
+    return StageOutcome(summary.get("status", "completed"), summary)
 
 
-def is_input_error(value) -> bool:
-    return isinstance(value, dict) and value.get("status") == "input_error"
-
-
-def stage_job(root: str, recipe_name: str, stage: str) -> dict:
-    """What a launched job runs (any executor): run_stage with the launcher's preemption flag, and a user input
-    error returned as a result (one line for the CLI to print) rather than raised as a traceback."""
+def stage_job(root: str, recipe_name: str, stage: str) -> StageOutcome:
+    """What a launched job runs (any executor): run_stage with the launcher's preemption flag."""
     from .launch import should_stop
 
+    return job_outcome(partial(run_stage, root, recipe_name, stage, should_stop=should_stop))
+
+
+def launch_stage(project: Project, recipe_name: str, stage: str, on_update=None) -> tuple[int, str]:
+    """`gemctl stage run`: run the stage as a job on $GEMCTL_EXECUTOR and block until it ends. Returns the exit
+    code and what to print (empty when the job's own log said it). A failure leaves its error file (read by
+    pipeline.reproduce); a job that died without a result (killed, out of memory, node lost) has its MLflow run
+    closed FAILED here rather than left RUNNING."""
+    import uuid
+
+    from .launch import kind_from_env, launch
+    from .tracking import LAUNCH_ENV, close_interrupted
+
+    kind = kind_from_env()
+    recipe = from_params(project.params_file(recipe_name))
+    resources = recipe.resources
+    if stage == "data":  # data preparation is one process: don't hold (or multiply over) the training allocation
+        from dataclasses import replace
+
+        resources = replace(resources, nodes=1, gpus_per_node=0, tasks_per_node=None)
+    recipe_dir = project.recipe_dir(recipe_name)
+    os.environ[LAUNCH_ENV] = launch_id = uuid.uuid4().hex  # the job tags its MLflow run with it
     try:
-        return run_stage(root, recipe_name, stage, should_stop=should_stop)
-    except InputError as e:
-        return input_error(e)
+        result = launch(partial(stage_job, str(project.root), recipe_name, stage), kind=kind, resources=resources,
+                        job_dir=project.jobs_dir / recipe_name / stage, name=f"{stage}@{recipe_name}",
+                        on_update=on_update if kind != "debug" else None, project=project.root,
+                        tags={"stage": stage, "point": recipe_name, "run": f"{stage}@{recipe_name}"})
+    except InputError as e:  # refused at submission (resources, SLURM unreachable)
+        outcome.write_error(recipe_dir, stage, str(e), 2)
+        return 2, str(e)
+    if result.ok and result.value.status == "input_error":
+        outcome.write_error(recipe_dir, stage, result.value.message, 2)
+        return 2, result.value.message
+    if result.ok:
+        return 0, ""
+    code = result.exit_code or 1
+    outcome.write_error(recipe_dir, stage, f"job {result.job_id} {result.state}", code)
+    why = f"job {result.job_id} ended {result.state} (exit {code})"
+    close_interrupted(project, launch_id, _run_id_files(project, recipe, recipe_name, stage), why)
+    tail = result.log_tail(20) or (result.error or "")
+    return code, f"{why}; last lines of its log:\n{tail}\nfull log: {result.stderr}"
+
+
+def _run_id_files(project: Project, recipe: Recipe, recipe_name: str, stage: str) -> list[Path]:
+    """Where the stage's job keeps its MLflow run id (its resume state); none for the data stage or when its
+    inputs are gone."""
+    if stage == "data":
+        return []
+    try:
+        inputs = stage_inputs(recipe, recipe_name, stage, upstream_outputs(project, recipe_name, stage))
+    except InputError:
+        return []
+    return [work_dir(project.resume_dir(recipe_name), recipe, stage, inputs) / "mlflow_run_id"]

@@ -26,10 +26,11 @@ import yaml
 
 from gem_stages.errors import InputError
 
+from .outcome import StageOutcome, read_summary
 from .pipeline import previous_stage
 from .project import Project
 from .recipe import Recipe, from_params, parse_override, resolve, write_params
-from .stage_runner import dvc_digest, input_error, read_summary, stage_key, train_with_lineage
+from .stage_runner import dvc_digest, job_outcome, quiet_libraries, stage_inputs, train_with_lineage, work_dir
 
 SWEEP_STAGES = ("stage1", "stage2", "stage3", "stage4")
 
@@ -160,18 +161,13 @@ def point_dir(project: Project, sweep: Sweep, point: SweepPoint) -> Path:
     return project.recipe_dir(sweep.recipe) / "sweeps" / sweep.stage / point.id
 
 
-def input_digests(pinned: dict) -> dict[str, str]:
-    return {name: entry["digest"] for name, entry in sorted(pinned.items())}
-
-
 def is_done(project: Project, sweep: Sweep, point: SweepPoint, pinned: dict) -> bool:
     """Complete: trained, its lineage recorded (model_id is written last), and on the current upstream."""
-    path = point_dir(project, sweep, point) / "out" / "summary.json"
-    if not path.is_file():
+    summary = read_summary(point_dir(project, sweep, point) / "out")
+    if summary is None:
         return False
-    summary = json.loads(path.read_text())
     return (summary.get("status") == "completed" and bool(summary.get("model_id"))
-            and summary.get("inputs") == input_digests(pinned))
+            and summary.get("inputs") == {name: entry["digest"] for name, entry in sorted(pinned.items())})
 
 
 def pin_inputs(project: Project, recipe: str, stage: str) -> dict:
@@ -189,7 +185,7 @@ def pin_inputs(project: Project, recipe: str, stage: str) -> dict:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(src, tmp, copy_function=_link_or_copy)
             os.replace(tmp, dest)
-        pinned[up] = {"dir": str(dest), "digest": digest, "summary": read_summary(project, recipe, up) or {}}
+        pinned[up] = {"dir": str(dest), "digest": digest, "summary": read_summary(src) or {}}
     return pinned
 
 
@@ -201,33 +197,21 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def run_point(root: str, recipe: str, stage: str, point_path: str, pinned: dict, parent_run_id: str,
-              sweep_id: str) -> dict:
+              sweep_id: str) -> StageOutcome:
     """One sweep point, inside its array job: the stage program on pinned inputs, as a child MLflow run."""
     from .launch import should_stop
-    from .stage_runner import quiet_libraries
 
-    quiet_libraries()
-    project = Project(Path(root))
-    pdir = Path(point_path)
-    try:
+    def run() -> dict:
+        quiet_libraries()
+        pdir = Path(point_path)
         point = from_params(pdir / "params.json")
-        data_dir = Path(pinned["data"]["dir"])
-        data = {"name": f"gem-{point.data.source}:{recipe}", "uri": str(data_dir), "digest": pinned["data"]["digest"]}
-        init_dir, parent = None, None
-        stage_cfg = getattr(point.stages, stage)
-        if stage != "stage1" and stage_cfg.init == "previous":
-            prev = pinned[previous_stage(stage)]
-            init_dir = Path(prev["dir"]) / "model"
-            parent = {"run_id": prev["summary"].get("mlflow_run_id", ""), "model_id": prev["summary"].get("model_id"),
-                      "checkpoint": str(init_dir)}
+        inputs = stage_inputs(point, recipe, stage, pinned)
         tags = {"mlflow.parentRunId": parent_run_id, "gemctl.sweep": sweep_id, "gemctl.sweep_point": pdir.name}
-        return train_with_lineage(project, point, stage, data_dir=data_dir, init_dir=init_dir, data=data,
-                                  record={"inputs": input_digests(pinned)}, register=False,
-                                  parent=parent, out_dir=pdir / "out",
-                                  work_dir=pdir / f"resume-{stage_key(point, stage, input_digests(pinned))}",
-                                  should_stop=should_stop, tags=tags)
-    except InputError as e:
-        return input_error(e)
+        return train_with_lineage(Project(Path(root)), point, stage, inputs, out_dir=pdir / "out",
+                                  work_dir=work_dir(pdir, point, stage, inputs), should_stop=should_stop,
+                                  tags=tags, record={"inputs": inputs.digests}, register=False)
+
+    return job_outcome(run)
 
 
 def parent_run(project: Project, sweep: Sweep, grid: dict, seeds: int) -> str:
@@ -255,3 +239,104 @@ def parent_run(project: Project, sweep: Sweep, grid: dict, seeds: int) -> str:
 def write_points(project: Project, sweep: Sweep) -> None:
     for p in sweep.points:
         write_params(point_dir(project, sweep, p) / "params.json", p.recipe)
+
+
+def from_cli(project: Project, stage: str, recipe: str, params: list[str], seeds: int, file: str | None,
+             overrides: list[str]) -> tuple[str, str, dict[str, list], int, list[str]]:
+    """The sweep the command line describes: a sweep file's stage, recipe, grid, seeds and overrides, merged with
+    the options (-p axes added, -o overrides applied after the file's). Returns (stage, recipe, grid, seeds,
+    overrides)."""
+    grid: dict[str, list] = {}
+    overrides = list(overrides)
+    if file:
+        spec = load_file(project.root / file if not os.path.isabs(file) else Path(file))
+        for key, given, default in (("stage", stage, None), ("recipe", recipe, "tiny"), ("seeds", seeds, 1)):
+            if key in spec and given not in (spec[key], default):
+                raise InputError(f"--{key} {given} conflicts with {key}: {spec[key]} in {file}: give it in one place")
+        stage, recipe = spec.get("stage", stage), spec.get("recipe", recipe)
+        grid.update(spec.get("grid") or {})
+        seeds = spec.get("seeds", seeds)
+        overrides = list(spec.get("overrides") or []) + overrides
+    for text in params:
+        key, values = parse_param(text)
+        grid[key] = values
+    return stage, recipe, grid, seeds, overrides
+
+
+def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str, parallel: int | None,
+        tracking_uri: str | None, console, err) -> list[tuple[SweepPoint, Any]]:
+    """Run the points of `sweep` not complete yet as ONE job array (local: in waves of `parallel`), after bringing
+    their shared upstream up to date. Returns the points that failed, with their launch results."""
+    import uuid
+    from functools import partial
+
+    from . import pipeline
+    from .launch import launch_array, snapshot, wait_all
+    from .tracking import LAUNCH_ENV, close_interrupted
+
+    resources = sweep.base.resources
+    if parallel is not None:
+        if parallel < 1:
+            raise InputError(f"--parallel {parallel}: give 1 or more")
+        resources = type(resources)(**{**resources.__dict__, "array_parallelism": parallel})
+    pipeline.prepare_launch(project, sweep.base, executor, tracking_uri, resources)
+    # the shared upstream is brought up to date first, where the sweep runs, then pinned by its DVC digests
+    pipeline.reproduce(project, sweep.base.name, previous_stage(sweep.stage))
+    pinned = pin_inputs(project, sweep.base.name, sweep.stage)
+    todo = [p for p in sweep.points if not is_done(project, sweep, p, pinned)]
+    stage, recipe = sweep.stage, sweep.recipe
+    console.print(f"sweep {sweep.id}: {stage}@{recipe}, {len(sweep.points)} point(s), "
+                  f"{len(sweep.points) - len(todo)} already complete, {len(todo)} to run on {executor}",
+                  highlight=False)
+    if not todo:
+        return []
+    parent = parent_run(project, sweep, grid, seeds)
+    write_points(project, sweep)
+    fns = [partial(run_point, str(project.root), recipe, stage, str(point_dir(project, sweep, p)), pinned, parent,
+                   sweep.id) for p in todo]
+    tags = [{"stage": stage, "point": f"{recipe}/{p.id}", "sweep": sweep.id, "run": f"{stage}@{recipe}/{p.id}"}
+            for p in todo]
+
+    def show(update) -> None:
+        if update.state:
+            console.print(f"[dim]{update.job_id}: {update.state}[/dim]", highlight=False)
+
+    job_dir, name = project.jobs_dir / recipe / f"sweep-{sweep.id}", f"{sweep.id}-{stage}"
+    os.environ[LAUNCH_ENV] = launch_id = uuid.uuid4().hex  # each point's job tags its MLflow run with it
+    # one snapshot for every point, taken now: later waves must not pick up code edited meanwhile
+    code_dir = snapshot.take(job_dir)
+    code = {pkg: code_dir / pkg for pkg in snapshot.project_packages()}
+    if executor == "slurm":  # ONE array; SLURM holds all but array_parallelism of its elements
+        handles = launch_array(fns, kind=executor, resources=resources, job_dir=job_dir, name=name,
+                               project=project.root, tags=tags, code=code)
+        console.print(f"submitted {len(handles)} point(s) as one array: {handles[0].job_id.split('_')[0]}",
+                      highlight=False)
+        results = wait_all(handles, on_update=show)
+    else:  # submitit's local executor starts a whole array at once: bound it here, in waves
+        width = parallel or min(resources.array_parallelism, os.cpu_count() or 1)
+        results = []
+        for i in range(0, len(fns), width):
+            handles = launch_array(fns[i:i + width], kind=executor, resources=resources, job_dir=job_dir,
+                                   name=name, project=project.root, tags=tags[i:i + width], code=code)
+            results += wait_all(handles, on_update=show)
+    failed = [(p, r) for p, r in zip(todo, results) if not (r.ok and r.value.ok)]
+    died = [p for p, r in failed if not r.ok]
+    if died:  # their jobs ended without a result (killed, out of memory...): no run stays RUNNING
+        files = [work_dir(point_dir(project, sweep, p), p.recipe, stage, stage_inputs(p.recipe, recipe, stage, pinned))
+                 / "mlflow_run_id" for p in died]
+        close_interrupted(project, launch_id, files, "its job ended without a result")
+    _finish_parent(parent, ok=not failed)
+    for p, r in failed:
+        why = r.value.message if r.ok else r.state
+        from rich.text import Text
+
+        # user values (labels) and job messages are text, not rich markup
+        err.print(Text.assemble((f"point {p.id} ({p.label()}) failed:", "red"), f" {why}; log: {r.stderr}"),
+                  highlight=False)
+    return failed
+
+
+def _finish_parent(run_id: str, ok: bool) -> None:
+    import mlflow
+
+    mlflow.MlflowClient().set_terminated(run_id, "FINISHED" if ok else "FAILED")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gem_stages.errors import InputError
+from gem_stages.files import atomic_write_text
 
 from .project import Project
 from .schema import flatten
@@ -102,18 +103,53 @@ def _is_live(run_id: str) -> bool:
         return False
 
 
+# A launch's id, in the environment of its job ($GEMCTL_LAUNCH) and on the MLflow run the job opens (tag)
+LAUNCH_ENV = "GEMCTL_LAUNCH"
+LAUNCH_TAG = "gemctl.launch"
+INTERRUPTED_TAG = "gemctl.interrupted"  # why a run ended without a result (its job was killed, crashed...)
+
+
+def _close_if_running(run_id: str, why: str) -> bool:
+    """End a run left RUNNING by a job that died without closing it: FAILED, with the reason as a tag."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    if client.get_run(run_id).info.status != "RUNNING":
+        return False
+    client.set_tag(run_id, INTERRUPTED_TAG, why)
+    client.set_terminated(run_id, "FAILED")
+    return True
+
+
+def close_interrupted(project: Project, launch_id: str, run_id_files: list[Path], why: str) -> list[str]:
+    """After the jobs of a launch ended, some without a result: close the MLflow runs they left RUNNING (found by
+    the launch's tag, and by the run ids in their resume state). Returns their ids."""
+    import mlflow
+
+    setup(project)
+    found = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                               filter_string=f"tags.`{LAUNCH_TAG}` = '{launch_id}' and attributes.status = 'RUNNING'")
+    ids = [r.info.run_id for r in found]
+    ids += [f.read_text().strip() for f in run_id_files if f.is_file()]
+    return [i for i in dict.fromkeys(ids) if _is_live(i) and _close_if_running(i, why)]
+
+
 class StageRun:
     """Context manager around one stage execution. Also the stage's Tracker (log_metrics).
 
-    On a user input error the run is deleted (no partial lineage); on a crash it ends FAILED; on preemption it stays
-    RUNNING and the resumed job continues the same run (`resume_run_id`).
+    On a user input error the run is deleted (no partial lineage); on an exception it ends FAILED; on preemption
+    it ends KILLED and the requeued job continues the same run. A job killed outright (SIGKILL, OOM, lost node)
+    leaves its run RUNNING: its launcher closes it (close_interrupted), and failing that the next run of the stage
+    does, before it continues the run from the stage's resume state. The run id lives in `work_dir` (the resume
+    state) from the moment the run exists.
     """
 
     def __init__(self, project: Project, recipe, stage: str, *, data: dict | None = None,
-                 parent: dict | None = None, resume_run_id: str | None = None, tags: dict | None = None):
+                 parent: dict | None = None, work_dir: Path | None = None, tags: dict | None = None):
         self.project, self.recipe, self.stage = project, recipe, stage
         self.tags = tags or {}  # extra tags, e.g. mlflow.parentRunId and gemctl.sweep for a sweep point
-        self.data, self.parent, self.resume_run_id = data, parent, resume_run_id
+        self.data, self.parent = data, parent
+        self.run_id_file = work_dir / "mlflow_run_id" if work_dir is not None else None
         self.run_id: str | None = None
         self._buffer: list[Any] = []
         self._last_flush = 0.0
@@ -123,12 +159,22 @@ class StageRun:
         import mlflow
 
         exp = setup(self.project)
-        if self.resume_run_id and _is_live(self.resume_run_id):
-            run = mlflow.start_run(run_id=self.resume_run_id)
+        launch = {LAUNCH_TAG: os.environ[LAUNCH_ENV]} if os.environ.get(LAUNCH_ENV) else {}
+        resume_id = self.run_id_file.read_text().strip() if self.run_id_file and self.run_id_file.is_file() else None
+        if resume_id and _is_live(resume_id):
+            _close_if_running(resume_id, "the job running it ended without a result; found when the stage ran again")
+            run = mlflow.start_run(run_id=resume_id)
+            mlflow.set_tags(launch)
         else:
-            run = mlflow.start_run(experiment_id=exp, run_name=f"{self.stage}@{self.recipe.name}", tags=self.tags)
-            self._log_start()
+            # the launch tag is written with the run: its launcher finds it even if the job dies the next moment
+            run = mlflow.start_run(experiment_id=exp, run_name=f"{self.stage}@{self.recipe.name}",
+                                   tags={**self.tags, **launch})
         self.run_id = run.info.run_id
+        if self.run_id_file is not None:
+            self.run_id_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_id_file, self.run_id)
+        if run.info.run_id != resume_id:
+            self._log_start()
         return self
 
     def _log_start(self) -> None:
@@ -216,6 +262,8 @@ class StageRun:
         elif issubclass(exc_type, InputError):
             mlflow.end_run("FAILED")
             mlflow.delete_run(self.run_id)
+            if self.run_id_file is not None:  # the run is deleted: a fixed re-run starts a new one
+                self.run_id_file.unlink(missing_ok=True)
         else:
             mlflow.end_run("FAILED")
         return False

@@ -38,6 +38,10 @@ def make_project(dest: Path) -> Path:
     return dest
 
 
-def gemctl(project: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("GEMCTL_TRACKING_URI", "GEMCTL_PROJECT")}
-    return subprocess.run([GEMCTL, *args], cwd=project, capture_output=True, text=True, timeout=timeout, env=env)
+def env() -> dict[str, str]:
+    """The test's environment, less what would point gemctl at another project or store."""
+    return {k: v for k, v in os.environ.items() if k not in ("GEMCTL_TRACKING_URI", "GEMCTL_PROJECT")}
+
+
+def gemctl(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([GEMCTL, *args], cwd=project, capture_output=True, text=True, env=env())

@@ -1,5 +1,6 @@
 """The tiny recipe through all four stages via DVC on the CPU, with lineage in the project's MLflow store."""
 
+import hashlib
 import json
 
 import pytest
@@ -52,17 +53,31 @@ def test_second_train_is_a_noop(built_project):
     assert len(mlflow_runs(project)) == before
 
 
+def outputs(project, stages=("stage3", "stage4")):
+    """DVC's digest of each stage's output and the sha256 of every file in it."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    digests = {s: lock[f"{s}@ci"]["outs"][0]["md5"] for s in stages}
+    files = {str(f.relative_to(project)): hashlib.sha256(f.read_bytes()).hexdigest()
+             for s in stages for f in sorted((project / "runs" / "ci" / s).rglob("*")) if f.is_file()}
+    return digests, files
+
+
 def test_changed_stage3_param_reruns_stage3_and_4_only(built_project):
     project, _ = built_project
+    first_digests, first_files = outputs(project)
+    assert len(first_files) > 2
     r = gemctl(project, "run", "--recipe", "ci", "-o", "stages.stage3.lr=1e-4")
     assert r.returncode == 0, r.stdout + r.stderr
     new = [run for run in mlflow_runs(project) if run.data.params.get("stages.stage3.lr") == "0.0001"]
     assert sorted(run.data.tags["gemctl.stage"] for run in new) == ["stage3", "stage4"]
     # back to the original settings: DVC restores both from its run-cache, nothing trains
     before = len(mlflow_runs(project))
+    assert outputs(project)[0] != first_digests
     r = gemctl(project, "run", "--recipe", "ci")
     assert r.returncode == 0, r.stderr
     assert len(mlflow_runs(project)) == before
+    digests, files = outputs(project)
+    assert digests == first_digests and files == first_files  # the first build's outputs, byte for byte
 
 
 def test_recipes_coexist_and_another_store_is_honoured(built_project, tmp_path):
