@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from gemctl import cli
 from gemctl.recipe import Recipe, from_params, resolve, write_params
 from gemctl.schema import dotted_keys, flatten
+from tests.pipeline.project_copy import GEMCTL
 
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ_CASES = settings.get_profile("gemctl-fuzz").max_examples  # GEMCTL_FUZZ_CASES (tests/recipes/conftest.py)
@@ -238,7 +239,7 @@ CROSS_CHECK = [
 @pytest.mark.parametrize("file, text, overrides, message", CROSS_CHECK)
 def test_installed_gemctl_fails_in_one_line(project, file, text, overrides, message):
     (project / "recipes" / file).write_text(text)
-    exe = shutil.which("gemctl") or pytest.fail("gemctl is not installed in this environment (pip install -e .)")
+    exe = GEMCTL if Path(GEMCTL).is_file() else pytest.fail("gemctl is not installed beside this Python (pip install -e .)")
     argv = ["recipe", "validate", "a", *(f"--override={o}" for o in overrides)]
     r = subprocess.run([exe, *argv], capture_output=True, text=True, env={**os.environ, "COLUMNS": "40"})
     lines = [line for line in r.stderr.splitlines() if line.strip()]
