@@ -1,0 +1,330 @@
+"""A warm worker for local jobs: one process imports the heavy third-party libraries once, then forks a fresh
+child per job, so a tiny stage does not spend seconds importing torch, transformers, diffusers and mlflow.
+
+    gemctl train/run/sweep ── start() ──► server (this file, run as a script): imports PRELOAD, listens
+    submitit's local controller ──► `python -P warm.py job -u -m submitit.core._submit FOLDER` (the client)
+        client ── argv, env, cwd + its stdin/stdout/stderr fds (socket.send_fds) ──► server
+        server ── fork ──► supervisor ── fork ──► job: adopts the fds, env, cwd, sys.path and argv, runs the module
+        client ◄── job pid, then its wait status ── supervisor;  client ── signals it gets ──► supervisor ──► job
+
+The client stands in for the job: submitit's controller signals it (USR2 before the time limit, SIGTERM,
+SIGINT/SIGKILL on cancel), and it exits with the job's status (a job killed by a signal kills the client with the
+same signal), so requeue (exit 144) and everything else behave as for a cold start. The job dies when its client
+does (the supervisor sees the socket close and SIGKILLs it) and when its supervisor does (PDEATHSIG).
+Whenever the warm path cannot give exactly a cold job's conditions, the client execs the cold command line
+instead: no server, another protocol version, other interpreter options, or an environment that differs in a
+variable other than the per-job ones (libraries read some variables at import time).
+
+The server never imports the project's own packages (a job would run stale code instead of its snapshot) and
+forks only while it has a single thread. Standard library only at module level: the client must start in
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SOCKET_ENV = "GEMCTL_WARM_SOCKET"  # where the server listens; set for everything the launching gemctl starts
+ENABLE_ENV = "GEMCTL_WARM"  # "0": no warm worker, every local job starts cold
+VERSION = 1  # of the client/server messages; a client from an older snapshot meeting a newer server goes cold
+
+# Imported once by the server: what a stage job imports from outside the project, heaviest first.
+PRELOAD = (
+    "torch",
+    "transformers",
+    "transformers.modeling_utils",
+    "diffusers",
+    "accelerate",
+    "mlflow",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "submitit",
+    "yaml",
+)
+PROJECT_PACKAGES = ("gemctl", "gem_models", "gem_stages")  # as snapshot.PROJECT_PACKAGES (not imported here)
+# Variables that may differ between the server and a job: set per job by gemctl, DVC, submitit, SLURM or the
+# shell that runs a stage command; read by the job at run time, not by libraries at import time.
+PER_JOB_PREFIXES = ("GEMCTL_", "SUBMITIT_", "SLURM_", "DVC_")
+PER_JOB_NAMES = frozenset({"PYTHONPATH", "PYTHONSAFEPATH", "CUDA_VISIBLE_DEVICES", "PWD", "OLDPWD", "SHLVL", "_"})
+RELAYED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM,
+           signal.SIGALRM)
+_PR_SET_PDEATHSIG = 1
+
+
+# --- launcher side (the gemctl process) ----------------------------------------------------------------------------
+@dataclass
+class Server:
+    path: str  # its socket
+    process: subprocess.Popen
+    lifetime: int  # write end of the pipe whose closing tells it to exit
+
+    def stop(self) -> None:
+        """Let it exit now (jobs it started run on) and wait for it."""
+        os.close(self.lifetime)
+        self.process.wait(timeout=60)
+
+
+_server: Server | None = None  # the one this process started, alive as long as this process
+
+
+def start() -> Server | None:
+    """Start a server in the background for the local jobs of this process and its children (they find it
+    through $GEMCTL_WARM_SOCKET). It exits with this process. None when disabled or already running."""
+    global _server
+    if os.environ.get(ENABLE_ENV, "1") == "0" or os.environ.get(SOCKET_ENV):
+        return None
+    path = os.path.join(tempfile.mkdtemp(prefix="gemctl-warm-"), "socket")  # private (0700) and short
+    lifetime_r, lifetime_w = os.pipe()  # the write end stays here, not inherited: EOF = this process is gone
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-P", __file__, "serve", path, str(lifetime_r)], pass_fds=(lifetime_r,),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+        env={k: v for k, v in os.environ.items() if k != SOCKET_ENV})
+    os.close(lifetime_r)
+    os.environ[SOCKET_ENV] = path
+    _server = Server(path, process, lifetime_w)
+    return _server
+
+
+def python_command(code_dir: Path | None = None) -> str | None:
+    """What submitit's LocalExecutor should run as `python` (None: its default, a cold start): this file's client,
+    from the job's code snapshot when there is one (a requeued job restarts the same client)."""
+    if not os.environ.get(SOCKET_ENV) or os.environ.get(ENABLE_ENV, "1") == "0":
+        return None
+    script = Path(__file__).resolve()
+    if code_dir is not None and (Path(code_dir) / "gemctl" / "launch" / script.name).is_file():
+        script = Path(code_dir) / "gemctl" / "launch" / script.name
+    return shlex.join([sys.executable, "-P", str(script), "job"])
+
+
+# --- wire format: 4-byte length + JSON ------------------------------------------------------------------------------
+def _send(conn: socket.socket, obj: dict, fds: list[int] | None = None) -> None:
+    data = json.dumps(obj).encode()
+    data = len(data).to_bytes(4, "big") + data
+    sent = socket.send_fds(conn, [data], fds) if fds else conn.send(data)
+    conn.sendall(data[sent:])
+
+
+def _recv(conn: socket.socket, want_fds: int = 0) -> tuple[dict | None, list[int]]:
+    fds: list[int] = []
+    buf = b""
+    while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
+        if want_fds and not fds:
+            chunk, fds, _flags, _addr = socket.recv_fds(conn, 65536, want_fds)
+        else:
+            chunk = conn.recv(65536)
+        if not chunk:
+            return None, fds
+        buf += chunk
+    return json.loads(buf[4:]), fds
+
+
+# --- client: stands in for the job in submitit's controller ----------------------------------------------------------
+def client(args: list[str]) -> None:
+    """args: the python command line submitit wanted to run (e.g. -u -m submitit.core._submit FOLDER)."""
+    cold = [sys.executable, *args]
+    path = os.environ.get(SOCKET_ENV)
+    if not path:
+        os.execv(sys.executable, cold)
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(path)
+        _send(conn, {"version": VERSION, "args": args, "env": dict(os.environ), "cwd": os.getcwd()}, [0, 1, 2])
+        reply, _ = _recv(conn)  # waits while the server is still importing
+    except OSError as e:
+        reply = {"refused": f"cannot reach it ({e.strerror or e})"}
+    if not reply or "refused" in reply:
+        why = reply["refused"] if reply else "it closed the connection"
+        os.write(2, f"gemctl: warm worker not used: {why}; starting cold\n".encode())
+        conn.close()
+        os.execv(sys.executable, cold)
+    for sig in RELAYED:
+        signal.signal(sig, lambda signum, _frame: conn.sendall(f"{signum}\n".encode()))
+    status, _ = _recv(conn)
+    if status is None:
+        os.write(2, b"gemctl: the warm worker lost this job\n")
+        os._exit(1)
+    code = os.waitstatus_to_exitcode(status["wait_status"])
+    if code < 0:  # killed by a signal: die by the same one, as the cold process would have
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code)
+
+
+# --- server --------------------------------------------------------------------------------------------------------
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def _refusal(request: dict, base_env: dict[str, str]) -> str | None:
+    """Why this request cannot get a cold job's exact conditions here (None: it can)."""
+    if request.get("version") != VERSION:
+        return f"protocol version {request.get('version')} (the server speaks {VERSION})"
+    args, env = request["args"], request["env"]
+    if args[:2] != ["-u", "-m"] or len(args) < 3:
+        return f"interpreter options {args[:2]} (only -u -m MODULE is served)"
+    if not env.get("PYTHONSAFEPATH"):
+        return "PYTHONSAFEPATH is not set (the server runs with -P)"
+
+    def shared(e: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in e.items() if k not in PER_JOB_NAMES and not k.startswith(PER_JOB_PREFIXES)}
+
+    mine, theirs = shared(base_env), shared(env)
+    if mine != theirs:
+        diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        return f"the job's environment differs in {', '.join(diff[:5])}"
+    return None
+
+
+def serve(path: str, lifetime_fd: int) -> tuple[dict, list[int]] | None:
+    """Accept jobs until the launcher exits. Returns only in a forked job: its request and fds."""
+    base_env = dict(os.environ)
+    base_path = [p for p in sys.path if p not in _python_path(base_env, os.getcwd())]
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)  # clients may connect now; they wait while the imports below run
+    # before the imports: pyarrow's jemalloc (through mlflow) would start a background thread
+    os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read at import; stage_runner sets it too
+    broken = None
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except Exception as e:  # noqa: BLE001 - the jobs start cold and report their own import error
+            broken = f"importing {name} failed in the server ({type(e).__name__}: {e})"
+    stale = [m for m in sys.modules if m.split(".")[0] in PROJECT_PACKAGES]
+    if stale:
+        broken = f"the server imported the project's own {stale[0]}"
+    try:
+        while True:
+            ready, _, _ = select.select([listener, lifetime_fd], [], [], 5.0)
+            with contextlib.suppress(ChildProcessError):
+                while os.waitpid(-1, os.WNOHANG)[0]:  # reap finished supervisors
+                    pass
+            if lifetime_fd in ready:
+                return None
+            if listener not in ready:
+                continue
+            conn, _ = listener.accept()
+            with contextlib.closing(conn):
+                request, fds = _recv(conn, want_fds=3)
+                why = broken or (_refusal(request, base_env) if request and len(fds) == 3 else "a bad request")
+                if why is None and _threads() > 1:
+                    _probe_fork()  # idle library pools (OpenBLAS) stop in their at-fork handlers
+                    if _threads() > 1:
+                        why = f"the server runs {_threads()} threads: forking would copy a locked state"
+                if why is not None:
+                    with contextlib.suppress(OSError):
+                        _send(conn, {"refused": why})
+                    for fd in fds:
+                        os.close(fd)
+                    continue
+                if os.fork() == 0:  # the supervisor
+                    listener.close()
+                    os.close(lifetime_fd)
+                    request["base_path"] = base_path
+                    return _supervise(conn, request, fds)
+                for fd in fds:
+                    os.close(fd)
+    finally:
+        if os.getpid() == _server_pid:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                os.rmdir(os.path.dirname(path))
+
+
+def _probe_fork() -> None:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def _supervise(conn: socket.socket, request: dict, fds: list[int]) -> tuple[dict, list[int]]:
+    """In the supervisor: fork the job (which returns from here), relay signals to it, report its end."""
+    supervisor = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != supervisor:  # it died before prctl
+            os._exit(1)
+        conn.close()
+        return request, fds
+    for fd in fds:
+        os.close(fd)
+    exited = os.pidfd_open(pid)
+    try:
+        _send(conn, {"pid": pid})
+        pending = b""
+        while True:
+            ready, _, _ = select.select([conn, exited], [], [])
+            if exited in ready:
+                _, status = os.waitpid(pid, 0)
+                _send(conn, {"wait_status": status})
+                break
+            chunk = conn.recv(4096)
+            if not chunk:  # the client is gone: so is the job, as if it had been the client
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, int(line))
+    except OSError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    os._exit(0)
+
+
+def _python_path(env: dict[str, str], cwd: str) -> list[str]:
+    """sys.path entries that $PYTHONPATH gives a new interpreter (empty and relative entries resolve to cwd)."""
+    return [os.path.normpath(os.path.join(cwd, p)) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+
+def become_job(request: dict, fds: list[int]) -> None:
+    """In the forked job: take on the cold job's stdio, cwd, environment, import path and argv; run its module."""
+    import importlib
+    import runpy
+
+    for sig in RELAYED + (signal.SIGCHLD,):
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.path[:] = _python_path(request["env"], request["cwd"]) + request["base_path"]
+    sys.path_importer_cache.clear()
+    importlib.invalidate_caches()
+    # fresh process entropy, as a cold interpreter would draw (random reseeds itself after fork)
+    if "torch" in sys.modules:
+        sys.modules["torch"].seed()
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+    module, *argv = request["args"][2:]
+    sys.argv = [module, *argv]  # runpy replaces argv[0] with the module's file
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+_server_pid = os.getpid()
+
+if __name__ == "__main__":
+    if sys.argv[1] == "job":
+        client(sys.argv[2:])
+    elif sys.argv[1] == "serve":
+        job = serve(sys.argv[2], int(sys.argv[3]))
+        if job is not None:
+            become_job(*job)
