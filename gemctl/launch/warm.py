@@ -39,17 +39,33 @@ SOCKET_ENV = "GEMCTL_WARM_SOCKET"  # where the server listens; set for everythin
 ENABLE_ENV = "GEMCTL_WARM"  # "0": no warm worker, every local job starts cold
 VERSION = 1  # of the client/server messages; a client from an older snapshot meeting a newer server goes cold
 
-# Imported once by the server: what a stage job imports from outside the project, heaviest first.
+# Imported once by the server: what stage jobs import from outside the project, "module" or "module:attribute"
+# (transformers and diffusers import a model's module when its class is first looked up). What every stage
+# needs comes first: a job that arrives during the imports is served at once with what is loaded so far.
 PRELOAD = (
-    "torch",
-    "transformers",
-    "transformers.modeling_utils",
-    "diffusers",
-    "accelerate",
+    "submitit.core.submission",
     "mlflow",
     "mlflow.store.tracking.sqlalchemy_store",
-    "submitit",
+    "numpy",
+    "PIL.Image",
+    "h5py",
     "yaml",
+    "torch",
+    "torch.distributed",
+    "torch.utils.data",
+    "safetensors.torch",
+    "tokenizers",
+    "matplotlib",
+    "transformers:Qwen3VLForConditionalGeneration",
+    "transformers:Qwen2_5_VLForConditionalGeneration",
+    "transformers:Qwen2Tokenizer",
+    "transformers:AutoTokenizer",
+    "transformers.image_utils",
+    "transformers.models.qwen2_vl.image_processing_pil_qwen2_vl",
+    "diffusers:SanaTransformer2DModel",
+    "diffusers:AutoencoderDC",
+    "diffusers:FlowMatchEulerDiscreteScheduler",
+    "accelerate:Accelerator",
 )
 PROJECT_PACKAGES = ("gemctl", "gem_models", "gem_stages")  # as snapshot.PROJECT_PACKAGES (not imported here)
 # Variables that may differ between the server and a job: set per job by gemctl, DVC, submitit, SLURM or the
@@ -185,61 +201,81 @@ def _refusal(request: dict, base_env: dict[str, str]) -> str | None:
     return None
 
 
+def _preload(name: str) -> str | None:
+    """Import one PRELOAD entry; why it failed, if it did (the jobs then import it, and report any error)."""
+    import importlib
+
+    module, _, attr = name.partition(":")
+    try:
+        mod = importlib.import_module(module)
+        if attr:
+            getattr(mod, attr)
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def serve(path: str, lifetime_fd: int) -> tuple[dict, list[int]] | None:
-    """Accept jobs until the launcher exits. Returns only in a forked job: its request and fds."""
+    """Import PRELOAD and accept jobs until the launcher exits. Returns only in a forked job: its request, fds."""
     base_env = dict(os.environ)
     base_path = [p for p in sys.path if p not in _python_path(base_env, os.getcwd())]
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
-    listener.listen(64)  # clients may connect now; they wait while the imports below run
+    listener.listen(64)  # clients may connect from now on
     # before the imports: pyarrow's jemalloc (through mlflow) would start a background thread
     os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read at import; stage_runner sets it too
-    broken = None
-    for name in PRELOAD:
-        try:
-            __import__(name)
-        except Exception as e:  # noqa: BLE001 - the jobs start cold and report their own import error
-            broken = f"importing {name} failed in the server ({type(e).__name__}: {e})"
-    stale = [m for m in sys.modules if m.split(".")[0] in PROJECT_PACKAGES]
-    if stale:
-        broken = f"the server imported the project's own {stale[0]}"
+    todo = list(PRELOAD)
     try:
         while True:
-            ready, _, _ = select.select([listener, lifetime_fd], [], [], 5.0)
+            # between imports, serve whoever is waiting; once all are imported, block until a job or the end
+            ready, _, _ = select.select([listener, lifetime_fd], [], [], 0 if todo else 5.0)
             with contextlib.suppress(ChildProcessError):
                 while os.waitpid(-1, os.WNOHANG)[0]:  # reap finished supervisors
                     pass
             if lifetime_fd in ready:
                 return None
-            if listener not in ready:
-                continue
-            conn, _ = listener.accept()
-            with contextlib.closing(conn):
-                request, fds = _recv(conn, want_fds=3)
-                why = broken or (_refusal(request, base_env) if request and len(fds) == 3 else "a bad request")
-                if why is None and _threads() > 1:
-                    _probe_fork()  # idle library pools (OpenBLAS) stop in their at-fork handlers
-                    if _threads() > 1:
-                        why = f"the server runs {_threads()} threads: forking would copy a locked state"
-                if why is not None:
-                    with contextlib.suppress(OSError):
-                        _send(conn, {"refused": why})
-                    for fd in fds:
-                        os.close(fd)
-                    continue
-                if os.fork() == 0:  # the supervisor
-                    listener.close()
-                    os.close(lifetime_fd)
-                    request["base_path"] = base_path
-                    return _supervise(conn, request, fds)
-                for fd in fds:
-                    os.close(fd)
+            if listener in ready:
+                job = _accept(listener, lifetime_fd, base_env, base_path)
+                if job is not None:
+                    return job
+            elif todo:
+                _preload(todo.pop(0))
     finally:
         if os.getpid() == _server_pid:
             with contextlib.suppress(OSError):
                 os.unlink(path)
                 os.rmdir(os.path.dirname(path))
+
+
+def _accept(listener: socket.socket, lifetime_fd: int, base_env: dict[str, str],
+            base_path: list[str]) -> tuple[dict, list[int]] | None:
+    """Take one request: refuse it, or fork its supervisor. Returns only in the forked job."""
+    conn, _ = listener.accept()
+    with contextlib.closing(conn):
+        request, fds = _recv(conn, want_fds=3)
+        why = _refusal(request, base_env) if request and len(fds) == 3 else "a bad request"
+        stale = [m for m in sys.modules if m.split(".")[0] in PROJECT_PACKAGES]
+        if why is None and stale:
+            why = f"the server imported the project's own {stale[0]} (a job would run it, not its snapshot)"
+        if why is None and _threads() > 1:
+            _probe_fork()  # idle library pools (OpenBLAS) stop in their at-fork handlers
+            if _threads() > 1:
+                why = f"the server runs {_threads()} threads: a forked job would inherit locks held by them"
+        if why is not None:
+            with contextlib.suppress(OSError):
+                _send(conn, {"refused": why})
+            for fd in fds:
+                os.close(fd)
+            return None
+        if os.fork() == 0:  # the supervisor
+            listener.close()
+            os.close(lifetime_fd)
+            request["base_path"] = base_path
+            return _supervise(conn, request, fds)
+        for fd in fds:
+            os.close(fd)
+    return None
 
 
 def _probe_fork() -> None:
