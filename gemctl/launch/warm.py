@@ -84,6 +84,11 @@ class Server:
     process: subprocess.Popen
     lifetime: int  # write end of the pipe whose closing tells it to exit
 
+    def wait_ready(self, bound_s: float) -> bool:
+        """Wait until it has imported everything in PRELOAD (at most bound_s); False if it has not."""
+        ready, _, _ = select.select([self.process.stdout], [], [], bound_s)
+        return bool(ready) and self.process.stdout.read(1) == b"r"
+
     def stop(self) -> None:
         """Let it exit now (jobs it started run on) and wait for it."""
         os.close(self.lifetime)
@@ -103,7 +108,7 @@ def start() -> Server | None:
     lifetime_r, lifetime_w = os.pipe()  # the write end stays here, not inherited: EOF = this process is gone
     process = subprocess.Popen(
         [sys.executable, "-u", "-P", __file__, "serve", path, str(lifetime_r)], pass_fds=(lifetime_r,),
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True,
         env={k: v for k, v in os.environ.items() if k != SOCKET_ENV})
     os.close(lifetime_r)
     os.environ[SOCKET_ENV] = path
@@ -127,7 +132,8 @@ def _send(conn: socket.socket, obj: dict, fds: list[int] | None = None) -> None:
     data = json.dumps(obj).encode()
     data = len(data).to_bytes(4, "big") + data
     sent = socket.send_fds(conn, [data], fds) if fds else conn.send(data)
-    conn.sendall(data[sent:])
+    if sent < len(data):
+        conn.sendall(data[sent:])
 
 
 def _recv(conn: socket.socket, want_fds: int = 0) -> tuple[dict | None, list[int]]:
@@ -241,6 +247,8 @@ def serve(path: str, lifetime_fd: int) -> tuple[dict, list[int]] | None:
                     return job
             elif todo:
                 _preload(todo.pop(0))
+                if not todo:
+                    os.write(1, b"r")  # all imported: Server.wait_ready
     finally:
         if os.getpid() == _server_pid:
             with contextlib.suppress(OSError):

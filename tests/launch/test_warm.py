@@ -1,0 +1,133 @@
+"""The warm worker: a local job forked from it behaves as a cold one (env, cwd, argv, import path, snapshot code,
+stdio, signals and requeue, exit status) and dies with its client; when it cannot, the job starts cold."""
+
+import functools
+import os
+import signal
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from gemctl.launch import Resources, launch, submit, warm
+from tests.launch import warmfns
+
+cloudpickle.register_pickle_by_value(warmfns)
+RES = Resources(time_min=5, signal_delay_s=30)
+
+
+def wait_for(condition, what: str, bound_s: float = 120):
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not within {bound_s} s: {what}")
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """Starts a warm worker when called, inside the test: pytest changes PYTEST_CURRENT_TEST between a fixture's
+    setup and the test, and a server started in a different environment would (rightly) refuse the jobs."""
+    monkeypatch.delenv(warm.SOCKET_ENV, raising=False)
+    monkeypatch.delenv(warm.ENABLE_ENV, raising=False)
+    started = []
+
+    def start() -> warm.Server:
+        s = warm.start()
+        started.append(s)
+        monkeypatch.setenv(warm.SOCKET_ENV, s.path)  # and removed again after the test
+        assert s.wait_ready(bound_s=300)  # every PRELOAD module imported: a job then gets them all
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+        assert not os.path.exists(s.path)  # it cleans up after itself
+
+
+def client_pid(handle) -> int:
+    """The task process submitit's local controller started: the warm client (or the cold job)."""
+    ctl = handle._job._process.pid
+
+    def children():
+        path = Path(f"/proc/{ctl}/task/{ctl}/children")
+        return path.is_file() and path.read_text().split()
+
+    return int(wait_for(children, "the controller started its task")[0])
+
+
+def test_warm_job_sees_what_a_cold_job_sees(server, tmp_path, monkeypatch):
+    server()
+    warm_r = launch(functools.partial(warmfns.probe, "hello"), kind="local", resources=RES, job_dir=tmp_path / "j",
+                    name="warm")
+    monkeypatch.delenv(warm.SOCKET_ENV)
+    cold_r = launch(functools.partial(warmfns.probe, "hello"), kind="local", resources=RES, job_dir=tmp_path / "j",
+                    name="cold")
+    assert warm_r.ok and cold_r.ok, (warm_r.error, cold_r.error)
+    w, c = warm_r.value, cold_r.value
+    assert w["forked"] and not c["forked"]  # the first was forked warm, the second started cold
+    assert w["preloaded"] and not c["preloaded"]
+    assert w["server_threads"] == 1  # the server forks single-threaded
+    for key in ("note", "cwd", "argv", "path", "sigint", "stdin_tty"):
+        assert w[key] == c[key], key
+    assert w["gemctl"] == c["gemctl"] and w["gemctl"].startswith(str(tmp_path / "j" / "code"))  # the snapshot
+    # the job id, the socket, and the controller's command line (which starts the client instead of python)
+    per_job = {"SUBMITIT_LOCAL_JOB_ID", warm.SOCKET_ENV, "SUBMITIT_LOCAL_COMMAND"}
+    assert {k: v for k, v in w["env"].items() if k not in per_job} == \
+        {k: v for k, v in c["env"].items() if k not in per_job}
+    for r in (warm_r, cold_r):  # stdout and stderr went to the job's own log files
+        assert "probe says hello" in r.stdout.read_text() and "probe warns hello" in r.stderr.read_text()
+        assert "probe warns" not in r.stdout.read_text()
+    assert "warm worker not used" not in warm_r.stderr.read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR2, signal.SIGTERM])
+def test_preemption_signal_reaches_the_job_and_it_requeues_warm(server, tmp_path, sig):
+    server()
+    handle = submit(functools.partial(warmfns.stop_once, str(tmp_path)), kind="local", resources=RES,
+                    job_dir=tmp_path / "j", name="stop")
+    wait_for(lambda: (tmp_path / "ready-0").exists(), "the job is running")
+    os.kill(client_pid(handle), sig)  # where SLURM or submitit's controller sends it: the task process
+    r = handle.wait()
+    assert r.ok, r.error
+    assert r.value == {"status": "completed", "restarts": 1, "forked": True}  # exit code 144 made it requeue
+    assert f"got {sig.name}" in r.stderr.read_text()
+
+
+def test_job_dies_when_its_client_is_killed(server, tmp_path):
+    server()
+    handle = submit(functools.partial(warmfns.wait_forever, str(tmp_path)), kind="local", resources=RES,
+                    job_dir=tmp_path / "j", name="orphan")
+    job = int(wait_for(lambda: (tmp_path / "pid").exists() and (tmp_path / "pid").read_text(), "the job started"))
+    client = client_pid(handle)
+    assert client != job  # a warm job: the client stands in for it
+    os.kill(client, signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{job}").exists(), "the job exited after its client was killed")
+    r = handle.wait()
+    assert r.state == "FAILED" and r.value is None  # as a cold job killed there: no result
+
+
+@pytest.mark.parametrize("case", ["environment", "no server"])
+def test_jobs_start_cold_when_the_warm_path_cannot_match(server, tmp_path, monkeypatch, case):
+    server()
+    if case == "environment":  # libraries may read any variable at import: a different one rules the server out
+        monkeypatch.setenv("WARM_TEST_VARIABLE", "1")
+        why = "the job's environment differs in WARM_TEST_VARIABLE"
+    else:
+        monkeypatch.setenv(warm.SOCKET_ENV, str(tmp_path / "nothing-here"))
+        why = "cannot reach it (No such file or directory)"
+    r = launch(functools.partial(warmfns.probe, "cold"), kind="local", resources=RES, job_dir=tmp_path / "j",
+               name="cold")
+    assert r.ok, r.error
+    assert not r.value["forked"] and not r.value["preloaded"]
+    assert f"gemctl: warm worker not used: {why}; starting cold" in r.stderr.read_text()
+
+
+def test_disabled_means_no_server_and_submitit_default(monkeypatch):
+    monkeypatch.setenv(warm.ENABLE_ENV, "0")
+    monkeypatch.delenv(warm.SOCKET_ENV, raising=False)
+    assert warm.start() is None and warm.python_command() is None
+    assert warm.SOCKET_ENV not in os.environ
