@@ -66,12 +66,14 @@ def run_recipe(project: Path, recipe: str, env: dict[str, str], tag: str) -> dic
     wrapper.write_text(WRAPPER.format(real=GEMCTL, log=log))
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
     env = {**env, "PATH": f"{bin_dir}:{env['PATH']}"}
-    t0 = time.time()
-    r = subprocess.run([str(wrapper), "run", "--recipe", recipe], cwd=project, env=env, capture_output=True,
-                       text=True)
-    total = time.time() - t0
-    if r.returncode != 0:
-        sys.exit(f"gemctl run ({tag}) failed:\n{r.stdout}\n{r.stderr}")
+    out = project.parent / f"output-{tag}.txt"
+    with out.open("w") as f:  # a file, not a pipe: the time is gemctl's, not that of the last job's teardown
+        t0 = time.time()
+        rc = subprocess.run([str(wrapper), "run", "--recipe", recipe], cwd=project, env=env, stdout=f,
+                            stderr=subprocess.STDOUT).returncode
+        total = time.time() - t0
+    if rc != 0:
+        sys.exit(f"gemctl run ({tag}) failed:\n{out.read_text()}")
     stages = {}
     for line in log.read_text().splitlines():
         stage, start, end, _rc = line.split()
