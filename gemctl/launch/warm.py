@@ -118,11 +118,11 @@ def start() -> Server | None:
 
 def python_command(code_dir: Path | None = None) -> str | None:
     """What submitit's LocalExecutor should run as `python` (None: its default, a cold start): this file's client,
-    from the job's code snapshot when there is one (a requeued job restarts the same client)."""
-    if not os.environ.get(SOCKET_ENV) or os.environ.get(ENABLE_ENV, "1") == "0":
-        return None
+    from the job's code snapshot (a requeued job restarts the same client)."""
+    if code_dir is None or not os.environ.get(SOCKET_ENV) or os.environ.get(ENABLE_ENV, "1") == "0":
+        return None  # no snapshot: the job imports from $PYTHONPATH as it is, which the server cannot mirror
     script = Path(__file__).resolve()
-    if code_dir is not None and (Path(code_dir) / "gemctl" / "launch" / script.name).is_file():
+    if (Path(code_dir) / "gemctl" / "launch" / script.name).is_file():
         script = Path(code_dir) / "gemctl" / "launch" / script.name
     return shlex.join([sys.executable, "-P", str(script), "job"])
 
@@ -169,8 +169,12 @@ def client(args: list[str]) -> None:
         os.write(2, f"gemctl: warm worker not used: {why}; starting cold\n".encode())
         conn.close()
         os.execv(sys.executable, cold)
+    def relay(signum: int, _frame) -> None:
+        with contextlib.suppress(OSError):  # the job has just ended: its status is on the way
+            conn.sendall(f"{signum}\n".encode())
+
     for sig in RELAYED:
-        signal.signal(sig, lambda signum, _frame: conn.sendall(f"{signum}\n".encode()))
+        signal.signal(sig, relay)
     status, _ = _recv(conn)
     if status is None:
         os.write(2, b"gemctl: the warm worker lost this job\n")

@@ -129,7 +129,7 @@ def test_jobs_start_cold_when_the_warm_path_cannot_match(server, tmp_path, monke
 def test_disabled_means_no_server_and_submitit_default(monkeypatch):
     monkeypatch.setenv(warm.ENABLE_ENV, "0")
     monkeypatch.delenv(warm.SOCKET_ENV, raising=False)
-    assert warm.start() is None and warm.python_command() is None
+    assert warm.start() is None and warm.python_command(Path("code")) is None
     assert warm.SOCKET_ENV not in os.environ
 
 
