@@ -136,9 +136,11 @@ def _send(conn: socket.socket, obj: dict, fds: list[int] | None = None) -> None:
         conn.sendall(data[sent:])
 
 
-def _recv(conn: socket.socket, want_fds: int = 0) -> tuple[dict | None, list[int]]:
+def _recv(conn: socket.socket, want_fds: int = 0, buf: bytearray | None = None) -> tuple[dict | None, list[int]]:
+    """One message (None at end of stream) and the fds that came with it. buf: bytes already received beyond
+    the previous message, kept for the next call (two messages can arrive in one read)."""
+    buf = bytearray() if buf is None else buf
     fds: list[int] = []
-    buf = b""
     while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
         if want_fds and not fds:
             chunk, fds, _flags, _addr = socket.recv_fds(conn, 65536, want_fds)
@@ -147,7 +149,10 @@ def _recv(conn: socket.socket, want_fds: int = 0) -> tuple[dict | None, list[int
         if not chunk:
             return None, fds
         buf += chunk
-    return json.loads(buf[4:]), fds
+    end = 4 + int.from_bytes(buf[:4], "big")
+    message = json.loads(buf[4:end])
+    del buf[:end]
+    return message, fds
 
 
 # --- client: stands in for the job in submitit's controller ----------------------------------------------------------
@@ -158,10 +163,11 @@ def client(args: list[str]) -> None:
     if not path:
         os.execv(sys.executable, cold)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    received = bytearray()
     try:
         conn.connect(path)
         _send(conn, {"version": VERSION, "args": args, "env": dict(os.environ), "cwd": os.getcwd()}, [0, 1, 2])
-        reply, _ = _recv(conn)  # waits while the server is still importing
+        reply, _ = _recv(conn, buf=received)  # waits while the server is still importing
     except OSError as e:
         reply = {"refused": f"cannot reach it ({e.strerror or e})"}
     if not reply or "refused" in reply:
@@ -169,13 +175,14 @@ def client(args: list[str]) -> None:
         os.write(2, f"gemctl: warm worker not used: {why}; starting cold\n".encode())
         conn.close()
         os.execv(sys.executable, cold)
+
     def relay(signum: int, _frame) -> None:
         with contextlib.suppress(OSError):  # the job has just ended: its status is on the way
             conn.sendall(f"{signum}\n".encode())
 
     for sig in RELAYED:
         signal.signal(sig, relay)
-    status, _ = _recv(conn)
+    status, _ = _recv(conn, buf=received)
     if status is None:
         os.write(2, b"gemctl: the warm worker lost this job\n")
         os._exit(1)

@@ -84,7 +84,7 @@ def test_warm_job_sees_what_a_cold_job_sees(server, tmp_path, monkeypatch):
     assert "warm worker not used" not in warm_r.stderr.read_text()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR2, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGUSR2, signal.SIGTERM], ids=["SIGUSR2", "SIGTERM"])
 def test_preemption_signal_reaches_the_job_and_it_requeues_warm(server, tmp_path, sig):
     server()
     handle = submit(functools.partial(warmfns.stop_once, str(tmp_path)), kind="local", resources=RES,
