@@ -70,8 +70,10 @@ PRELOAD = (
 PROJECT_PACKAGES = ("gemctl", "gem_models", "gem_stages")  # as snapshot.PROJECT_PACKAGES (not imported here)
 # Variables that may differ between the server and a job: set per job by gemctl, DVC, submitit, SLURM or the
 # shell that runs a stage command; read by the job at run time, not by libraries at import time.
+# (MLFLOW_TRACKING_URI: mlflow.set_tracking_uri in the launching gemctl exports it; mlflow reads it per call.)
 PER_JOB_PREFIXES = ("GEMCTL_", "SUBMITIT_", "SLURM_", "DVC_")
-PER_JOB_NAMES = frozenset({"PYTHONPATH", "PYTHONSAFEPATH", "CUDA_VISIBLE_DEVICES", "PWD", "OLDPWD", "SHLVL", "_"})
+PER_JOB_NAMES = frozenset({"PYTHONPATH", "PYTHONSAFEPATH", "CUDA_VISIBLE_DEVICES", "PWD", "OLDPWD", "SHLVL", "_",
+                           "MLFLOW_TRACKING_URI"})
 RELAYED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM,
            signal.SIGALRM)
 _PR_SET_PDEATHSIG = 1

@@ -126,6 +126,16 @@ def test_jobs_start_cold_when_the_warm_path_cannot_match(server, tmp_path, monke
     assert f"gemctl: warm worker not used: {why}; starting cold" in r.stderr.read_text()
 
 
+def test_variables_set_per_job_keep_the_warm_path(server, tmp_path, monkeypatch):
+    server()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")  # exported by the sweep's parent run
+    monkeypatch.setenv("GEMCTL_EXECUTOR", "local")
+    r = launch(functools.partial(warmfns.probe, "warm"), kind="local", resources=RES, job_dir=tmp_path / "j",
+               name="warm")
+    assert r.ok, r.error
+    assert r.value["forked"] and r.value["env"]["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/m.db"
+
+
 def test_disabled_means_no_server_and_submitit_default(monkeypatch):
     monkeypatch.setenv(warm.ENABLE_ENV, "0")
     monkeypatch.delenv(warm.SOCKET_ENV, raising=False)
