@@ -96,6 +96,10 @@ def prepare_launch(project: Project, recipe: Recipe, executor: str, tracking_uri
     os.environ["GEMCTL_EXECUTOR"] = executor
     render(project, recipe)
     pin_code_version(project.root)
+    if executor == "local":  # local jobs fork from a warm worker that imports torch & co. while DVC starts
+        from .launch import warm
+
+        warm.start()
 
 
 def reproduce(project: Project, recipe: str, stage: str, force: bool = False) -> ReproResult:
