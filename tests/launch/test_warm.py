@@ -145,10 +145,10 @@ def test_disabled_means_no_server_and_submitit_default(monkeypatch):
 
 def test_two_rank_ddp_through_the_warm_worker_matches_cold(server, tmp_path, monkeypatch):
     two_ranks = Resources(tasks_per_node=2, cpus_per_task=1, time_min=5, signal_delay_s=30)
-    job = functools.partial(jobfns.train, str(tmp_path / "cold"), steps=10, step_s=0)
+    job = functools.partial(jobfns.train, str(tmp_path / "cold"), steps=10)
     cold = launch(job, kind="local", resources=two_ranks, job_dir=tmp_path / "cold-jobs", name="ddp-cold")
     server()
-    job = functools.partial(jobfns.train, str(tmp_path / "warm"), steps=10, step_s=0)
+    job = functools.partial(jobfns.train, str(tmp_path / "warm"), steps=10)
     warm_r = launch(job, kind="local", resources=two_ranks, job_dir=tmp_path / "warm-jobs", name="ddp-warm")
     assert cold.ok and warm_r.ok, (cold.error, warm_r.error)
     assert [v["rank"] for v in warm_r.values] == [0, 1] and warm_r.value["world"] == 2
@@ -157,16 +157,17 @@ def test_two_rank_ddp_through_the_warm_worker_matches_cold(server, tmp_path, mon
 
 
 def test_local_time_limit_requeues_and_resumes_exactly_through_the_warm_worker(server, tmp_path):
-    """submitit's controller sends USR2 itself (time limit - signal delay = 10 s in) and restarts on exit 144."""
+    """submitit's controller sends USR2 itself (time limit - signal delay = 30 s into the run) to the client, and
+    restarts the task on exit 144; the first run waits at step 10 for the signal."""
     server()
-    steps, step_s = 30, 0.5
+    steps = 30
     (tmp_path / "job").mkdir()
-    r = launch(functools.partial(jobfns.train, str(tmp_path / "job"), steps=steps, step_s=step_s), kind="local",
-               resources=Resources(time_min=1, signal_delay_s=50, max_requeues=2), job_dir=tmp_path / "jobs",
+    r = launch(functools.partial(jobfns.train, str(tmp_path / "job"), steps=steps, pause_at=10), kind="local",
+               resources=Resources(time_min=1, signal_delay_s=30, max_requeues=2), job_dir=tmp_path / "jobs",
                name="timelimit")
     assert r.ok, r.error
-    assert r.value["resumed_at"] and "got SIGUSR2" in r.stderr.read_text()
+    assert r.requeues >= 1 and r.value["resumed_at"][0] == 10 and "got SIGUSR2" in r.stderr.read_text()
     assert "warm worker not used" not in r.stderr.read_text()
     (tmp_path / "ref").mkdir()
-    ref = jobfns.train(str(tmp_path / "ref"), steps=steps, step_s=0)  # uninterrupted, in this process
+    ref = jobfns.train(str(tmp_path / "ref"), steps=steps)  # uninterrupted, in this process
     assert r.value["weights"] == ref["weights"] and r.value["losses"] == ref["losses"]
