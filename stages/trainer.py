@@ -163,7 +163,7 @@ class Trainer:
         self.batches = MicroBatches(samples, collate, cfg.batch_size, seed, self.rank, self.world)
         self.step = 0
 
-    # ----- checkpointed state (accelerate saves it in custom_checkpoint_1.pkl) -----
+    # ----- checkpointed state (accelerate saves it in STATE_FILE) -----
     def state_dict(self) -> dict:
         return {"step": self.step}
 
@@ -281,6 +281,13 @@ def train(model: torch.nn.Module, groups: dict[str, torch.nn.Module], cfg: Train
 
 
 TRASH = ".trash-"  # prefix of a checkpoint being deleted
+# accelerate names a registered object's state by its registration index: the scheduler is 0, the trainer 1
+STATE_FILE = "custom_checkpoint_1.pkl"
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimiser step a complete checkpoint holds (the trainer's own saved state)."""
+    return int(torch.load(Path(checkpoint) / STATE_FILE, weights_only=True)["step"])
 
 
 def checkpoints(work_dir: Path) -> list[Path]:

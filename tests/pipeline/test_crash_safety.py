@@ -20,6 +20,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from gem_stages.trainer import checkpoint_step
+
 from .project_copy import GEMCTL, env, gemctl, make_project
 
 pytestmark = pytest.mark.slow
@@ -56,7 +58,7 @@ def load_checkpoint(ckpt: Path) -> int:
             torch.load(f, weights_only=False)
         elif f.suffix == ".json":
             json.loads(f.read_text())
-    return json.loads((ckpt / "trainer_state.json").read_text())["step"]
+    return checkpoint_step(ckpt)
 
 
 def weights(model_dir: Path) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from gem_stages.trainer import checkpoints
+from gem_stages.trainer import STATE_FILE, checkpoint_step, checkpoints
 
 TARGET = Path(__file__).with_name("crash_target.py")
 STEPS, KILLS = 40, 8
@@ -41,8 +41,9 @@ def assert_checkpoints_load(work: Path) -> None:
     for ckpt in checkpoints(work):
         torch.load(ckpt / "pytorch_model.bin", weights_only=True)
         torch.load(ckpt / "optimizer.bin", weights_only=False)
-        trainer_state = torch.load(ckpt / "custom_checkpoint_1.pkl", weights_only=False)
+        trainer_state = torch.load(ckpt / STATE_FILE, weights_only=False)
         assert trainer_state == {"step": int(ckpt.name.split("-")[1])}, ckpt.name
+        assert checkpoint_step(ckpt) == trainer_state["step"]
 
 
 def test_sigkill_at_random_moments_never_breaks_resume(tmp_path):
