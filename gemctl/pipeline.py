@@ -99,7 +99,7 @@ def prepare_launch(project: Project, recipe: Recipe, executor: str, tracking_uri
     if executor == "local":  # local jobs fork from a warm worker that imports torch & co. while DVC starts
         from .launch import warm
 
-        warm.start()
+        warm.start_soon()
 
 
 def reproduce(project: Project, recipe: str, stage: str, force: bool = False) -> ReproResult:

@@ -27,11 +27,13 @@ import json
 import os
 import select
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,16 +108,31 @@ def start() -> Server | None:
     global _server
     if os.environ.get(ENABLE_ENV, "1") == "0" or os.environ.get(SOCKET_ENV):
         return None
-    path = os.path.join(tempfile.mkdtemp(prefix="gemctl-warm-"), "socket")  # private (0700) and short
+    folder = tempfile.mkdtemp(prefix="gemctl-warm-")  # private (0700); the socket path must stay short
+    path = os.path.join(folder, "socket")
     lifetime_r, lifetime_w = os.pipe()  # the write end stays here, not inherited: EOF = this process is gone
-    process = subprocess.Popen(
-        [sys.executable, "-u", "-P", __file__, "serve", path, str(lifetime_r)], pass_fds=(lifetime_r,),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True,
-        env={k: v for k, v in os.environ.items() if k != SOCKET_ENV})
+    # Its own stderr goes to a file, not to ours: a caller reading our output through a pipe (`gemctl ... | tee`,
+    # subprocess.run) must see it end when we exit, not when the server has finished its current import.
+    with open(os.path.join(folder, "server.log"), "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-u", "-P", __file__, "serve", path, str(lifetime_r)], pass_fds=(lifetime_r,),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+            env={k: v for k, v in os.environ.items() if k != SOCKET_ENV})
     os.close(lifetime_r)
     os.environ[SOCKET_ENV] = path
     _server = Server(path, process, lifetime_w)
     return _server
+
+
+def start_soon(delay_s: float = 1.0) -> None:
+    """start() in delay_s, unless this process has ended by then. A command that turns out to have nothing to run
+    (every stage up to date: it ends in well under a second) never pays for a worker that would import for
+    seconds beside it; one that runs stages gives up at most delay_s of the worker's head start."""
+    if os.environ.get(ENABLE_ENV, "1") == "0" or os.environ.get(SOCKET_ENV):
+        return
+    timer = threading.Timer(delay_s, start)
+    timer.daemon = True  # an ending command does not wait for it
+    timer.start()
 
 
 def python_command(code_dir: Path | None = None) -> str | None:
@@ -264,9 +281,7 @@ def serve(path: str, lifetime_fd: int) -> tuple[dict, list[int]] | None:
                     os.write(1, b"r")  # all imported: Server.wait_ready
     finally:
         if os.getpid() == _server_pid:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-                os.rmdir(os.path.dirname(path))
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)  # its socket and log
 
 
 def _accept(listener: socket.socket, lifetime_fd: int, base_env: dict[str, str],
