@@ -65,7 +65,8 @@ def run_recipe(project: Path, recipe: str, env: dict[str, str], tag: str) -> dic
     wrapper = bin_dir / "gemctl"
     wrapper.write_text(WRAPPER.format(real=GEMCTL, log=log))
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-    env = {**env, "PATH": f"{bin_dir}:{env['PATH']}"}
+    # the venv's bin after the wrapper: gemctl puts it first on PATH for DVC's stage commands when it is missing
+    env = {**env, "PATH": f"{bin_dir}:{Path(GEMCTL).parent}:{env['PATH']}"}
     out = project.parent / f"output-{tag}.txt"
     with out.open("w") as f:  # a file, not a pipe: the time is gemctl's, not that of the last job's teardown
         t0 = time.time()
