@@ -344,7 +344,8 @@ def _submit(fns: Sequence[Callable[[], Any]], *, kind: str, resources: Resources
     elif kind == "local":
         from . import warm  # a warm worker, when the launching gemctl started one: forks instead of importing
 
-        ex = submitit.LocalExecutor(folder=job_dir, python=warm.python_command(code_dir))
+        ex = submitit.LocalExecutor(folder=job_dir,
+                                    python=warm.python_command(code_dir, tasks=resources.ntasks_per_node))
         ex.update_parameters(timeout_min=resources.time_min, tasks_per_node=resources.ntasks_per_node,
                              gpus_per_node=resources.gpus_per_node, signal_delay_s=resources.signal_delay_s)
         # the snapshot goes through the environment, not `setup`: with setup submitit starts the controller

@@ -106,7 +106,7 @@ def start() -> Server | None:
     """Start a server in the background for the local jobs of this process and its children (they find it
     through $GEMCTL_WARM_SOCKET). It exits with this process. None when disabled or already running."""
     global _server
-    if os.environ.get(ENABLE_ENV, "1") == "0" or os.environ.get(SOCKET_ENV):
+    if os.environ.get(ENABLE_ENV, "1") == "0" or _running():
         return None
     folder = tempfile.mkdtemp(prefix="gemctl-warm-")  # private (0700); the socket path must stay short
     path = os.path.join(folder, "socket")
@@ -128,17 +128,25 @@ def start_soon(delay_s: float = 1.0) -> None:
     """start() in delay_s, unless this process has ended by then. A command that turns out to have nothing to run
     (every stage up to date: it ends in well under a second) never pays for a worker that would import for
     seconds beside it; one that runs stages gives up at most delay_s of the worker's head start."""
-    if os.environ.get(ENABLE_ENV, "1") == "0" or os.environ.get(SOCKET_ENV):
+    if os.environ.get(ENABLE_ENV, "1") == "0" or _running():
         return
     timer = threading.Timer(delay_s, start)
     timer.daemon = True  # an ending command does not wait for it
     timer.start()
 
 
-def python_command(code_dir: Path | None = None) -> str | None:
+def _running() -> bool:
+    """A server of a gemctl above us is listening (an inherited socket whose server has gone does not count)."""
+    path = os.environ.get(SOCKET_ENV)
+    return bool(path) and os.path.exists(path)
+
+
+def python_command(code_dir: Path | None = None, tasks: int = 1) -> str | None:
     """What submitit's LocalExecutor should run as `python` (None: its default, a cold start): this file's client,
-    from the job's code snapshot (a requeued job restarts the same client)."""
-    if code_dir is None or not os.environ.get(SOCKET_ENV) or os.environ.get(ENABLE_ENV, "1") == "0":
+    from the job's code snapshot (a requeued job restarts the same client). Jobs of several tasks start cold: a
+    rank forked by the worker was seen to die after its last step, before its result was written (once in a few
+    dozen two-rank runs, cause not found yet); a single-process job has not shown it."""
+    if code_dir is None or tasks > 1 or not _running() or os.environ.get(ENABLE_ENV, "1") == "0":
         return None  # no snapshot: the job imports from $PYTHONPATH as it is, which the server cannot mirror
     script = Path(__file__).resolve()
     if (Path(code_dir) / "gemctl" / "launch" / script.name).is_file():

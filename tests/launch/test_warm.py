@@ -4,6 +4,7 @@ stdio, signals and requeue, exit status) and dies with its client; when it canno
 import functools
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -36,13 +37,13 @@ def server(monkeypatch):
     started = []
 
     def start() -> warm.Server:
-        s = warm.start()
+        s = warm.start()  # exports its socket in os.environ: removed again after the test, below
         started.append(s)
-        monkeypatch.setenv(warm.SOCKET_ENV, s.path)  # and removed again after the test
         assert s.wait_ready(bound_s=300)  # every PRELOAD module imported: a job then gets them all
         return s
 
     yield start
+    os.environ.pop(warm.SOCKET_ENV, None)  # later tests' gemctl commands must not find a stopped server's socket
     for s in started:
         s.stop()
         assert not os.path.exists(s.path)  # it cleans up after itself
@@ -110,15 +111,18 @@ def test_job_dies_when_its_client_is_killed(server, tmp_path):
     assert r.state == "FAILED" and r.value is None  # as a cold job killed there: no result
 
 
-@pytest.mark.parametrize("case", ["environment", "no server"])
+@pytest.mark.parametrize("case", ["environment", "dead server"])
 def test_jobs_start_cold_when_the_warm_path_cannot_match(server, tmp_path, monkeypatch, case):
     server()
     if case == "environment":  # libraries may read any variable at import: a different one rules the server out
         monkeypatch.setenv("WARM_TEST_VARIABLE", "1")
         why = "the job's environment differs in WARM_TEST_VARIABLE"
-    else:
-        monkeypatch.setenv(warm.SOCKET_ENV, str(tmp_path / "nothing-here"))
-        why = "cannot reach it (No such file or directory)"
+    else:  # a server killed before it could remove its socket
+        stale = tmp_path / "stale.sock"
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(stale))
+        monkeypatch.setenv(warm.SOCKET_ENV, str(stale))
+        why = "cannot reach it (Connection refused)"
     r = launch(functools.partial(warmfns.probe, "cold"), kind="local", resources=RES, job_dir=tmp_path / "j",
                name="cold")
     assert r.ok, r.error
@@ -143,17 +147,19 @@ def test_disabled_means_no_server_and_submitit_default(monkeypatch):
     assert warm.SOCKET_ENV not in os.environ
 
 
-def test_two_rank_ddp_through_the_warm_worker_matches_cold(server, tmp_path, monkeypatch):
+def test_two_rank_local_jobs_start_cold_beside_a_warm_worker(server, tmp_path):
+    """Multi-task local jobs are not forked (see warm.python_command): with a worker running they start cold and
+    train as without one."""
     two_ranks = Resources(tasks_per_node=2, cpus_per_task=1, time_min=5, signal_delay_s=30)
-    job = functools.partial(jobfns.train, str(tmp_path / "cold"), steps=10)
-    cold = launch(job, kind="local", resources=two_ranks, job_dir=tmp_path / "cold-jobs", name="ddp-cold")
+    job = functools.partial(jobfns.train, str(tmp_path / "alone"), steps=10)
+    alone = launch(job, kind="local", resources=two_ranks, job_dir=tmp_path / "alone-jobs", name="ddp-alone")
     server()
-    job = functools.partial(jobfns.train, str(tmp_path / "warm"), steps=10)
-    warm_r = launch(job, kind="local", resources=two_ranks, job_dir=tmp_path / "warm-jobs", name="ddp-warm")
-    assert cold.ok and warm_r.ok, (cold.error, warm_r.error)
-    assert [v["rank"] for v in warm_r.values] == [0, 1] and warm_r.value["world"] == 2
-    assert warm_r.values[0]["weights"] == warm_r.values[1]["weights"] == cold.value["weights"]
-    assert "warm worker not used" not in warm_r.stderr.read_text()
+    assert warm.python_command(Path("code")) is not None and warm.python_command(Path("code"), tasks=2) is None
+    job = functools.partial(jobfns.train, str(tmp_path / "beside"), steps=10)
+    beside = launch(job, kind="local", resources=two_ranks, job_dir=tmp_path / "beside-jobs", name="ddp-beside")
+    assert alone.ok and beside.ok, (alone.error, beside.error)
+    assert [v["rank"] for v in beside.values] == [0, 1] and beside.value["world"] == 2
+    assert beside.values[0]["weights"] == beside.values[1]["weights"] == alone.value["weights"]
 
 
 def test_local_time_limit_requeues_and_resumes_exactly_through_the_warm_worker(server, tmp_path):
