@@ -31,7 +31,9 @@ def test_status_and_logs_of_finished_jobs(tmp_path):
     assert [(r.job_id, r.stage, r.point, r.state) for r in recs] == [
         (ok.job_id, "train_stage1", "lr=1e-4", "COMPLETED"), (bad.job_id, "eval", "", "FAILED")]
     nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, check=True).stdout
-    assert recs[0].node in nodes.split() and recs[0].node == ok.node
+    # the registry (what `gemctl status` shows) learns the node from sacct; the launcher's own result may not have
+    # it when the job ended before its first poll saw it run, so only a node it did see must agree
+    assert recs[0].node in nodes.split() and ok.node in ("", recs[0].node)
     assert recs[0].exit_code == 0 and recs[0].start and recs[0].elapsed_s >= 0
     assert recs[1].exit_code == 1 and recs[1].kind == "local"
     assert set(recs[0].to_json()) >= {"job_id", "stage", "point", "state", "elapsed_s", "node", "sweep", "run"}
