@@ -31,19 +31,22 @@ def read_summary(project: Project, recipe: str, stage: str) -> dict | None:
     return outcome.read_summary(project.stage_dir(recipe, stage))
 
 
-def dvc_digest(project: Project, recipe: str, stage: str) -> str | None:
-    """The md5 DVC recorded in dvc.lock for a stage's output folder."""
+def input_stages(stage: str) -> list[str]:
+    """The stages whose outputs `stage` reads: the data and the previous stage (for stage1, the data alone)."""
+    return list(dict.fromkeys(["data", previous_stage(stage)]))
+
+
+def dvc_digests(project: Project, recipe: str, stages: list[str]) -> dict[str, str | None]:
+    """The md5 DVC recorded in dvc.lock for each stage's output folder (None: not recorded), reading it once."""
     import yaml
 
     lock = project.root / "dvc.lock"
-    if not lock.is_file():
-        return None
-    data = yaml.safe_load(lock.read_text()) or {}
-    entry = (data.get("stages") or {}).get(f"{stage}@{recipe}") or {}
-    for out in entry.get("outs") or []:
-        if out.get("path") == f"runs/{recipe}/{stage}":
-            return out.get("md5")
-    return None
+    recorded = ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {}) if lock.is_file() else {}
+    digests: dict[str, str | None] = {}
+    for stage in stages:
+        outs = (recorded.get(f"{stage}@{recipe}") or {}).get("outs") or []
+        digests[stage] = next((o.get("md5") for o in outs if o.get("path") == f"runs/{recipe}/{stage}"), None)
+    return digests
 
 
 # Stage settings that do not change what is computed: changing them keeps resume state valid.
@@ -88,9 +91,11 @@ def upstream_outputs(project: Project, recipe_name: str, stage: str) -> dict[str
     """The outputs `stage` reads, where `gemctl train` builds them: {name: {dir, digest, summary}} for the data and
     the previous stage. The digest is DVC's (dvc.lock), else the data's own digest (a stage run outside DVC)."""
     outputs = {}
-    for up in dict.fromkeys(["data", previous_stage(stage)]):  # stage1's previous stage is the data
+    names = input_stages(stage)
+    recorded = dvc_digests(project, recipe_name, names)
+    for up in names:
         summary = read_summary(project, recipe_name, up) or {}
-        digest = dvc_digest(project, recipe_name, up) or str(summary.get("digest") or summary.get("model_id") or "")
+        digest = recorded[up] or str(summary.get("digest") or summary.get("model_id") or "")
         outputs[up] = {"dir": str(project.stage_dir(recipe_name, up)), "digest": digest, "summary": summary}
     return outputs
 

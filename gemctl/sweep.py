@@ -30,7 +30,15 @@ from .outcome import StageOutcome, read_summary
 from .pipeline import previous_stage
 from .project import Project
 from .recipe import Recipe, from_params, parse_override, resolve, write_params
-from .stage_runner import dvc_digest, job_outcome, quiet_libraries, stage_inputs, train_with_lineage, work_dir
+from .stage_runner import (
+    dvc_digests,
+    input_stages,
+    job_outcome,
+    quiet_libraries,
+    stage_inputs,
+    train_with_lineage,
+    work_dir,
+)
 
 SWEEP_STAGES = ("stage1", "stage2", "stage3", "stage4")
 
@@ -173,9 +181,10 @@ def is_done(project: Project, sweep: Sweep, point: SweepPoint, pinned: dict) -> 
 def pin_inputs(project: Project, recipe: str, stage: str) -> dict:
     """Pinned copies (hard links, keyed by DVC digest) of the data and the parent checkpoint of `stage`."""
     pinned: dict[str, Any] = {}
-    needed = list(dict.fromkeys(["data", previous_stage(stage)]))  # stage1's previous stage is the data
+    needed = input_stages(stage)
+    recorded = dvc_digests(project, recipe, needed)
     for up in needed:
-        digest = dvc_digest(project, recipe, up)
+        digest = recorded[up]
         src = project.stage_dir(recipe, up)
         if digest is None or not src.is_dir():
             raise InputError(f"{up}@{recipe} is not built: run `gemctl train {up} --recipe {recipe}` first")

@@ -112,9 +112,14 @@ INTERRUPTED_TAG = "gemctl.interrupted"  # why a run ended without a result (its 
 def _close_if_running(run_id: str, why: str) -> bool:
     """End a run left RUNNING by a job that died without closing it: FAILED, with the reason as a tag."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
-    if client.get_run(run_id).info.status != "RUNNING":
+    try:
+        info = client.get_run(run_id).info
+    except MlflowException:  # no such run
+        return False
+    if info.lifecycle_stage != "active" or info.status != "RUNNING":  # deleted (an input error), or ended
         return False
     client.set_tag(run_id, INTERRUPTED_TAG, why)
     client.set_terminated(run_id, "FAILED")
@@ -131,7 +136,7 @@ def close_interrupted(project: Project, launch_id: str, run_id_files: list[Path]
                                filter_string=f"tags.`{LAUNCH_TAG}` = '{launch_id}' and attributes.status = 'RUNNING'")
     ids = [r.info.run_id for r in found]
     ids += [f.read_text().strip() for f in run_id_files if f.is_file()]
-    return [i for i in dict.fromkeys(ids) if _is_live(i) and _close_if_running(i, why)]
+    return [i for i in dict.fromkeys(ids) if _close_if_running(i, why)]
 
 
 class StageRun:
