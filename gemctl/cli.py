@@ -127,9 +127,6 @@ def _train(stage: str, recipe_name: str, overrides: list[str] | None, executor: 
     pipeline.upstream(stage)  # validates the stage name before anything is written
     project, recipe = _resolve(recipe_name, overrides)
     if dry_run:
-        from gem_stages.data.config import check_config
-
-        check_config(recipe.data)
         _print_dry_run(project, recipe, stage, executor)
         return
     pipeline.prepare_launch(project, recipe, executor.value, tracking_uri)

@@ -78,14 +78,12 @@ def _stage_on_path() -> None:
 
 def prepare_launch(project: Project, recipe: Recipe, executor: str, tracking_uri: str | None,
                    resources: Resources | None = None) -> None:
-    """What `gemctl train`, `run` and `sweep` do before DVC or a job runs: refuse a data config or (on SLURM)
-    resources that cannot work, point jobs at the tracking store and executor, render the recipe's params and pin
-    the code version the jobs record. `resources`: what will be asked for, when not the recipe's own."""
-    from gem_stages.data.config import check_config
-
+    """What `gemctl train`, `run` and `sweep` do before DVC or a job runs (the recipe was validated when it was
+    built): refuse (on SLURM) resources the cluster cannot satisfy, point jobs at the tracking store and executor,
+    render the recipe's params and pin the code version the jobs record. `resources`: what will be asked for, when
+    not the recipe's own."""
     from .tracking import pin_code_version
 
-    check_config(recipe.data)
     if executor == "slurm":  # refuse resources the cluster cannot satisfy before DVC runs anything
         from .launch import cluster
 

@@ -139,12 +139,10 @@ def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[],
     out_dir = project.stage_dir(recipe_name, stage)
 
     if stage == "data":
-        from gem_stages.data.config import check_config
         from gem_stages.data.generate import prepare_dataset
 
         from .tracking import StageRun
 
-        check_config(recipe.data)
         with StageRun(project, recipe, stage) as run:
             manifest = prepare_dataset(recipe.data, out_dir)
             summary = {"stage": stage, "recipe": recipe.name, "recipe_hash": recipe.content_hash,
