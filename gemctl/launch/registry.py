@@ -130,7 +130,7 @@ def _refresh(root: Path, recs: list[JobRecord]) -> None:
         # a local job starts at once and runs while its controller's pid lives (also when its launcher is gone,
         # or is a `submit` that nobody waits on)
         if r.kind == "local" and not r.finished:
-            if not _pid_alive(int(r.job_id.split("-")[1])):
+            if not _pid_alive(_pid(r)):
                 r.state, r.end = "LOST", r.end or time.time()
                 save(root, r)
             elif r.state == "PENDING":
