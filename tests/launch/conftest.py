@@ -16,9 +16,9 @@ cloudpickle.register_pickle_by_value(jobfns)
 BOUND_S = jobfns.BOUND_S  # how long a test waits for a condition at most: only guards against a hang
 
 
-def wait_for(condition: Callable[[], object], what: str) -> object:
-    """Poll condition() until it is truthy (returns its value); fail after BOUND_S, naming what never came."""
-    deadline = time.monotonic() + BOUND_S
+def wait_for(condition: Callable[[], object], what: str, bound_s: float = BOUND_S) -> object:
+    """Poll condition() until it is truthy (returns its value); fail after bound_s, naming what never came."""
+    deadline = time.monotonic() + bound_s
     while not (value := condition()):
         if time.monotonic() > deadline:
             pytest.fail(f"gave up waiting for {what}")

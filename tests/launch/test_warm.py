@@ -5,7 +5,6 @@ import functools
 import os
 import signal
 import socket
-import time
 from pathlib import Path
 
 import cloudpickle
@@ -13,19 +12,10 @@ import pytest
 
 from gemctl.launch import Resources, launch, submit, warm
 from tests.launch import jobfns, warmfns  # jobfns: pickled by value (tests/launch/conftest.py)
+from tests.launch.conftest import wait_for
 
 cloudpickle.register_pickle_by_value(warmfns)
 RES = Resources(time_min=5, signal_delay_s=30)
-
-
-def wait_for(condition, what: str, bound_s: float = 120):
-    deadline = time.monotonic() + bound_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {bound_s} s: {what}")
 
 
 @pytest.fixture
@@ -57,7 +47,7 @@ def client_pid(handle) -> int:
         path = Path(f"/proc/{ctl}/task/{ctl}/children")
         return path.is_file() and path.read_text().split()
 
-    return int(wait_for(children, "the controller started its task")[0])
+    return int(wait_for(children, "the controller started its task", bound_s=120)[0])
 
 
 def test_warm_job_sees_what_a_cold_job_sees(server, tmp_path, monkeypatch):
@@ -90,7 +80,7 @@ def test_preemption_signal_reaches_the_job_and_it_requeues_warm(server, tmp_path
     server()
     handle = submit(functools.partial(warmfns.stop_once, str(tmp_path)), kind="local", resources=RES,
                     job_dir=tmp_path / "j", name="stop")
-    wait_for(lambda: (tmp_path / "ready-0").exists(), "the job is running")
+    wait_for(lambda: (tmp_path / "ready-0").exists(), "the job is running", bound_s=120)
     os.kill(client_pid(handle), sig)  # where SLURM or submitit's controller sends it: the task process
     r = handle.wait()
     assert r.ok, r.error
@@ -102,11 +92,12 @@ def test_job_dies_when_its_client_is_killed(server, tmp_path):
     server()
     handle = submit(functools.partial(warmfns.wait_forever, str(tmp_path)), kind="local", resources=RES,
                     job_dir=tmp_path / "j", name="orphan")
-    job = int(wait_for(lambda: (tmp_path / "pid").exists() and (tmp_path / "pid").read_text(), "the job started"))
+    pid_file = tmp_path / "pid"
+    job = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), "the job started", bound_s=120))
     client = client_pid(handle)
     assert client != job  # a warm job: the client stands in for it
     os.kill(client, signal.SIGKILL)
-    wait_for(lambda: not Path(f"/proc/{job}").exists(), "the job exited after its client was killed")
+    wait_for(lambda: not Path(f"/proc/{job}").exists(), "the job exited after its client was killed", bound_s=120)
     r = handle.wait()
     assert r.state == "FAILED" and r.value is None  # as a cold job killed there: no result
 
