@@ -77,7 +77,8 @@ def recipe_list() -> None:
     project = _project()
     for name in available(project.recipes_dir):
         desc = load_raw(project.recipes_dir, name).get("description", "")
-        console.print(f"[bold]{name}[/bold]  {desc}")
+        # names and descriptions are the user's text, not rich markup (a description such as '[/x]' must print)
+        console.print(Text.assemble((name, "bold"), f"  {desc}"))
 
 
 @recipe_app.command("show")

@@ -193,3 +193,13 @@ def test_unknown_override_key_suggests_a_key_at_its_level(override, message):
     with pytest.raises(InputError) as e:
         resolve(RECIPES, "tiny", [override])
     assert message in str(e.value)
+
+
+def test_recipe_list_prints_descriptions_as_text(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    write(tmp_path / "recipes", "odd", 'description: "[/x] not markup"\n')
+    r = subprocess.run([sys.executable, "-m", "gemctl.cli", "recipe", "list"], cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["odd", "[/x]", "not", "markup"]
