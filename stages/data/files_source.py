@@ -5,11 +5,14 @@ to any of them is detectable (`md5sum -c files.md5`). Checks, each an InputError
 missing/empty files and folders, malformed JSON lines, samples without conversations, <image> placeholders that
 do not match the images, unreadable images, depth maps that are unreadable or not the size of their image.
 A missing depth map is not an error (the reference skips it too); a depth_root with no depth for any used image is.
+The depth of image x.jpg is depth/x.jpg (the reference's exact basename) or else depth/x.png; each set's share of
+images with depth is printed and kept in the manifest.
 """
 
 import hashlib
 import io
 import os
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -22,7 +25,7 @@ from .config import AnnotationSet, DataConfig
 from .depth_png import DEPTH_MODES
 from .episode_format import inspect_episode
 from .manifest import FORMAT, md5_file, write_file_list
-from .sample_format import check_sample, depth_path, parse_sample, scan_jsonl
+from .sample_format import check_sample, depth_candidates, parse_sample, scan_jsonl
 from .sampling import parse_set_name, select_indices
 
 
@@ -95,11 +98,13 @@ def _ingest_set(cfg: DataConfig, index: int, aset: AnnotationSet, md5s: dict[str
     # Check every used image (and its depth) once, in parallel: reading and hashing dominates for large sets.
     media = list(dict.fromkeys(m for i in selected for m in records[i][1]))
     image_files = [data_path / m for m in media]
-    depth_files = [depth_path(depth_root, m) for m in media] if depth_root else []
+    candidates = {m: depth_candidates(depth_root, m) for m in media} if depth_root else {}
+    depth_files = list(dict.fromkeys(p for paths in candidates.values() for p in paths))
     decode = cfg.check_images == "decode"
     checks = dict(
         zip(image_files + depth_files, pool.map(lambda p: _check_file(p, decode), image_files + depth_files))
     )
+    found = {m: next((p for p in paths if checks[p].exists), None) for m, paths in candidates.items()}
 
     for i in selected:
         where, paths, _ = records[i]
@@ -113,12 +118,10 @@ def _ingest_set(cfg: DataConfig, index: int, aset: AnnotationSet, md5s: dict[str
                 raise InputError(
                     f"image '{m}' in {where} cannot be read ({image.error}): re-export it as PNG/JPEG or drop the sample"
                 )
-            if depth_root is None:
+            dpath = found.get(m)
+            if dpath is None:
                 continue
-            dpath = depth_path(depth_root, m)
             depth = checks[dpath]
-            if not depth.exists:
-                continue
             if depth.error or depth.mode not in DEPTH_MODES:
                 reason = depth.error or f"mode {depth.mode}, not 16-bit single-channel"
                 raise InputError(
@@ -130,15 +133,18 @@ def _ingest_set(cfg: DataConfig, index: int, aset: AnnotationSet, md5s: dict[str
                     f"depth map '{dpath}' is {depth.size[0]}x{depth.size[1]} but image '{m}' in {where} is "
                     f"{image.size[0]}x{image.size[1]}: regenerate the depth at the image's size"
                 )
-    for path, check in checks.items():
-        if check.exists:
-            md5s[str(path)] = check.md5
-    with_depth = sum(checks[p].exists for p in depth_files)
+    for path in [*image_files, *(p for p in found.values() if p is not None)]:
+        if checks[path].exists:
+            md5s[str(path)] = checks[path].md5
+    with_depth = sum(p is not None for p in found.values())
     if depth_root is not None and media and with_depth == 0:
         raise InputError(
             f"depth root '{aset.depth_root}' ({key}.depth_root) holds a depth map for none of the set's images: "
-            "check the path (depth of image p is <depth_root>/depth/<basename of p>) or leave depth_root empty"
+            "check the path (depth of image p is <depth_root>/depth/<basename of p>, or the same name with .png) "
+            "or leave depth_root empty"
         )
+    note = "" if depth_root is not None else " (no depth_root)"
+    print(f"[data] set {base}: {with_depth}/{len(media)} images with depth{note}", file=sys.stderr, flush=True)
     md5s[str(ann)] = md5_file(ann)
     return {
         "name": base,
@@ -149,6 +155,7 @@ def _ingest_set(cfg: DataConfig, index: int, aset: AnnotationSet, md5s: dict[str
         "lines": len(records),
         "selected": len(selected),
         "images": len(media),
+        "images_with_depth": with_depth,
         "images_without_depth": len(media) - with_depth,
         "md5": md5s[str(ann)],
         "tasks": dict(sorted(Counter(records[i][2] for i in selected).items())),

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import InputError
 from .depth_png import load_depth_m
 from .manifest import load_manifest, md5_file, resolve
-from .sample_format import check_sample, depth_path, expand_video_tag, parse_sample, scan_jsonl
+from .sample_format import check_sample, expand_video_tag, find_depth, parse_sample, scan_jsonl
 from .sampling import select_indices
 
 MAX_OPEN_EPISODES = 64  # HDF5 handles kept open per process (file-descriptor limits are ~1024)
@@ -80,7 +80,9 @@ class GemSamples(Sequence):
         pil_images, depths = [], []
         for rel in images + frames:
             image = _load_image(data_path / rel, rel, where)
-            depth = _load_depth(depth_path(depth_root, rel), rel, where, image.size) if depth_root else None
+            # as in the reference: an image without depth simply gets no depth target
+            dpath = find_depth(depth_root, rel) if depth_root else None
+            depth = _load_depth(dpath, rel, where, image.size) if dpath else None
             pil_images.append(image)
             depths.append(depth)
         conversations = (
@@ -110,9 +112,7 @@ def _load_image(path: Path, rel: str, where: str) -> Image.Image:
     )
 
 
-def _load_depth(path: Path, rel: str, where: str, size: tuple[int, int]) -> np.ndarray | None:
-    if not path.is_file():
-        return None  # as in the reference: a sample without depth simply gets no depth target
+def _load_depth(path: Path, rel: str, where: str, size: tuple[int, int]) -> np.ndarray:
     try:
         depth = load_depth_m(path)
     except (OSError, SyntaxError, ValueError) as e:

@@ -112,6 +112,14 @@ def expand_video_tag(conversations: list[dict], num_frames: int) -> list[dict]:
     return [{**t, "value": t["value"].replace("<video>", "<image>" * num_frames)} for t in conversations]
 
 
-def depth_path(depth_root: Path, image_path: str) -> Path:
-    """The reference rule: the depth of image p is <depth_root>/depth/<basename of p>."""
-    return depth_root / "depth" / Path(image_path).name
+def depth_candidates(depth_root: Path, image_path: str) -> list[Path]:
+    """Where the depth of image p may be, in order: <depth_root>/depth/<basename of p> (the reference's rule), then
+    the same stem with .png (depth tools write x.png for image x.jpg, since depth is a 16-bit PNG)."""
+    exact = depth_root / "depth" / Path(image_path).name
+    png = exact.with_suffix(".png")
+    return [exact] if png == exact else [exact, png]
+
+
+def find_depth(depth_root: Path, image_path: str) -> Path | None:
+    """The first of depth_candidates that exists (None: the image has no depth)."""
+    return next((p for p in depth_candidates(depth_root, image_path) if p.is_file()), None)

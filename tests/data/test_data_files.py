@@ -395,3 +395,36 @@ def test_episode_missing_a_dataset(tmp_path):
         del f["observations/state"]
     with pytest.raises(InputError, match="has no 'observations/state'"):
         prepare_dataset(DataConfig(source="files", episodes_dir=str(tmp_path / "eps")), tmp_path / "out")
+
+
+def test_own_data_finds_depth_under_the_exact_name_or_as_png_and_reports_counts(tmp_path, capsys):
+    from .own_data import SCENE_DEPTH, depth_value, make_own_sets
+
+    scenes, captions = make_own_sets(tmp_path / "own")
+    manifest = prepare_dataset(files_cfg(scenes, captions), tmp_path / "out")
+    by_name = {s["name"]: s for s in manifest["annotation_sets"]}
+    assert (by_name["scenes"]["images_with_depth"], by_name["scenes"]["images"]) == (9, 12)
+    assert (by_name["captions"]["images_with_depth"], by_name["captions"]["images"]) == (0, 6)
+    err = capsys.readouterr().err.splitlines()
+    assert "[data] set scenes: 9/12 images with depth" in err
+    assert "[data] set captions: 0/6 images with depth (no depth_root)" in err
+    samples = GemSamples(tmp_path / "out")
+    for i, where in enumerate(SCENE_DEPTH):
+        (depth,) = samples[i]["depths"]
+        if where == "none":
+            assert depth is None, i
+        else:
+            assert depth.shape == (H, W) and np.allclose(depth, depth_value(i), atol=1e-3), i
+    assert all(samples[12 + i]["depths"] == [None] for i in range(6))
+    md5s = (tmp_path / "out" / "files.md5").read_text()
+    assert md5s.count("/depth/") == 9  # the depth maps used are recorded, nothing else under depth/
+
+
+def test_the_exact_name_wins_over_the_png_beside_it(tmp_path):
+    from .own_data import make_own_sets
+
+    scenes, captions = make_own_sets(tmp_path / "own")
+    depth_dir = Path(scenes.depth_root) / "depth"
+    save_depth_mm(depth_dir / "007.png", np.full((H, W), 3.0, np.float32))  # 007.jpg is stored under its own name
+    prepare_dataset(files_cfg(scenes), tmp_path / "out")
+    assert np.allclose(GemSamples(tmp_path / "out")[7]["depths"][0], 0.5 + 7 / 10, atol=1e-3)
