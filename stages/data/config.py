@@ -20,7 +20,8 @@ class AnnotationSet:
     annotations: Str = setting("", "JSONL file, one LLaVA/Qwen-style sample per line.")
     data_path: Str = setting("", 'Image root the sample paths are relative to; "" = the JSONL file\'s folder.')
     depth_root: Str = setting(
-        "", 'Depth of image p: <depth_root>/depth/<basename of p> (16-bit mm PNG); "" = none.')
+        "", 'Depth of image p: <depth_root>/depth/<basename of p>, else that name with .png (16-bit mm PNG); '
+        '"" = none.')
 
 
 def _side(default: int, description: str):
