@@ -130,7 +130,8 @@ def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
 
 class Trainer:
     """Trains `model` for cfg.steps optimiser steps (or cfg.epochs passes over `samples`), resuming from the newest
-    checkpoint in work_dir. `model(batch, weights=..., generator=...)` returns {"loss": tensor, part: tensor|float}.
+    checkpoint in work_dir. `model(batch, weights=..., generator=...)` returns {"loss": tensor, part: tensor|float}:
+    each part the batch computed (a part it had no target for is absent, and so is its logged value for that step).
 
     shard = (rank, world): which slice of each global batch this process trains on; None = the accelerator's
     (process_index, num_processes). Giving it explicitly replays on one process what one rank of a job saw.
@@ -186,7 +187,7 @@ class Trainer:
                 with acc.autocast():
                     out = self.model(batch, weights=self.weights, generator=generator)
                 acc.backward(out["loss"] * self.loss_scale)
-            parts.append({k: torch.as_tensor(v, device=acc.device).detach().float() for k, v in out.items()})
+            parts.append(_logged_parts(out, acc.device))
         if cfg.max_grad_norm > 0:
             acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
@@ -315,6 +316,15 @@ def _fsync_tree(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _logged_parts(out: dict, device) -> dict[str, torch.Tensor]:
+    """A micro-batch's loss parts as logged. An output with "loss" alone had nothing to learn (no depth target in a
+    depth-only stage, say): its loss is a zero that only keeps DDP's gradients in step, so it is not logged, and
+    the means say honestly what the batches that had targets scored."""
+    if set(out) == {"loss"}:
+        return {}
+    return {k: torch.as_tensor(v, device=device).detach().float() for k, v in out.items()}
 
 
 def _means(parts: list[dict[str, torch.Tensor]]) -> dict[str, float]:

@@ -77,6 +77,20 @@ def test_parts_without_targets_are_skipped(qwen3_model, sample_a):
     assert "lm" not in out and "depth" in out
 
 
+def test_a_mixed_batch_learns_depth_from_the_images_that_have_it(qwen3_model, sample_a, sample_b):
+    """Stage-3 weights: a batch without any depth target gives the LM loss alone; in a mixed batch the depth loss
+    is taken over the images with depth only."""
+    weights, gen = {"lm": 1.0, "depth": 0.1}, lambda: torch.Generator().manual_seed(0)
+    a, b = sample_a(), sample_b()
+    a["depths"], b["depths"] = [None], [None, b["depths"][1]]
+    none = qwen3_model(qwen3_model.processor([a]), weights, gen())
+    assert set(none) == {"loss", "lm"} and none["loss"].item() == pytest.approx(none["lm"].item())
+    mixed = qwen3_model(qwen3_model.processor([a, b]), weights, gen(), per_image=True)
+    assert mixed["depth_per_image"].shape == (1,)
+    assert mixed["loss"].item() == pytest.approx((mixed["lm"] + 0.1 * mixed["depth"]).item(), rel=1e-5)
+    mixed["loss"].backward()
+
+
 @pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])
 def test_module_groups_cover_every_trainable_parameter_once(family):
     model = GemModel.build(tiny_config(family, action="flow", space="latent"), seed=0)

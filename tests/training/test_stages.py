@@ -184,3 +184,43 @@ def test_a_model_section_that_differs_from_the_parent_checkpoint_is_refused(reci
     changed = dataclasses.replace(recipe.model, depth=dataclasses.replace(recipe.model.depth, num_layers=3))
     with pytest.raises(InputError, match=r"depth.num_layers: 2 -> 3: .*-o stages.stage2.init=base$"):
         load_model("stage2", changed, recipe.stages.stage2, 0, data_dir, tmp_path / "parent")
+
+
+def test_own_data_with_and_without_depth_trains_stage1_then_stage3(recipe, tmp_path, capfd, caplog):
+    """Mixed data: a set whose depth is partly missing and stored as x.png for x.jpg, beside a set without any.
+    Batches without a depth target train the LM alone (stage 3) or nothing (stage 1); none is logged as a 0 loss."""
+    from gem_stages.tracker import ListTracker
+    from tests.data.own_data import make_own_sets
+
+    data_dir = tmp_path / "data"
+    prepare_dataset(DataConfig(source="files", files=list(make_own_sets(tmp_path / "own"))), data_dir)
+    assert "[data] set scenes: 9/12 images with depth" in capfd.readouterr().err
+
+    def run(stage, steps, init_dir):
+        cfg = getattr(recipe.stages, stage)
+        cfg = type(cfg)(**{**cfg.__dict__, "steps": steps, "checkpoint_every": 1, "warmup_ratio": 0.0})
+        tracker = ListTracker()
+        summary = train_stage(stage, model_cfg=recipe.model, stage_cfg=cfg, runtime=recipe.runtime, seed=0,
+                              data_dir=data_dir, init_dir=init_dir, out_dir=tmp_path / stage,
+                              work_dir=tmp_path / f"w-{stage}", tracker=tracker)
+        assert summary["status"] == "completed" and summary["step"] == steps, summary
+        return summary, [m for _, m in tracker.points]
+
+    s1, points1 = run("stage1", 6, None)
+    # stage 1 learns depth only: a step without depth targets logs no loss at all, never a made-up 0
+    assert all(set(p) in ({"lr"}, {"lr", "loss", "depth"}) for p in points1)
+    assert {"lr"} in [set(p) for p in points1] and all(p["loss"] > 0 for p in points1 if "loss" in p)
+    assert set(s1["losses"]) == {"loss", "depth"} and s1["losses"]["loss"] == pytest.approx(s1["losses"]["depth"])
+
+    s3, points3 = run("stage3", 6, tmp_path / "stage1" / "model")
+    # the joint stage: every step has answers (LM loss); steps whose samples have depth add 0.1 x the depth loss
+    assert all("lm" in p for p in points3)
+    lm_only = [p for p in points3 if "depth" not in p]
+    assert lm_only and all(p["loss"] == pytest.approx(p["lm"]) for p in lm_only)
+    assert any("depth" in p for p in points3)
+    assert set(s3["losses"]) == {"loss", "lm", "depth"}
+    # no library noise at any checkpoint save (tied weights) or load: the stages' own lines only
+    captured = capfd.readouterr()
+    assert [line for line in (captured.out + captured.err).splitlines()
+            if not line.startswith(("[stage1]", "[stage3]"))] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

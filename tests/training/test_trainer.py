@@ -188,3 +188,31 @@ def test_epochs_set_the_step_count(tmp_path):
     assert total_steps(cfg(epochs=3.0), 10, 2) == 3
     _, result, tracker = run(tmp_path, cfg(epochs=2.0))
     assert result.step == 4 and [s for s, _ in tracker.points] == [1, 2, 3, 4]
+
+
+class SometimesNothingToLearn(Toy):
+    """Like GemModel with a depth weight and a batch without depth targets: {"loss": a zero} and no part."""
+
+    def forward(self, batch, weights, generator):
+        if not bool(batch["has_target"].any()):
+            return {"loss": sum(p.sum() * 0.0 for p in self.parameters())}
+        out = super().forward(batch, weights, generator)
+        return {**out, "loss": out["loss"] + 100.0}  # a total unlike any zero, to see which micro-batches count
+
+
+def test_a_micro_batch_with_nothing_to_learn_is_not_logged_as_a_zero_loss(tmp_path):
+    # one sample per micro-batch, two micro-batches per step; samples 0-4 have a target, 5-9 do not
+    samples = [{**s, "has_target": torch.tensor(i < 5)} for i, s in enumerate(SAMPLES)]
+
+    def collate_flag(items):
+        return {**collate(items), "has_target": torch.stack([s["has_target"] for s in items])}
+
+    model, tracker = SometimesNothingToLearn(), ListTracker()
+    result = train(model, model.groups(), cfg(batch_size=1, steps=10, warmup_ratio=0.0), RuntimeConfig(device="cpu"),
+                   samples, collate_flag, seed=7, work_dir=tmp_path / "w", tracker=tracker)
+    assert result.step == 10
+    keys = [set(m) for _, m in tracker.points]
+    assert {"lr"} in keys and {"lr", "loss", "depth"} in keys  # steps with no target at all log no loss
+    assert all(m["loss"] > 100.0 for _, m in tracker.points if "loss" in m)  # zeros never pull a mean down
+    assert result.losses["loss"] > 100.0
+    assert result.losses["loss"] == pytest.approx(100.0 + result.losses["depth"])
