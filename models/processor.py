@@ -10,7 +10,8 @@ image's patch grid. Labels are -100 except the assistant answers and their <|im_
 ends with a user turn gets the generation prompt "<|im_start|>assistant\n" appended (VLA prompts and
 evaluation), identically in training and inference.
 
-No torchvision: the image processor is transformers' PIL implementation and there is no video processor.
+No torchvision: the image processor is transformers' PIL implementation and there is no video processor. A saved
+processor also loads with transformers alone, as hf_processor.QwenVLImageProcessor.
 """
 
 import json
@@ -26,6 +27,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from .config import BackboneConfig
 from .depth_encoding import depth_target_size, encode_depth
+from .hf_processor import CHAT_TEMPLATE, QwenVLImageProcessor
 from .tokenizer import load_tokenizer
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -250,8 +252,13 @@ class GemProcessor:
 
     # ----- persistence -----
     def save_pretrained(self, directory: str) -> None:
+        """Tokenizer, image processor and this processor's settings; and, for transformers alone without
+        torchvision, QwenVLImageProcessor (AutoProcessor.from_pretrained(directory, trust_remote_code=True))."""
         os.makedirs(directory, exist_ok=True)
-        self.tokenizer.save_pretrained(directory)
+        chat_template = self.tokenizer.chat_template or CHAT_TEMPLATE
+        QwenVLImageProcessor(self.image_processor, self.tokenizer, chat_template=chat_template).save_pretrained(
+            directory
+        )
         self.image_processor.save_pretrained(directory)
         settings = {
             "max_length": self.max_length,

@@ -157,3 +157,35 @@ def test_batch_to_moves_lists_too(processor, sample_a):
     b = batch_to(processor([sample_a()]), "cpu")
     assert isinstance(b["depth_pixel_values"], list) and b["depth_pixel_values"][0].device.type == "cpu"
     assert np.isfinite(b["pixel_values"].numpy()).all()
+
+
+def test_a_saved_checkpoint_loads_with_transformers_auto_classes_without_torchvision(qwen3_model, sample_a,
+                                                                                     tmp_path):
+    """What a user of a checkpoint does with transformers alone (this venv has no torchvision, so transformers' own
+    Qwen-VL processor, which always loads a torchvision video processor, cannot load): AutoProcessor gives the
+    image-only processor saved with the backbone, and it prepares exactly the inputs the model was trained on."""
+    import importlib.util
+
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    assert importlib.util.find_spec("torchvision") is None  # the environment this test is about
+    qwen3_model.save(str(tmp_path / "model"))
+    backbone_dir = tmp_path / "model" / "backbone"
+    processor = AutoProcessor.from_pretrained(backbone_dir, trust_remote_code=True)
+    assert type(processor).__name__ == "QwenVLImageProcessor"
+
+    sample = sample_a()
+    sample["conversations"] = sample["conversations"][:1]  # a prompt: "<image>\nHow far is the cube?"
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "\nHow far is the cube?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    theirs = processor(text=[text], images=sample["images"], return_tensors="pt")
+    ours = qwen3_model.processor([sample], padding_side="left")
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw"):
+        assert torch.equal(theirs[key].long(), ours[key].long()), key
+    assert torch.allclose(theirs["pixel_values"].float(), ours["pixel_values"])
+
+    backbone = AutoModelForImageTextToText.from_pretrained(backbone_dir)
+    out = backbone.generate(**theirs, max_new_tokens=4, do_sample=False, eos_token_id=qwen3_model.processor.im_end_id,
+                            pad_token_id=qwen3_model.processor.pad_id)
+    answer = processor.batch_decode(out[:, theirs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert answer == qwen3_model.generate(ours, max_new_tokens=4)
