@@ -239,7 +239,9 @@ class GemModel(nn.Module):
         optionally "action_mask" [B, chunk] (False = padding past the episode's end, not in the loss).
 
         Only parts with weight > 0 are computed. A part with nothing to learn from (no answer tokens, no
-        depth targets) is skipped; if nothing is left, "loss" is a zero reaching every trainable parameter.
+        depth targets) is skipped and absent from the result; the depth loss of a batch that mixes images with
+        and without depth is over the images with depth. If nothing is left, "loss" is a zero reaching every
+        trainable parameter (and the result has no other key).
         """
         unknown = set(weights) - set(LOSS_PARTS)
         if unknown:
