@@ -224,3 +224,44 @@ def test_own_data_with_and_without_depth_trains_stage1_then_stage3(recipe, tmp_p
     assert [line for line in (captured.out + captured.err).splitlines()
             if not line.startswith(("[stage1]", "[stage3]"))] == []
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_two_ranks_train_mixed_depth_data_as_one_process(recipe, tmp_path):
+    """Data-parallel on mixed data: at some step one rank's micro-batch has a depth target and the other's has none
+    (its depth generator gets no gradient). The job completes, and ends where one process accumulating both ranks'
+    micro-batches ends."""
+    import dataclasses
+    from functools import partial
+
+    import cloudpickle
+
+    from gemctl.launch import Resources, launch
+    from tests.conftest import TEST_PREFIX
+    from tests.data.own_data import NONE, SCENE_DEPTH, make_own_sets
+    from tests.training import ddp_job
+
+    cloudpickle.register_pickle_by_value(ddp_job)
+    data_dir = tmp_path / "data"
+    prepare_dataset(DataConfig(source="files", files=list(make_own_sets(tmp_path / "own"))), data_dir)
+    cfg = dataclasses.replace(recipe.stages.stage3, steps=4, batch_size=1, warmup_ratio=0.0, checkpoint_every=0)
+
+    def args(name, grad_accum):
+        return dict(stage="stage3", model_cfg=recipe.model, stage_cfg=dataclasses.replace(cfg, grad_accum=grad_accum),
+                    runtime=recipe.runtime, seed=recipe.seed, data_dir=data_dir, init_dir=None,
+                    out_dir=tmp_path / name / "out", work_dir=tmp_path / name / "work")
+
+    union = ddp_job.recorded_stage(**args("union", 2))
+    job = partial(ddp_job.gem_stage_job, 2, **args("ddp", 1))
+    result = launch(job, kind="local", resources=Resources(tasks_per_node=2, cpus_per_task=1, time_min=10),
+                    job_dir=tmp_path / "jobs", name=TEST_PREFIX + "mixed-depth")
+    assert result.ok, result.log_tail()
+    ranks = result.values
+    assert all(r["summary"]["status"] == "completed" and r["summary"]["step"] == 4 for r in ranks)
+
+    def has_depth(sample_id: str) -> bool:
+        return sample_id.startswith("scene") and SCENE_DEPTH[int(sample_id[len("scene"):])] != NONE
+
+    steps = list(zip(*(r["micro_batches"] for r in ranks)))
+    assert any(has_depth(a[0]) != has_depth(b[0]) for a, b in steps), steps  # the case this test is about
+    for k, w in ranks[0]["weights"].items():
+        torch.testing.assert_close(w, union["weights"][k], atol=1e-6, rtol=1e-5, msg=k)
