@@ -249,3 +249,38 @@ def test_timestep_features_take_t_unscaled():
     want = torch.tensor([math.cos(0.5), math.cos(0.005), math.sin(0.5), math.sin(0.005)])
     assert torch.allclose(got, want, atol=1e-6)
     assert tiny().model.t_embedder.mlp[0].in_features == 256  # DiT's frequency_embedding_size
+
+
+def test_parameter_names_are_the_release_runners():
+    """An RDTRunner state dict (GEM-VLA/models/rdt_runner.py, rdt/{model,blocks,attention}.py) names exactly
+    these tensors, so a released checkpoint loads into the expert (whose only extras are the normaliser's
+    statistics)."""
+    expert = tiny(num_layers=1, vlm_layers=[0])
+    block = [
+        "attn_norm.weight", "attn.wq.weight", "attn.wkv.weight", "attn.wo.weight", "attn.norm_q.weight",
+        "attn.norm_k.weight", "cross_norm.weight", "cond_norm.weight", "cross_attn.wq.weight",
+        "cross_attn.wkv.weight", "cross_attn.wo.weight", "cross_attn.norm_q.weight", "cross_attn.norm_k.weight",
+        "ffn_norm.weight", "ffn.w1.weight", "ffn.w2.weight", "ffn.w3.weight", "adaLN_modulation.1.weight",
+        "adaLN_modulation.1.bias",
+    ]  # fmt: skip
+    rdt = [
+        "t_embedder.mlp.0.weight",
+        "t_embedder.mlp.0.bias",
+        "t_embedder.mlp.2.weight",
+        "t_embedder.mlp.2.bias",
+    ]
+    rdt += [f"blocks.0.{k}" for k in block]
+    rdt += ["final_layer.ffn_norm.weight", "final_layer.ffn.fc1.weight", "final_layer.ffn.fc1.bias"]
+    rdt += ["final_layer.ffn.fc2.weight", "final_layer.ffn.fc2.bias"]
+    rdt += ["final_layer.adaLN_modulation.1.weight", "final_layer.adaLN_modulation.1.bias"]
+    rdt += ["register_tokens", "x_pos_emb", "state_pos_emb"]
+    runner = [f"model.{k}" for k in rdt]
+    for name, depth in (("lang_adaptor", 2), ("act_adaptor", 3), ("state_adaptor", 3)):
+        runner += [f"{name}.{2 * i}.{w}" for i in range(depth) for w in ("weight", "bias")]
+    normalizer = {
+        "normalizer.action_loc",
+        "normalizer.action_scale",
+        "normalizer.state_loc",
+        "normalizer.state_scale",
+    }
+    assert set(expert.state_dict()) == set(runner) | normalizer
