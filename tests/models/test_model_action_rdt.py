@@ -84,6 +84,11 @@ def test_gem2b_action_expert_has_the_release_parameter_count():
         )
     assert (n_params(demo.model), n_params(demo)) == (483_433_486, 490_810_382)
     assert expert.vlm_layers == list(range(14))  # demo.yaml selected_layers [0..13]
+    # gem-8b (extends gem-2b): Qwen3-VL-8B's text width 4096, 36 layers; only the language adaptor grows.
+    assert release_param_count(7, 8, 4096)[1] == 492_865_543
+    with torch.device("meta"):
+        eight = FlowActionExpert(cfg, 4096, 37)
+    assert n_params(eight) == 492_865_543
 
 
 def test_swiglu_hidden_width_follows_the_llama_rule():
