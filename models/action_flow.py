@@ -1,21 +1,30 @@
-"""Flow-matching action expert (RDT-style, as in GEM's released VLA code).
+"""Flow-matching action expert: the released GEM-VLA RDT runner (GEM-VLA/models/rdt_runner.py).
 
-Sequence per sample: [time token, state token, R register tokens, chunk_size action tokens] with learned
-positions, bidirectional self-attention (grouped-query). Expert layer i cross-attends to the backbone's
-hidden_states[vlm_layers[i]] through its own 2-layer SiLU MLP adaptor (VLM width -> expert width), with the
-prompt's padding masked out.
+The backbone's hidden_states[vlm_layers[i]] pass through ONE shared language adaptor (SiLU MLP, VLM width ->
+expert width) and become expert block i's cross-attention context, with the prompt's padding masked out. The
+noisy chunk and the state go through their own SiLU MLP adaptors; the network is RDT (action_rdt.py).
 
-Flow convention (same as the depth generator): x_t = (1 - t) a + t eps, the network predicts v = eps - a,
-t ~ sigmoid(N(mean, std)) (logit-normal), MSE loss on normalised actions. Sampling integrates from pure
-noise at t = 1 to t = 0 with `inference_steps` Euler steps x <- x - v / steps.
+Flow convention (the release's, opposite to the depth generator's): x_t = t a + (1 - t) eps, so t = 1 is the
+clean chunk; the network predicts v = a - eps from t in [0, 1] unscaled; t = sigmoid(N(mean, std))
+(logit-normal; the release's LogisticNormal(0, 1)); MSE on normalised actions. Sampling integrates from pure
+noise at t = 0 to t = 1 with `inference_steps` Euler steps x <- x + v / steps.
 """
 
 import torch
 from torch import Tensor, nn
 
-from .action_layers import Block, masked_mean, timestep_embedding
+from .action_layers import masked_mean
 from .action_normalization import ActionNormalizer
+from .action_rdt import RDT
 from .config import ActionExpertConfig
+
+
+def silu_mlp(in_features: int, out_features: int, depth: int) -> nn.Sequential:
+    """The release's `mlp{depth}x_silu` adaptor: Linear(in, out), then (depth - 1) x [SiLU, Linear(out, out)]."""
+    layers: list[nn.Module] = [nn.Linear(in_features, out_features)]
+    for _ in range(depth - 1):
+        layers += [nn.SiLU(), nn.Linear(out_features, out_features)]
+    return nn.Sequential(*layers)
 
 
 def resolve_vlm_layers(cfg: ActionExpertConfig, num_hidden_states: int) -> list[int]:
@@ -37,45 +46,28 @@ class FlowActionExpert(nn.Module):
         self.vlm_layers = resolve_vlm_layers(cfg, num_hidden_states)
         h = cfg.hidden_size
         self.normalizer = ActionNormalizer(cfg.action_dim, cfg.state_dim, cfg.normalization)
-        self.action_in = nn.Linear(cfg.action_dim, h)
-        self.state_in = nn.Linear(cfg.state_dim, h)
-        self.time_mlp = nn.Sequential(nn.Linear(h, h), nn.SiLU(), nn.Linear(h, h))
-        self.registers = nn.Parameter(torch.randn(cfg.num_registers, h) * 0.02)
-        self.pos = nn.Parameter(torch.randn(1, 2 + cfg.num_registers + cfg.chunk_size, h) * 0.02)
-        self.adaptors = nn.ModuleList(
-            nn.Sequential(nn.Linear(vlm_hidden_size, h), nn.SiLU(), nn.Linear(h, h))
-            for _ in range(cfg.num_layers)
-        )
-        self.blocks = nn.ModuleList(
-            Block(h, cfg.num_heads, cfg.num_kv_heads, cfg.mlp_ratio, causal=False)
-            for _ in range(cfg.num_layers)
-        )
-        self.norm_out = nn.RMSNorm(h)
-        self.action_out = nn.Linear(h, cfg.action_dim)
+        self.model = RDT(cfg)
+        # Adaptors keep PyTorch's default init, as the release (they sit outside RDT's initialize_weights).
+        self.lang_adaptor = silu_mlp(vlm_hidden_size, h, cfg.lang_adaptor_depth)
+        self.act_adaptor = silu_mlp(cfg.action_dim, h, cfg.action_adaptor_depth)
+        self.state_adaptor = silu_mlp(cfg.state_dim, h, cfg.state_adaptor_depth)
 
     def contexts(self, hidden_states: tuple[Tensor, ...]) -> list[Tensor]:
-        dtype = self.action_in.weight.dtype
-        return [ad(hidden_states[i].to(dtype)) for ad, i in zip(self.adaptors, self.vlm_layers)]
+        dtype = self.lang_adaptor[0].weight.dtype
+        return [self.lang_adaptor(hidden_states[i].to(dtype)) for i in self.vlm_layers]
 
     def velocity(self, x_t: Tensor, t: Tensor, state: Tensor, contexts: list[Tensor], mask: Tensor) -> Tensor:
         """Normalised noisy chunk [B, T, A], t [B], normalised state [B, S] -> predicted v [B, T, A]."""
-        b = x_t.shape[0]
-        time_tok = self.time_mlp(timestep_embedding(t, self.cfg.hidden_size).to(x_t.dtype))
-        tokens = (
-            torch.cat(
-                [
-                    time_tok[:, None],
-                    self.state_in(state)[:, None],
-                    self.registers.expand(b, -1, -1),
-                    self.action_in(x_t),
-                ],
-                dim=1,
-            )
-            + self.pos
+        dtype = self.act_adaptor[0].weight.dtype
+        return self.model(
+            self.act_adaptor(x_t.to(dtype)), t, self.state_adaptor(state.to(dtype))[:, None], contexts, mask
         )
-        for block, ctx in zip(self.blocks, contexts):
-            tokens = block(tokens, ctx, mask)
-        return self.action_out(self.norm_out(tokens[:, -self.cfg.chunk_size :]))
+
+    def sample_timesteps(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """Training times, logit-normal: sigmoid(mean + std * z), z ~ N(0, 1)."""
+        device = generator.device if generator is not None else "cpu"
+        z = torch.randn(n, generator=generator, device=device)
+        return torch.sigmoid(self.cfg.logit_normal_mean + self.cfg.logit_normal_std * z)
 
     def loss(
         self,
@@ -83,19 +75,19 @@ class FlowActionExpert(nn.Module):
         attention_mask: Tensor,
         state: Tensor,
         actions: Tensor,
-        generator: torch.Generator,
+        generator: torch.Generator | None,
         action_mask: Tensor | None = None,
     ) -> Tensor:
         """Raw state [B, S] and action chunk [B, T, A] -> flow-matching MSE on the normalised chunk."""
         a = self.normalizer.normalize_actions(actions.float())
         s = self.normalizer.normalize_state(state.float())
-        z = torch.randn(a.shape[0], generator=generator, device=generator.device).to(a.device)
-        t = torch.sigmoid(self.cfg.logit_normal_mean + self.cfg.logit_normal_std * z)
-        eps = torch.randn(a.shape, generator=generator, device=generator.device).to(a.device)
+        device = generator.device if generator is not None else "cpu"
+        t = self.sample_timesteps(a.shape[0], generator).to(a.device)
+        eps = torch.randn(a.shape, generator=generator, device=device).to(a.device)
         tt = t.view(-1, 1, 1)
-        x_t = (1.0 - tt) * a + tt * eps
+        x_t = tt * a + (1.0 - tt) * eps
         v = self.velocity(x_t, t, s, self.contexts(hidden_states), attention_mask.bool())
-        return masked_mean((v.float() - (eps - a)) ** 2, action_mask)
+        return masked_mean((v.float() - (a - eps)) ** 2, action_mask)
 
     @torch.no_grad()
     def predict(
@@ -114,6 +106,6 @@ class FlowActionExpert(nn.Module):
             state.device
         )
         for k in range(steps):
-            t = torch.full((b,), 1.0 - k / steps, device=x.device)
-            x = x - self.velocity(x, t, s, contexts, mask) / steps
+            t = torch.full((b,), k / steps, device=x.device)
+            x = x + self.velocity(x, t, s, contexts, mask).float() / steps
         return self.normalizer.unnormalize_actions(x)

@@ -1,8 +1,6 @@
-"""Transformer pieces shared by the action experts: grouped-query attention, MLP, pre-norm block."""
+"""The autoregressive expert's transformer pieces (grouped-query attention, MLP, pre-norm block) and the masked
+chunk mean both action experts' losses use."""
 
-import math
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -65,15 +63,6 @@ class Block(nn.Module):
         x = x + self.self_attn(self.norm1(x), causal=self.causal)
         x = x + self.cross_attn(self.norm2(x), self.norm_ctx(context), key_mask=context_mask)
         return x + self.mlp(self.norm3(x))
-
-
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding of t in [0, 1] (scaled by 1000 like diffusion timesteps): [B] -> [B, dim]."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = (t.float() * 1000.0)[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    return F.pad(emb, (0, dim % 2))
 
 
 def masked_mean(err: Tensor, step_mask: Tensor | None) -> Tensor:

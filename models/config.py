@@ -131,15 +131,30 @@ class ActionExpertConfig:
     num_layers: Int = setting(14, "Expert blocks.", ge=1)
     num_heads: Int = setting(8, "Query heads.", ge=1)
     num_kv_heads: Int = setting(4, "Key/value heads (grouped-query attention).", ge=1)
-    mlp_ratio: Float = setting(4.0, "MLP width = mlp_ratio * hidden_size.", ge=0.5)
-    # --- flow only ---
-    num_registers: Int = setting(4, "Learned register tokens in the expert sequence.", ge=0)
+    mlp_ratio: Float = setting(
+        4.0, "MLP width = mlp_ratio * hidden_size (flow: the SwiGLU width is 2/3 of it, rounded up to "
+        "ffn_multiple_of, as llama and the release's RDT).", ge=0.5)
+    # --- flow only (the release's RDT, GEM-VLA/configs/demo.yaml) ---
+    num_registers: Int = setting(4, "Learned register tokens appended after the action tokens.", ge=0)
+    ffn_multiple_of: Int = setting(256, "SwiGLU hidden width is rounded up to a multiple of this.", ge=1)
+    ffn_dim_multiplier: Float | None = setting(
+        None, "Optional factor on the SwiGLU hidden width before rounding (llama's; the release: null).", gt=0.0)
+    norm_eps: Float = setting(1e-5, "Epsilon of every RMSNorm in the expert (blocks, q/k per head, output).", gt=0.0)
+    time_embed_dim: Int = setting(
+        256, "Sinusoid features of the timestep before its MLP (DiT's frequency_embedding_size).", ge=2)
+    lang_adaptor_depth: Int = setting(
+        2, "Linear layers (SiLU between) of the ONE adaptor shared by every expert layer: VLM width -> "
+        "hidden_size (the release's mlp2x_silu).", ge=1)
+    action_adaptor_depth: Int = setting(3, "Linear layers of the noisy-action adaptor (mlp3x_silu).", ge=1)
+    state_adaptor_depth: Int = setting(3, "Linear layers of the proprioceptive-state adaptor (mlp3x_silu).", ge=1)
     vlm_layers: list[Int] = setting(
         list, "Per expert layer, an index into the backbone's hidden_states (0 = embeddings, k = after decoder "
         "layer k); empty = layer i reads hidden_states[i], clipped to the deepest one for small backbones.")
-    logit_normal_mean: Float = setting(0.0, "Training t = sigmoid(N(mean, std)).")
+    logit_normal_mean: Float = setting(
+        0.0, "Training t = sigmoid(N(mean, std)); the release: LogisticNormal(0, 1), i.e. mean 0, std 1.")
     logit_normal_std: Float = setting(1.0, "See logit_normal_mean.", ge=0.0)
-    inference_steps: Int = setting(5, "Euler steps at prediction.", ge=1)
+    inference_steps: Int = setting(
+        5, "Euler steps from noise (t = 0) to the action chunk (t = 1) at prediction.", ge=1)
     # --- autoregressive only ---
     ar_loss: Literal["l1", "mse"] = setting("l1", "Teacher-forced regression loss on normalised actions.")
 
@@ -185,5 +200,6 @@ def tiny_config(family: str = "qwen3_vl", action: str = "none", space: str = "pi
             num_heads=4,
             num_kv_heads=2,
             mlp_ratio=2.0,
+            ffn_multiple_of=16,
         ),
     )

@@ -8,6 +8,8 @@ from gem_models.action_flow import FlowActionExpert, resolve_vlm_layers
 from gem_models.action_normalization import ActionNormalizer
 from gem_models.config import ActionExpertConfig, tiny_config
 
+from .test_model_action_rdt import perturb_zero_init
+
 VLM, N_STATES, B, L = 32, 3, 4, 9
 
 
@@ -97,6 +99,7 @@ def test_predict_unnormalizes(kind):
 
 def test_flow_reads_only_its_vlm_layers_and_ignores_padding():
     expert = build("flow", num_layers=2, vlm_layers=[2, 2])
+    perturb_zero_init(expert)  # a fresh RDT outputs 0 whatever its context
     hidden, mask, state, _ = fixed_batch()
     ref = expert.predict(hidden, mask, state, torch.Generator().manual_seed(0))
     other_layer = (hidden[0] + 5, hidden[1] + 5, hidden[2])
@@ -134,9 +137,10 @@ def test_autoregressive_is_causal():
 
 
 def test_gqa_shapes():
-    expert = build("flow", num_heads=4, num_kv_heads=2)
-    attn = expert.blocks[0].self_attn
-    assert attn.kv.out_features == 2 * 2 * (64 // 4)  # K and V for 2 heads of 16
+    flow = build("flow", num_heads=4, num_kv_heads=2).model.blocks[0]
+    ar = build("autoregressive", num_heads=4, num_kv_heads=2).blocks[0]
+    for kv in (flow.attn.wkv, flow.cross_attn.wkv, ar.self_attn.kv, ar.cross_attn.kv):
+        assert kv.out_features == 2 * 2 * (64 // 4)  # K and V for 2 heads of 16
 
 
 def test_statistics_dict_and_masked_steps():
