@@ -1,5 +1,7 @@
 """The Qwen-VL backbone: Qwen3-VL (GEM's) or Qwen2.5-VL, tiny random-init from a config or from_pretrained."""
 
+import warnings
+
 import torch
 from torch import nn
 from transformers import (
@@ -12,6 +14,7 @@ from transformers import (
 )
 
 from .config import BackboneConfig
+from .presets import check_backbone_config
 
 BACKBONE_CLASSES = {
     "qwen3_vl": Qwen3VLForConditionalGeneration,
@@ -122,6 +125,9 @@ def load_backbone(path: str, family: str) -> PreTrainedModel:
     expected = {"qwen3_vl": "qwen3_vl", "qwen2_5_vl": "qwen2_5_vl"}[family]
     if model.config.model_type != expected:
         raise ValueError(f"{path} is a {model.config.model_type} checkpoint, the config says family={family}")
+    difference = check_backbone_config(path, model.config)
+    if difference:  # the checkpoint is right by definition; the preset (paper-scale shapes, no download) is stale
+        warnings.warn(f"{difference}: fix models/presets.py", stacklevel=2)
     return model
 
 
