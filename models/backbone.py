@@ -1,5 +1,7 @@
 """The Qwen-VL backbone: Qwen3-VL (GEM's) or Qwen2.5-VL, tiny random-init from a config or from_pretrained."""
 
+import warnings
+
 import torch
 from torch import nn
 from transformers import (
@@ -12,6 +14,7 @@ from transformers import (
 )
 
 from .config import BackboneConfig
+from .presets import check_backbone_config
 
 BACKBONE_CLASSES = {
     "qwen3_vl": Qwen3VLForConditionalGeneration,
@@ -122,6 +125,9 @@ def load_backbone(path: str, family: str) -> PreTrainedModel:
     expected = {"qwen3_vl": "qwen3_vl", "qwen2_5_vl": "qwen2_5_vl"}[family]
     if model.config.model_type != expected:
         raise ValueError(f"{path} is a {model.config.model_type} checkpoint, the config says family={family}")
+    difference = check_backbone_config(path, model.config)
+    if difference:  # the checkpoint is right by definition; the preset (paper-scale shapes, no download) is stale
+        warnings.warn(f"{difference}: fix models/presets.py", stacklevel=2)
     return model
 
 
@@ -136,14 +142,16 @@ def vision_token_ids(model: PreTrainedModel) -> dict[str, int]:
 
 
 def backbone_module_groups(model: PreTrainedModel) -> dict[str, nn.Module]:
-    """vision = ViT without merger(s); merger = patch merger (+ Qwen3-VL deepstack mergers); language = LLM.
+    """vision = ViT without mergers; merger = the final patch merger; deepstack_merger = Qwen3-VL's mergers of
+    intermediate ViT features (empty for Qwen2.5-VL); language = LLM (embeddings, decoder, lm_head).
 
-    The deepstack mergers project ViT features into the LLM width exactly like the final merger, so they train
-    or freeze with it (the released script trains the merger and the LLM and freezes the ViT).
+    The deepstack mergers are their own group because the two published choices differ on them: the paper's table
+    trains every merger, the released script (train_qwen.py set_model) unfreezes `visual.merger` only.
     """
     visual = model.model.visual
-    merger_names = [n for n in ("merger", "deepstack_merger_list") if hasattr(visual, n)]
+    merger_names = ("merger", "deepstack_merger_list")
     vision = nn.ModuleDict({n: m for n, m in visual.named_children() if n not in merger_names})
-    merger = nn.ModuleDict({n: getattr(visual, n) for n in merger_names})
+    deepstack = nn.ModuleDict({"deepstack_merger_list": visual.deepstack_merger_list}
+                              if hasattr(visual, "deepstack_merger_list") else {})
     language = nn.ModuleDict({"language_model": model.model.language_model, "lm_head": model.lm_head})
-    return {"vision": vision, "merger": merger, "language": language}
+    return {"vision": vision, "merger": visual.merger, "deepstack_merger": deepstack, "language": language}

@@ -22,7 +22,8 @@ from gem_models.config import SETTINGS, Bool, Float, Int, setting
 from .errors import InputError
 
 # Logical parts of the GEM model a stage can train (gem_models.gem.GemModel.module_groups()).
-MODULE_GROUPS = ("vision", "merger", "language", "connector", "depth_generator", "action_expert")
+MODULE_GROUPS = (
+    "vision", "merger", "deepstack_merger", "language", "connector", "depth_generator", "action_expert")
 
 STAGES = ("stage1", "stage2", "stage3", "stage4")
 
@@ -203,7 +204,7 @@ class StagesConfig:
         trainable=["connector", "depth_generator"], loss=LossWeights(lm=0.0, depth=1.0)),
         "2: depth-generator warm-up (connector + DiT).")
     stage3: TrainStageConfig = setting(lambda: TrainStageConfig(
-        trainable=["merger", "language", "connector", "depth_generator"], lr=1e-5,
+        trainable=["merger", "deepstack_merger", "language", "connector", "depth_generator"], lr=1e-5,
         loss=LossWeights(lm=1.0, depth=0.1)),
         "3: end-to-end joint training, L = L_LM + 0.1 L_depth.")
     stage4: TrainStageConfig = setting(lambda: TrainStageConfig(

@@ -27,6 +27,7 @@ from .episode_format import inspect_episode
 from .manifest import FORMAT, md5_file, write_file_list
 from .sample_format import check_sample, depth_candidates, parse_sample, scan_jsonl
 from .sampling import parse_set_name, select_indices
+from .video import VideoError, is_video_file, video_size
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,11 @@ def _check_file(path: Path, decode: bool) -> FileCheck:
         return FileCheck(False, None, None, None, None)
     data = path.read_bytes()  # one read serves the md5 and the header
     md5 = hashlib.md5(data).hexdigest()
+    if is_video_file(path.name):
+        try:
+            return FileCheck(True, md5, video_size(io.BytesIO(data), decode), None, None)
+        except VideoError as e:
+            return FileCheck(True, md5, None, None, str(e))
     try:
         with Image.open(io.BytesIO(data)) as image:
             if decode:
@@ -98,7 +104,8 @@ def _ingest_set(cfg: DataConfig, index: int, aset: AnnotationSet, md5s: dict[str
     # Check every used image (and its depth) once, in parallel: reading and hashing dominates for large sets.
     media = list(dict.fromkeys(m for i in selected for m in records[i][1]))
     image_files = [data_path / m for m in media]
-    candidates = {m: depth_candidates(depth_root, m) for m in media} if depth_root else {}
+    # a video file's frames have no depth (the release looks depth up by image path)
+    candidates = {m: depth_candidates(depth_root, m) for m in media if not is_video_file(m)} if depth_root else {}
     depth_files = list(dict.fromkeys(p for paths in candidates.values() for p in paths))
     decode = cfg.check_images == "decode"
     checks = dict(
@@ -110,13 +117,14 @@ def _ingest_set(cfg: DataConfig, index: int, aset: AnnotationSet, md5s: dict[str
         where, paths, _ = records[i]
         for m in paths:
             image = checks[data_path / m]
+            kind, fix = ("video", "re-encode it (e.g. H.264 .mp4)") if is_video_file(m) else ("image", "re-export it as PNG/JPEG")
             if not image.exists:
                 raise InputError(
-                    f"image '{m}' in {where} does not exist under '{data_path}': fix data_path or drop the sample"
+                    f"{kind} '{m}' in {where} does not exist under '{data_path}': fix data_path or drop the sample"
                 )
             if image.error:
                 raise InputError(
-                    f"image '{m}' in {where} cannot be read ({image.error}): re-export it as PNG/JPEG or drop the sample"
+                    f"{kind} '{m}' in {where} cannot be read ({image.error}): {fix} or drop the sample"
                 )
             dpath = found.get(m)
             if dpath is None:
@@ -137,7 +145,7 @@ def _ingest_set(cfg: DataConfig, index: int, aset: AnnotationSet, md5s: dict[str
         if checks[path].exists:
             md5s[str(path)] = checks[path].md5
     with_depth = sum(p is not None for p in found.values())
-    if depth_root is not None and media and with_depth == 0:
+    if depth_root is not None and candidates and with_depth == 0:
         raise InputError(
             f"depth root '{aset.depth_root}' ({key}.depth_root) holds a depth map for none of the set's images: "
             "check the path (depth of image p is <depth_root>/depth/<basename of p>, or the same name with .png) "

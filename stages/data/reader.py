@@ -20,6 +20,7 @@ from .depth_png import load_depth_m
 from .manifest import load_manifest, md5_file, resolve
 from .sample_format import check_sample, expand_video_tag, find_depth, parse_sample, scan_jsonl
 from .sampling import select_indices
+from .video import VideoError, decode_video, is_video_file
 
 MAX_OPEN_EPISODES = 64  # HDF5 handles kept open per process (file-descriptor limits are ~1024)
 
@@ -79,6 +80,11 @@ class GemSamples(Sequence):
         depth_root = resolve(self.dataset_dir, entry["depth_root"]) if entry["depth_root"] else None
         pil_images, depths = [], []
         for rel in images + frames:
+            if is_video_file(rel):  # a video file's frames have no depth (the release looks depth up by image)
+                decoded = _load_video(data_path / rel, rel, where)
+                pil_images += decoded
+                depths += [None] * len(decoded)
+                continue
             image = _load_image(data_path / rel, rel, where)
             # as in the reference: an image without depth simply gets no depth target
             dpath = find_depth(depth_root, rel) if depth_root else None
@@ -86,7 +92,9 @@ class GemSamples(Sequence):
             pil_images.append(image)
             depths.append(depth)
         conversations = (
-            expand_video_tag(sample["conversations"], len(frames)) if frames else sample["conversations"]
+            expand_video_tag(sample["conversations"], len(pil_images) - len(images))
+            if frames
+            else sample["conversations"]
         )
         return {
             "id": str(sample.get("id") or f"{entry['name']}:{where.rsplit(' ', 1)[-1]}"),
@@ -95,6 +103,16 @@ class GemSamples(Sequence):
             "conversations": conversations,
             "task": str(sample.get("task") or entry["name"]),
         }
+
+
+def _load_video(path: Path, rel: str, where: str) -> list[Image.Image]:
+    if not path.is_file():
+        raise InputError(f"video '{rel}' in {where} does not exist: restore it or prepare the dataset again")
+    try:
+        return decode_video(path)
+    except VideoError as e:
+        raise InputError(f"video '{rel}' in {where} cannot be decoded ({e}): re-encode it (e.g. H.264 .mp4) or "
+                         "drop the sample") from None
 
 
 def _load_image(path: Path, rel: str, where: str) -> Image.Image:

@@ -1,20 +1,18 @@
 """The GEM annotation format (LLaVA/Qwen JSONL): reading lines, checking a sample, listing its media.
 
-A sample: {"image": "a.jpg" | ["a.jpg", "b.jpg"], "video": [frame paths], "conversations": [{"from": "human",
-"value": "<image>\\n..."}, {"from": "gpt", "value": "..."}], ...}. Image paths are relative to the set's
-data_path. A video is a list of frame files (decoded videos are not supported); like the reference, up to 32
-frames are used, each as an image, so the reader replaces its one <video> tag by one <image> tag per frame.
+A sample: {"image": "a.jpg" | ["a.jpg", "b.jpg"], "video": "clip.mp4" | [frame paths], "conversations":
+[{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}], ...}. Paths are relative to the set's
+data_path. A video, a file (decoded with PyAV, see video.py) or a list of frame files, gives up to 32 evenly spaced
+frames, each fed to the model as an image: the reader replaces its one <video> tag by one <image> tag per frame.
 """
 
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import InputError
+from .video import VIDEO_SUFFIXES, frame_indices, is_video_file
 
-MAX_VIDEO_FRAMES = 32
 ROLES = ("human", "gpt", "system")
 
 
@@ -64,15 +62,13 @@ def _path_list(sample: dict, key: str, where: str) -> list[str]:
 
 
 def video_frames(frames: list[str]) -> list[str]:
-    """At most MAX_VIDEO_FRAMES frames, evenly spaced over the video."""
-    if len(frames) <= MAX_VIDEO_FRAMES:
-        return list(frames)
-    picks = np.linspace(0, len(frames) - 1, MAX_VIDEO_FRAMES).round().astype(int)
-    return [frames[i] for i in picks]
+    """A frame list's kept frames: at most 32, evenly spaced over the video (video.frame_indices)."""
+    return [frames[i] for i in frame_indices(len(frames))]
 
 
 def check_sample(sample: dict, where: str) -> tuple[list[str], list[str]]:
-    """Validate one sample; return (image paths, video frame paths). InputError names what is wrong and where."""
+    """Validate one sample; return (image paths, video frame paths), where a video file is the one "frame" [its path]
+    (is_video_file tells; its frames are known once decoded). InputError names what is wrong and where."""
     conversations = sample.get("conversations")
     if not isinstance(conversations, list) or not conversations:
         raise InputError(f"{where} has no 'conversations' list: add the human/gpt turns or drop the sample")
@@ -87,12 +83,19 @@ def check_sample(sample: dict, where: str) -> tuple[list[str], list[str]]:
                 f"({'/'.join(ROLES)}) and a string 'value'"
             )
     images = _path_list(sample, "image", where)
-    if isinstance(sample.get("video"), str):
+    for path in images:
+        if is_video_file(path):
+            raise InputError(f"{where} lists the video file '{path}' under \"image\": give it as \"video\"")
+    frames = _path_list(sample, "video", where)
+    if isinstance(sample.get("video"), str) and not is_video_file(frames[0]):
         raise InputError(
-            f"{where} names a video file ('{sample['video']}'): extract its frames and list them as "
-            '"video": [frame paths]'
+            f"{where} has \"video\": '{frames[0]}', which is not a video file ({', '.join(VIDEO_SUFFIXES)}): "
+            "give a video file or a list of frame paths"
         )
-    frames = video_frames(_path_list(sample, "video", where))
+    if len(frames) > 1 and any(is_video_file(f) for f in frames):
+        raise InputError(f"{where} lists video files as the frames of its \"video\": give one video file or a "
+                         "list of frame images")
+    frames = video_frames(frames)
     text = "".join(turn["value"] for turn in conversations)
     if text.count("<image>") != len(images):
         raise InputError(

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 from diffusers import AutoencoderDC, SanaTransformer2DModel
+from torch import nn
 from transformers import AutoModelForImageTextToText
 
 from gem_models.config import tiny_config
@@ -95,7 +96,8 @@ def test_a_mixed_batch_learns_depth_from_the_images_that_have_it(qwen3_model, sa
 def test_module_groups_cover_every_trainable_parameter_once(family):
     model = GemModel.build(tiny_config(family, action="flow", space="latent"), seed=0)
     groups = model.module_groups()
-    assert list(groups) == ["vision", "merger", "language", "connector", "depth_generator", "action_expert"]
+    assert list(groups) == [
+        "vision", "merger", "deepstack_merger", "language", "connector", "depth_generator", "action_expert"]
     owner = {}
     for name, module in groups.items():
         for p in module.parameters():
@@ -106,9 +108,13 @@ def test_module_groups_cover_every_trainable_parameter_once(family):
     vae = {id(p) for p in model.depth_generator.vae.parameters()}
     assert vae and not (vae & set(owner))  # the frozen VAE is in no group
     visual = model.backbone.model.visual
-    assert {id(p) for p in visual.merger.parameters()} <= {i for i, n in owner.items() if n == "merger"}
+    assert {id(p) for p in visual.merger.parameters()} == {i for i, n in owner.items() if n == "merger"}
+    deepstack = {id(p) for p in getattr(visual, "deepstack_merger_list", nn.ModuleList()).parameters()}
+    assert deepstack == {i for i, n in owner.items() if n == "deepstack_merger"}
+    assert bool(deepstack) == (family == "qwen3_vl")  # Qwen2.5-VL has no deepstack: an empty group
     assert not any("merger" in n for n, _ in groups["vision"].named_parameters())
-    assert {id(p) for p in visual.parameters()} == {i for i, n in owner.items() if n in ("vision", "merger")}
+    assert {id(p) for p in visual.parameters()} == {
+        i for i, n in owner.items() if n in ("vision", "merger", "deepstack_merger")}
 
 
 def test_build_is_seeded_and_leaves_global_rng_alone():

@@ -124,7 +124,7 @@ def test_partial_stage_section_keeps_that_stages_defaults(tmp_path):
     write(tmp_path, "r", "stages:\n  stage3: {steps: 5}\n  stage4: {lr: 0.5}\n")
     r = resolve(tmp_path, "r")
     assert r.stages.stage3.steps == 5
-    assert r.stages.stage3.trainable == ["merger", "language", "connector", "depth_generator"]
+    assert r.stages.stage3.trainable == ["merger", "deepstack_merger", "language", "connector", "depth_generator"]
     assert (r.stages.stage3.loss.lm, r.stages.stage3.loss.depth) == (1.0, 0.1)
     assert r.stages.stage4.lr == 0.5 and r.stages.stage4.loss.action == 1.0
 
