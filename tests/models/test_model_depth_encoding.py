@@ -139,6 +139,22 @@ def test_spectral_depth_is_resized_to_the_processed_image_first():
         assert torch.allclose(x[:, rows, cols], colour.expand(3, 32, 32), atol=1e-6)
 
 
+def test_spectral_resize_is_antialiased_bilinear_rounded_to_bytes():
+    """Left half 1 m (Spectral(0) = (158, 1, 66)), right half 16 m (Spectral(1) = (94, 79, 162)), 64x64 -> 32x32.
+    Antialiased bilinear at scale 2 weighs 4 source columns by (0.25, 0.75, 0.75, 0.25) / 2; output column 15 takes
+    source columns 29-32 (three left, one right): R (1.75 * 158 + 0.25 * 94) / 2 = 150, G (1.75 + 19.75) / 2 =
+    10.75 -> 11 (rounded, as torchvision casts back to uint8), B (115.5 + 40.5) / 2 = 78; column 16 mirrors it:
+    (102, 69.25 -> 69, 150). Away from the edge the colours stay pure."""
+    d = np.ones((64, 64))
+    d[:, 32:] = 16.0
+    x = encode_spectral_inverse(d, (64, 64), long_side=32)
+    assert x.shape == (3, 32, 32)
+    assert torch.allclose(x[:, :, 15], unit((150, 11, 78))[:, None].expand(3, 32), atol=1e-6)
+    assert torch.allclose(x[:, :, 16], unit((102, 69, 150))[:, None].expand(3, 32), atol=1e-6)
+    assert torch.allclose(x[:, :, 0], unit(SPECTRAL_0)[:, None].expand(3, 32), atol=1e-6)
+    assert torch.allclose(x[:, :, 31], unit(SPECTRAL_1)[:, None].expand(3, 32), atol=1e-6)
+
+
 def test_inferno_lut_is_opencvs():
     lut = inferno_lut()
     assert lut.shape == (256, 3) and lut.dtype == np.uint8
