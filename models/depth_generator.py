@@ -1,5 +1,10 @@
 """Depth generator: a SANA DiT, conditioned on connector outputs, trained with rectified flow on depth images.
 
+The condition enters as the backbone's gathered image states plus the connector that maps them into the DiT's
+caption space. Classifier-free guidance zeroes the states BEFORE the connector (the release's
+`diffusion_connector(mask_drop(hidden))`), so the unconditional condition is connector(0), a learned vector, in
+training and in sampling alike.
+
 latent space (paper): frozen DC-AE; latents = (vae.encode(x).latent - shift) * scale.
 pixel space (tiny models): the DiT works on the [-1, 1] RGB depth image directly.
 
@@ -10,6 +15,7 @@ one, so batched and per-sample losses agree, and a run resumed with the generato
 
 import os
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -196,9 +202,15 @@ class DepthGenerator(nn.Module):
 
     # ----- training -----
     def loss(
-        self, targets: list[Tensor], cond: Tensor, cond_mask: Tensor, generator: torch.Generator
+        self,
+        targets: list[Tensor],
+        states: Tensor,
+        cond_mask: Tensor,
+        generator: torch.Generator,
+        connector: Callable[[Tensor], Tensor],
     ) -> tuple[Tensor, Tensor]:
-        """Rectified-flow loss. targets: [3, h, w] in [-1, 1] each; cond [N, L, C]; cond_mask [N, L].
+        """Rectified-flow loss. targets: [3, h, w] in [-1, 1] each; states [N, L, H] (backbone width, zeros in
+        padding); cond_mask [N, L]; connector: states -> the DiT's condition [N, L, C].
 
         Returns (mean over images, per-image losses [N]).
         """
@@ -212,6 +224,9 @@ class DepthGenerator(nn.Module):
             t_index.append(min(int(u * n_steps), n_steps - 1))  # index into the scheduler's table
             keep.append(bool(drop >= self.cfg.cfg_dropout))
             noise.append(torch.randn(lat.shape, generator=generator, device=dev).to(lat.device))
+        # Classifier-free guidance dropout: a dropped image's states are zeroed before the connector.
+        keep_mask = torch.tensor(keep, device=states.device, dtype=states.dtype)
+        cond = connector(states * keep_mask.view(-1, 1, 1))
         per_image = cond.new_zeros(len(targets), dtype=torch.float32)
         for idx in _group_by_shape(latents).values():
             x = torch.stack([latents[i] for i in idx])
@@ -221,10 +236,7 @@ class DepthGenerator(nn.Module):
             sigma = self._train_sigmas[ti].to(x.device).view(-1, 1, 1, 1)
             noisy = (1.0 - sigma) * x + sigma * eps
             target = eps - x
-            # Classifier-free guidance dropout: a dropped image sees an all-zero condition (same mask).
-            keep_mask = torch.tensor([keep[i] for i in idx], device=cond.device, dtype=cond.dtype)
-            c = cond[idx] * keep_mask.view(-1, 1, 1)
-            pred = self._dit(noisy, timesteps, c, cond_mask[idx])
+            pred = self._dit(noisy, timesteps, cond[idx], cond_mask[idx])
             losses = ((pred - target) ** 2).mean(dim=(1, 2, 3))  # uniform weighting, MSE per image
             per_image = per_image.index_put((torch.tensor(idx, device=per_image.device),), losses)
         return per_image.mean(), per_image
@@ -233,20 +245,23 @@ class DepthGenerator(nn.Module):
     @torch.no_grad()
     def sample(
         self,
-        cond: Tensor,
+        states: Tensor,
         cond_mask: Tensor,
         sizes: list[tuple[int, int]],
+        connector: Callable[[Tensor], Tensor],
         steps: int | None = None,
         guidance_scale: float | None = None,
         generator: torch.Generator | None = None,
     ) -> list[Tensor]:
-        """Euler sampling with sigmas linspace(1, 1/steps) and CFG (unconditional = zero condition).
+        """Euler sampling with sigmas linspace(1, 1/steps) and CFG (unconditional = connector(0)).
 
-        sizes: target (h, w) per image. Returns [3, h, w] tensors in [0, 1].
+        states [N, L, H] and connector as in `loss`; sizes: target (h, w) per image. Returns [3, h, w] in [0, 1].
         """
         steps = steps or self.cfg.sample_steps
         guidance_scale = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
         f, c = self.spatial_factor, self.latent_channels
+        cond = connector(states)
+        null = connector(torch.zeros_like(states)) if guidance_scale != 1.0 else None
         gen_device = generator.device if generator is not None else torch.device("cpu")
         noise = [
             torch.randn((c, h // f, w // f), generator=generator, device=gen_device).to(cond.device)
@@ -256,6 +271,7 @@ class DepthGenerator(nn.Module):
         for idx in _group_by_shape(noise).values():
             x = torch.stack([noise[i] for i in idx])
             ci, mi = cond[idx], cond_mask[idx]
+            ni = null[idx] if null is not None else None
             sched = self.make_scheduler()
             sched.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps).tolist(), device=x.device)
             for t in sched.timesteps:
@@ -264,7 +280,7 @@ class DepthGenerator(nn.Module):
                     both = self._dit(
                         torch.cat([x, x]),
                         torch.cat([tt, tt]),
-                        torch.cat([torch.zeros_like(ci), ci]),
+                        torch.cat([ni, ci]),
                         torch.cat([mi, mi]),
                     )
                     uncond, condp = both.chunk(2)

@@ -2,7 +2,7 @@
 
 L = w_lm * L_CE + w_depth * L_depth + w_action * L_action (stage 3: 1 / 0.1 / 0, stage 4: 0 / 0.1 / 1).
 The depth condition is each image's last-layer visual-token states, through the connector, into the DiT's
-cross-attention. Which parts train is decided outside, through `module_groups()` and requires_grad.
+cross-attention; classifier-free guidance zeroes the states before the connector (null condition = connector(0)). Which parts train is decided outside, through `module_groups()` and requires_grad.
 """
 
 import dataclasses
@@ -215,12 +215,21 @@ class GemModel(nn.Module):
         logits = self.backbone.lm_head(last_hidden[:, :-1][valid]).float()
         return F.cross_entropy(logits, targets[valid])
 
-    def depth_conditions(self, last_hidden: Tensor, input_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """Per image: connector(last-layer states between vision start/end) [N, L, W] and mask [N, L]."""
-        cond, mask = gather_image_tokens(
+    def depth_states(self, last_hidden: Tensor, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Per image: the last-layer states between vision start/end [N, L, H] (zeros in padding) and mask [N, L].
+        They reach the DiT through `condition`, after the CFG drop (the release drops before the connector)."""
+        return gather_image_tokens(
             last_hidden, input_ids, self.token_ids["vision_start"], self.token_ids["vision_end"]
         )
-        return self.connector(cond.to(self.connector.fc1.weight.dtype)), mask
+
+    def condition(self, states: Tensor) -> Tensor:
+        """Image states [N, L, H] -> the DiT's condition [N, L, W] (the connector, in its own dtype)."""
+        return self.connector(states.to(self.connector.fc1.weight.dtype))
+
+    def depth_conditions(self, last_hidden: Tensor, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Per image: connector(image states) [N, L, W] and mask [N, L] (conditional branch, no drop)."""
+        states, mask = self.depth_states(last_hidden, input_ids)
+        return self.condition(states), mask
 
     def _zero_loss(self) -> Tensor:
         # Touches every trainable parameter: DDP ranks whose batch had nothing to learn still all-reduce.
@@ -265,10 +274,10 @@ class GemModel(nn.Module):
         if w["lm"] > 0 and bool((batch["labels"][:, 1:] != IGNORE_INDEX).any()):  # prompt-only batches: skip
             add("lm", self.lm_loss(last, batch["labels"]))
         if w["depth"] > 0 and len(batch.get("depth_pixel_values", [])) > 0:
-            cond, mask = self.depth_conditions(last, batch["input_ids"])
+            states, mask = self.depth_states(last, batch["input_ids"])
             index = batch["depth_image_index"]
             mean, losses = self.depth_generator.loss(
-                batch["depth_pixel_values"], cond[index], mask[index], generator
+                batch["depth_pixel_values"], states[index], mask[index], generator, self.condition
             )
             add("depth", mean)
             if per_image:
@@ -295,9 +304,9 @@ class GemModel(nn.Module):
     ) -> list[Tensor]:
         """A depth image [3, h, w] in [0, 1] per image of the batch (sizes from batch["depth_sizes"])."""
         last = self.backbone_states(batch).last_hidden_state
-        cond, mask = self.depth_conditions(last, batch["input_ids"])
+        states, mask = self.depth_states(last, batch["input_ids"])
         sizes = [tuple(s) for s in batch["depth_sizes"].tolist()]
-        return self.depth_generator.sample(cond, mask, sizes, steps, guidance_scale, generator)
+        return self.depth_generator.sample(states, mask, sizes, self.condition, steps, guidance_scale, generator)
 
     @torch.no_grad()
     def predict_actions(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:

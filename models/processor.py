@@ -4,6 +4,10 @@ Sample: {"images": [PIL.Image, ...],
          "conversations": [{"from": "human"|"gpt"|"system", "value": "...<image>..."}, ...],
          "depths": [np.ndarray (H, W) metres | None per image]}  ("depths" optional).
 
+Depth targets follow `depth_encoding` (depth_encoding.py): spectral_inverse targets are built from the depth map
+nearest-resized to the image's PROCESSED size (after the image processor's smart resize, as the release does), so
+a map need not have its image's size; inferno_linear targets are depth_long_side squares.
+
 Chat layout (Qwen): <|im_start|>user\n ... <|im_end|>\n<|im_start|>assistant\n ... <|im_end|>\n, every
 <image> replaced by <|vision_start|> + N x <|image_pad|> + <|vision_end|> with N = t*h*w / merge^2 of the
 image's patch grid. Labels are -100 except the assistant answers and their <|im_end|>. A conversation that
@@ -26,7 +30,7 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from .config import BackboneConfig
-from .depth_encoding import depth_target_size, encode_depth
+from .depth_encoding import DEPTH_ENCODINGS, encode_depth, target_size
 from .hf_processor import CHAT_TEMPLATE, QwenVLImageProcessor
 from .tokenizer import load_tokenizer
 
@@ -73,12 +77,16 @@ class GemProcessor:
         depth_long_side: int = 448,
         depth_multiple_of: int = 32,
         padding_side: str = "right",
+        depth_encoding: str = "spectral_inverse",
     ):
+        if depth_encoding not in DEPTH_ENCODINGS:
+            raise ValueError(f"unknown depth encoding {depth_encoding!r}; expected one of {DEPTH_ENCODINGS}")
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.max_length = max_length
         self.depth_long_side = depth_long_side
         self.depth_multiple_of = depth_multiple_of
+        self.depth_encoding = depth_encoding
         self.padding_side = padding_side
         tid = tokenizer.convert_tokens_to_ids
         self.im_start_id, self.im_end_id = tid("<|im_start|>"), tid("<|im_end|>")
@@ -185,25 +193,22 @@ class GemProcessor:
                 f"but max_length is {self.max_length}; raise max_length or lower max_pixels"
             )
         n_keep = sum(r.num_images for r in rounds)
-        depth_targets = []
-        for im, depth in zip(images[:n_keep], depths[:n_keep]):
-            if depth is not None:
-                depth = np.asarray(depth)
-                if depth.shape[:2] != (im.height, im.width):
-                    raise ValueError(
-                        f"depth map size {depth.shape[0]}x{depth.shape[1]} (HxW) does not match its "
-                        f"image size {im.height}x{im.width} (HxW)"
-                    )
-                depth = encode_depth(depth, self.depth_long_side, self.depth_multiple_of)
-            depth_targets.append(depth)
+        patch = self.image_processor.patch_size
+        processed = [(int(g[1]) * patch, int(g[2]) * patch) for g in grids[:n_keep]]  # smart-resized (h, w)
+        depth_targets = [
+            None if depth is None else encode_depth(
+                self.depth_encoding, depth, size, self.depth_long_side, self.depth_multiple_of
+            )
+            for size, depth in zip(processed, depths[:n_keep])
+        ]
         return {
             "ids": [i for r in rounds for i in r.ids],
             "labels": [i for r in rounds for i in r.labels],
             "pixels": pixels[:n_keep],
             "grids": grids[:n_keep],
             "sizes": [
-                depth_target_size(im.height, im.width, self.depth_long_side, self.depth_multiple_of)
-                for im in images[:n_keep]
+                target_size(self.depth_encoding, h, w, self.depth_long_side, self.depth_multiple_of)
+                for h, w in processed
             ],
             "depths": depth_targets,
         }
@@ -265,6 +270,7 @@ class GemProcessor:
             "depth_long_side": self.depth_long_side,
             "depth_multiple_of": self.depth_multiple_of,
             "padding_side": self.padding_side,
+            "depth_encoding": self.depth_encoding,
         }
         with open(os.path.join(directory, SETTINGS_FILE), "w") as f:
             json.dump(settings, f, indent=2)

@@ -176,6 +176,11 @@ class TrainStageConfig:
     depth_long_side: Int | None = setting(
         None, "Depth-target long side for this stage (null: model.depth.image_long_side). The released VLA "
         "script: 256.", ge=32, multiple_of=32)
+    depth_encoding: Literal["spectral_inverse", "inferno_linear"] = setting(
+        "spectral_inverse", "How depth becomes the RGB target. spectral_inverse (released VLM, stages 1-3): inverse "
+        "depth between its 2nd/98th percentiles, Spectral colours, sides scaled to the depth long side and floored to "
+        "multiples of 32. inferno_linear (released VLA joint training): millimetres / 65535, flipped, INFERNO "
+        "colours, a depth_long_side x depth_long_side square.")
 
 
 @settings

@@ -118,6 +118,7 @@ def train_stage(stage: str, *, model_cfg: GemModelConfig, stage_cfg: TrainStageC
         model.enable_gradient_checkpointing()
     if stage_cfg.depth_long_side is not None:  # saved with the checkpoint's processor settings
         model.processor.depth_long_side = stage_cfg.depth_long_side
+    model.processor.depth_encoding = stage_cfg.depth_encoding
     samples = stage_samples(stage, model, model_cfg, data_dir)
     if progress is None:
         from .progress import RichProgress

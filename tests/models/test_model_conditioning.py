@@ -83,3 +83,36 @@ def test_conditions_and_depth_loss_batched_equal_per_sample(family, sample_a, sa
     assert batched.shape == (3,)
     assert torch.allclose(batched, torch.cat([la, lb]), atol=1e-5, rtol=1e-5)
     assert len(set(batched.tolist())) == 3  # really different draws per image
+
+
+def test_model_null_condition_is_connector_of_zero(sample_a, sample_b, monkeypatch):
+    """GemModel drops a condition as the release does, before the connector: with cfg_dropout 1 every condition the
+    DiT sees in training is connector(0) at every position; sampling's unconditional half is the same vector."""
+    cfg = tiny_config()
+    cfg = type(cfg)(**{**cfg.__dict__, "depth": type(cfg.depth)(**{**cfg.depth.__dict__, "cfg_dropout": 1.0})})
+    model = GemModel.build(cfg, seed=0)
+    batch = model.processor([sample_a(), sample_b()])
+    seen = []
+    real = model.depth_generator.transformer.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["encoder_hidden_states"].detach().clone())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model.depth_generator.transformer, "forward", spy)
+    with torch.no_grad():
+        null = model.connector(torch.zeros(model.connector.fc1.in_features))
+        model(batch, {"depth": 1.0}, torch.Generator().manual_seed(0))
+    assert null.abs().sum() > 0  # a learned vector, not the zero condition
+    assert sum(c.shape[0] for c in seen) == 3  # the three images, grouped by target size
+    for c in seen:
+        assert torch.allclose(c, null.expand_as(c), atol=1e-6)
+    seen.clear()
+    with torch.no_grad():
+        conditional, _ = model.depth_conditions(model.backbone_states(batch).last_hidden_state, batch["input_ids"])
+        model.sample_depth(batch, steps=1, guidance_scale=5.0, generator=torch.Generator().manual_seed(0))
+    for c in seen:  # [unconditional | conditional] per size group
+        uncond, cond = c.chunk(2)
+        assert torch.allclose(uncond, null.expand_as(uncond), atol=1e-6)
+        assert not torch.allclose(cond, null.expand_as(cond), atol=1e-3)
+    assert sum(c.shape[0] for c in seen) == 6

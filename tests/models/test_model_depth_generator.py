@@ -3,10 +3,12 @@ import dataclasses
 import pytest
 import torch
 
-from gem_models.config import tiny_config
+from gem_models.config import ConnectorConfig, tiny_config
+from gem_models.connector import Connector
 from gem_models.depth_generator import DepthGenerator, split_ref
 
-WIDTH = 24
+HIDDEN = 16  # backbone width of the gathered image states
+WIDTH = 24  # connector output = the DiT's caption channels
 
 
 def tiny_depth(space="pixel", **kw) -> DepthGenerator:
@@ -15,11 +17,27 @@ def tiny_depth(space="pixel", **kw) -> DepthGenerator:
 
 
 def conditions(n, length=5, seed=0):
+    """Backbone image states [n, length, HIDDEN] (zeros in padding, as gathered) and their mask."""
     g = torch.Generator().manual_seed(seed)
-    cond = torch.randn(n, length, WIDTH, generator=g)
+    states = torch.randn(n, length, HIDDEN, generator=g)
     mask = torch.ones(n, length, dtype=torch.bool)
     mask[0, 3:] = False
-    return cond, mask
+    return states * mask[..., None], mask
+
+
+def connector(seed=0, ones_bias=False) -> Connector:
+    """A random connector; ones_bias: fc1.bias = 0 and fc2.bias = 1, so connector(0) = RMSNorm(1) = 1/sqrt(1 + eps)
+    per channel (gelu(0) = 0, so fc2 sees zeros and returns its bias; the bias has RMS 1)."""
+    torch.manual_seed(seed)
+    c = Connector(HIDDEN, ConnectorConfig(width=WIDTH, norm_eps=1e-5))
+    if ones_bias:
+        with torch.no_grad():
+            c.fc1.bias.zero_()
+            c.fc2.bias.fill_(1.0)
+    return c
+
+
+NULL = 1 / (1 + 1e-5) ** 0.5  # 0.999995: connector(0) with ones_bias
 
 
 def targets(sizes, seed=0):
@@ -41,8 +59,9 @@ def test_scheduler_table_is_plain_rectified_flow():
 def test_flow_loss_matches_hand_computation():
     dg = tiny_depth(cfg_dropout=0.5)
     x = targets([(64, 64), (64, 64)])
-    cond, mask = conditions(2)
-    loss, per_image = dg.loss(x, cond, mask, torch.Generator().manual_seed(3))
+    states, mask = conditions(2)
+    conn = connector()
+    loss, per_image = dg.loss(x, states, mask, torch.Generator().manual_seed(3), conn)
 
     g = torch.Generator().manual_seed(3)
     expected = []
@@ -57,7 +76,7 @@ def test_flow_loss_matches_hand_computation():
         length = int(mask[i].sum())
         pred = dg.transformer(
             noisy[None],
-            encoder_hidden_states=cond[i : i + 1, :length] * keep,
+            encoder_hidden_states=conn(states[i : i + 1, :length] * keep),  # dropped: connector(0)
             timestep=torch.tensor([t]),
             encoder_attention_mask=mask[i : i + 1, :length].float(),
         ).sample
@@ -67,23 +86,56 @@ def test_flow_loss_matches_hand_computation():
     assert torch.allclose(loss, expected.mean(), atol=1e-6)
 
 
-def test_cfg_dropout_zeroes_the_condition():
-    x, (cond, mask) = targets([(64, 64)]), conditions(1)
+def _spy_conditions(dg, monkeypatch) -> list:
+    seen = []
+    real = dg.transformer.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["encoder_hidden_states"].detach().clone())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dg.transformer, "forward", spy)
+    return seen
+
+
+def test_cfg_dropout_conditions_on_connector_of_zero(monkeypatch):
+    """The release's null condition: states zeroed BEFORE the connector, so the DiT sees connector(0) (a learned
+    vector, 1/sqrt(1 + 1e-5) = 0.999995 per channel here), not zeros."""
+    x, (states, mask) = targets([(64, 64), (64, 64)]), conditions(2)
+    conn = connector(ones_bias=True)
+    with torch.no_grad():
+        assert torch.allclose(conn(torch.zeros(1, 1, HIDDEN)), torch.full((1, 1, WIDTH), NULL), atol=1e-6)
     always = tiny_depth(cfg_dropout=1.0)
+    seen = _spy_conditions(always, monkeypatch)
+    always.loss(x, states, mask, torch.Generator().manual_seed(0), conn)
+    (c,) = seen  # one DiT call for two same-size images
+    assert c.shape == (2, 5, WIDTH)
+    assert torch.allclose(c, torch.full_like(c, NULL), atol=1e-6)  # every position, padding included
     never = tiny_depth(cfg_dropout=0.0)
-    l_drop = always.loss(x, cond, mask, torch.Generator().manual_seed(0))[0]
-    l_zero = never.loss(x, torch.zeros_like(cond), mask, torch.Generator().manual_seed(0))[0]
-    l_keep = never.loss(x, cond, mask, torch.Generator().manual_seed(0))[0]
-    assert torch.allclose(l_drop, l_zero) and not torch.allclose(l_drop, l_keep)
+    seen = _spy_conditions(never, monkeypatch)
+    never.loss(x, states, mask, torch.Generator().manual_seed(0), conn)
+    assert torch.allclose(seen[0], conn(states).detach(), atol=1e-6)
+    assert not torch.allclose(seen[0][1], torch.full_like(seen[0][1], NULL), atol=1e-2)
+
+
+def test_dropped_images_still_train_the_connector():
+    """connector(0) is learned: with every condition dropped, the loss still reaches fc2's bias (not fc1's weight,
+    which multiplies the zeroed states)."""
+    x, (states, mask) = targets([(64, 64)]), conditions(1)
+    conn = connector()
+    tiny_depth(cfg_dropout=1.0).loss(x, states, mask, torch.Generator().manual_seed(0), conn)[0].backward()
+    assert conn.fc2.bias.grad.abs().sum() > 0 and conn.norm.weight.grad.abs().sum() > 0
+    assert conn.fc1.weight.grad.abs().sum() == 0
 
 
 def test_mixed_sizes_grouped_equal_one_by_one():
     dg = tiny_depth()
     x = targets([(64, 64), (32, 64), (64, 64)])
-    cond, mask = conditions(3)
-    _, together = dg.loss(x, cond, mask, torch.Generator().manual_seed(1))
+    states, mask = conditions(3)
+    conn = connector()
+    _, together = dg.loss(x, states, mask, torch.Generator().manual_seed(1), conn)
     g = torch.Generator().manual_seed(1)
-    single = torch.cat([dg.loss([x[i]], cond[i : i + 1], mask[i : i + 1], g)[1] for i in range(3)])
+    single = torch.cat([dg.loss([x[i]], states[i : i + 1], mask[i : i + 1], g, conn)[1] for i in range(3)])
     assert torch.allclose(together, single, atol=1e-5)
 
 
@@ -97,18 +149,20 @@ def test_latent_space_forward_backward_and_sampling():
     with torch.no_grad():
         z = dg.encode(torch.stack([x[0]]))
     assert z.shape == (1, 4, 16, 16)
-    cond, mask = conditions(2)
-    cond.requires_grad_(True)
-    loss, per_image = dg.loss(x, cond, mask, torch.Generator().manual_seed(0))
+    states, mask = conditions(2)
+    states.requires_grad_(True)
+    conn = connector()
+    loss, per_image = dg.loss(x, states, mask, torch.Generator().manual_seed(0), conn)
     loss.backward()
     assert torch.isfinite(loss) and per_image.shape == (2,)
-    assert cond.grad is not None and cond.grad.abs().sum() > 0
+    assert states.grad is not None and states.grad.abs().sum() > 0
     assert all(p.grad is not None for p in dg.transformer.parameters() if p.requires_grad)
     dg.eval()
     out = dg.sample(
-        cond.detach(),
+        states.detach(),
         mask,
         [(64, 64), (32, 64)],
+        conn,
         steps=2,
         guidance_scale=5.0,
         generator=torch.Generator().manual_seed(0),
@@ -116,9 +170,10 @@ def test_latent_space_forward_backward_and_sampling():
     assert [tuple(o.shape) for o in out] == [(3, 64, 64), (3, 32, 64)]
     assert all(float(o.min()) >= 0 and float(o.max()) <= 1 for o in out)
     again = dg.sample(
-        cond.detach(),
+        states.detach(),
         mask,
         [(64, 64), (32, 64)],
+        conn,
         steps=2,
         guidance_scale=5.0,
         generator=torch.Generator().manual_seed(0),
@@ -139,7 +194,8 @@ def test_vae_shift_and_scale_applied():
 
 def test_sampler_uses_guidance_and_linspace_sigmas(monkeypatch):
     dg = tiny_depth()
-    cond, mask = conditions(1)
+    states, mask = conditions(1)
+    conn = connector(ones_bias=True)
     seen = []
     real = dg._dit
 
@@ -148,12 +204,17 @@ def test_sampler_uses_guidance_and_linspace_sigmas(monkeypatch):
         return real(x, t, c, m)
 
     monkeypatch.setattr(dg, "_dit", spy)
-    dg.sample(cond, mask, [(64, 64)], steps=4, guidance_scale=5.0, generator=torch.Generator().manual_seed(0))
-    # 4 steps at sigmas 1, 0.75, 0.5, 0.25 (timesteps x1000), each with an unconditional (zero) half.
+    dg.sample(states, mask, [(64, 64)], conn, steps=4, guidance_scale=5.0, generator=torch.Generator().manual_seed(0))
+    # 4 steps at sigmas 1, 0.75, 0.5, 0.25 (timesteps x1000), each with an unconditional half first whose
+    # condition is connector(0) = 0.999995 everywhere (the release's zeros_like(states) through the connector).
     assert [float(s[1][0]) for s in seen] == [1000.0, 750.0, 500.0, 250.0]
-    assert all(s[0] == 2 and (s[2][0] == 0).all() and torch.equal(s[2][1], cond[0]) for s in seen)
+    with torch.no_grad():
+        cond = conn(states)
+    for n, _, c in seen:
+        assert n == 2 and torch.allclose(c[0], torch.full_like(c[0], NULL), atol=1e-6)
+        assert torch.allclose(c[1], cond[0], atol=1e-6)
     seen.clear()
-    dg.sample(cond, mask, [(64, 64)], steps=2, guidance_scale=1.0, generator=torch.Generator().manual_seed(0))
+    dg.sample(states, mask, [(64, 64)], conn, steps=2, guidance_scale=1.0, generator=torch.Generator().manual_seed(0))
     assert all(s[0] == 1 for s in seen)  # no guidance: conditional pass only
 
 

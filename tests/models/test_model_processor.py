@@ -110,11 +110,30 @@ def test_placeholder_count_mismatch_raises(processor, sample_a):
         processor([s])
 
 
-def test_depth_size_mismatch_names_both_sizes(processor, depth, sample_a):
-    s = sample_a()
-    s["depths"] = [depth(32, 64)]
-    with pytest.raises(ValueError, match=r"32x64.*64x64"):
-        processor([s])
+def test_depth_of_another_size_is_resized_to_the_processed_image(processor, sample_a):
+    """As the release: the depth map is nearest-resized to the processed image, whatever its own size. A 32x64 map
+    (near top half 1 m, far bottom half 16 m) for a 64x64 image gives the 64x64 target of the same map at 64x64."""
+    s, same = sample_a(), sample_a()
+    top_bottom = np.where(np.arange(32)[:, None] < 16, 1.0, 16.0) * np.ones((32, 64))
+    s["depths"] = [top_bottom]
+    same["depths"] = [top_bottom.repeat(2, axis=0)]
+    got, expected = processor([s])["depth_pixel_values"][0], processor([same])["depth_pixel_values"][0]
+    assert got.shape == (3, 64, 64) and torch.equal(got, expected)
+    assert not torch.equal(got[:, 0], got[:, 63])  # near top, far bottom
+
+
+def test_depth_encoding_setting_and_persistence(processor, sample_a, tmp_path):
+    vla = GemProcessor(
+        processor.tokenizer, processor.image_processor, max_length=512, depth_long_side=32,
+        depth_encoding="inferno_linear",
+    )
+    b = vla([sample_a(), sample_a()])
+    assert [tuple(t.shape) for t in b["depth_pixel_values"]] == [(3, 32, 32)] * 2  # squares
+    assert b["depth_sizes"].tolist() == [[32, 32]] * 2
+    vla.save_pretrained(str(tmp_path))
+    assert GemProcessor.from_pretrained(str(tmp_path)).depth_encoding == "inferno_linear"
+    with pytest.raises(ValueError, match="unknown depth encoding 'jet'"):
+        GemProcessor(processor.tokenizer, processor.image_processor, depth_encoding="jet")
 
 
 def test_truncation_drops_whole_trailing_rounds(processor, image, depth, sample_a):
