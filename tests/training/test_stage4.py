@@ -152,6 +152,8 @@ def test_gem2b_stage4_trains_every_part_but_the_vae(data_dir, tmp_path):
     moved = {owner.get(id(p), "none") for n, p in m.named_parameters() if not torch.equal(before[n], p)}
     assert moved == {"vision", "merger", "language", "connector", "depth_generator", "action_expert"}
     assert all(torch.equal(vae[n], p) for n, p in m.depth_generator.vae.named_parameters())
+    # as the release's [p for p in joint_model.parameters() if p.requires_grad]: everything but the frozen VAE
+    assert {n for n, p in m.named_parameters() if not p.requires_grad} == {f"depth_generator.vae.{n}" for n in vae}
 
 
 def test_depth_init_base_restarts_the_depth_expert_from_the_base_model(recipe, data_dir, model, tmp_path):
@@ -178,3 +180,21 @@ def test_depth_init_base_restarts_the_depth_expert_from_the_base_model(recipe, d
                                                           model.depth_generator.transformer)
     assert not same(base.connector, stage3.connector)
     assert same(base.backbone, stage3.backbone) and same(previous.backbone, stage3.backbone)
+
+
+class Draws(list):
+    def draw(self, i, seed):
+        return (i, seed)
+
+
+def test_random_draws_are_seeded_by_position_in_the_sample_stream():
+    from gem_stages.trainer import MicroBatches
+
+    samples = Draws(range(5))
+    one = MicroBatches(samples, list, batch_size=2, seed=3)
+    ranks = [MicroBatches(samples, list, batch_size=2, seed=3, rank=r, world_size=2) for r in range(2)]
+    stream = [d for m in range(6) for d in one[m]]
+    assert [d for m in range(3) for r in ranks for d in r[m]] == stream  # 2 ranks see what 1 process sees
+    assert one[4] == MicroBatches(samples, list, batch_size=2, seed=3)[4]  # resuming at m replays it
+    assert len({seed for _, seed in stream}) == 12  # a fresh seed per position, also for a repeated sample
+    assert sorted(i for i, _ in stream[:10]) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]  # two epochs
