@@ -53,8 +53,8 @@ class EpisodeSamples:
         if self.cfg.state_noise_snr is not None and state_std is None:
             raise ValueError("state noise needs the dataset's per-dimension state std")
         # SNR in dB: noise std = signal std / sqrt(10^(snr/10)) (RDT's formula, with the dataset's std per dimension)
-        self.state_noise_std = (None if self.cfg.state_noise_snr is None else
-                                np.asarray(state_std, dtype=np.float64) / np.sqrt(10 ** (self.cfg.state_noise_snr / 10)))
+        snr = self.cfg.state_noise_snr
+        self.state_noise_std = None if snr is None else np.asarray(state_std, np.float64) / np.sqrt(10 ** (snr / 10))
 
     def __len__(self) -> int:
         return len(self.windows)
