@@ -158,6 +158,8 @@ class EpisodeWindows(Sequence):
         self.dataset_dir = Path(dataset_dir)
         meta = _episodes(self.dataset_dir)
         self.cameras = list(cameras) if cameras else [camera or meta["cameras"][0]]
+        if len(set(self.cameras)) != len(self.cameras):
+            raise InputError(f"cameras {self.cameras} name a camera twice: list each camera once")
         for name in self.cameras:
             if name not in meta["cameras"]:
                 raise InputError(

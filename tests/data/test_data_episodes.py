@@ -128,3 +128,5 @@ def test_windows_show_every_camera_and_the_image_history_oldest_first(synth_dir)
         assert (np.asarray(got) == want).all()
     with pytest.raises(InputError, match="camera 'wrist' is not in the episodes"):
         EpisodeWindows(synth_dir, chunk_size=4, cameras=["top", "wrist"])
+    with pytest.raises(InputError, match=r"cameras \['top', 'top'\] name a camera twice: list each camera once"):
+        EpisodeWindows(synth_dir, chunk_size=4, cameras=["top", "top"])
