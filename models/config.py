@@ -125,7 +125,8 @@ class ActionExpertConfig:
     state_dim: Int = setting(8, "LIBERO: eef position (3) + axis-angle (3) + gripper (2).", ge=1)
     chunk_size: Int = setting(32, "Actions predicted per observation.", ge=1)
     normalization: Literal["mean_std", "min_max"] = setting(
-        "mean_std", "How actions and states are scaled for the loss.")
+        "mean_std", "How actions and states are scaled for the loss: mean_std standardises both; min_max is the "
+        "released GEM-VLA's: actions to [-1, 1] with the range floored at 1e-3, states raw.")
     # --- transformer sizes (both kinds) ---
     hidden_size: Int = setting(1024, "Expert width.", ge=8)
     num_layers: Int = setting(14, "Expert blocks.", ge=1)

@@ -2,7 +2,8 @@
 
 Sample: {"images": [PIL.Image, ...],
          "conversations": [{"from": "human"|"gpt"|"system", "value": "...<image>..."}, ...],
-         "depths": [np.ndarray (H, W) metres | None per image]}  ("depths" optional).
+         "depths": [np.ndarray (H, W) metres | None per image],
+         "generation_prompt": bool}  ("depths" optional; "generation_prompt" default True, see below).
 
 Depth targets follow `depth_encoding` (depth_encoding.py): spectral_inverse targets are built from the depth map
 nearest-resized to the image's PROCESSED size (after the image processor's smart resize, as the release does), so
@@ -12,7 +13,8 @@ Chat layout (Qwen): <|im_start|>user\n ... <|im_end|>\n<|im_start|>assistant\n .
 <image> replaced by <|vision_start|> + N x <|image_pad|> + <|vision_end|> with N = t*h*w / merge^2 of the
 image's patch grid. Labels are -100 except the assistant answers and their <|im_end|>. A conversation that
 ends with a user turn gets the generation prompt "<|im_start|>assistant\n" appended (VLA prompts and
-evaluation), identically in training and inference.
+evaluation), identically in training and inference, unless the sample has "generation_prompt": False (the
+released GEM-VLA's prompt ends with the user turn).
 
 No torchvision: the image processor is transformers' PIL implementation and there is no video processor. A saved
 processor also loads with transformers alone, as hf_processor.QwenVLImageProcessor.
@@ -115,7 +117,8 @@ class GemProcessor:
             )
         return ids
 
-    def _rounds(self, conversations: list[dict], tokens_per_image: list[int]) -> list[_Round]:
+    def _rounds(self, conversations: list[dict], tokens_per_image: list[int],
+                generation_prompt: bool = True) -> list[_Round]:
         rounds, ids, labels, used = [], [], [], 0
         for turn in conversations:
             role = ROLES.get(turn["from"])
@@ -142,9 +145,10 @@ class GemProcessor:
             block = self._headers[role] + body + [self.im_end_id] + self._newline
             ids += block
             labels += [IGNORE_INDEX] * len(block)
-        if ids:  # trailing user turn: add the generation prompt
-            ids += self._headers["assistant"]
-            labels += [IGNORE_INDEX] * len(self._headers["assistant"])
+        if ids:  # trailing user turn: add the generation prompt (unless the sample says generation_prompt: False)
+            if generation_prompt:
+                ids += self._headers["assistant"]
+                labels += [IGNORE_INDEX] * len(self._headers["assistant"])
             rounds.append(_Round(ids, labels, used))
         return rounds
 
@@ -181,7 +185,7 @@ class GemProcessor:
             grids.append(out["image_grid_thw"][0])
         tokens_per_image = [int(np.prod(g)) // self.merge_size**2 for g in grids]
 
-        rounds = self._rounds(conversations, tokens_per_image)
+        rounds = self._rounds(conversations, tokens_per_image, sample.get("generation_prompt", True))
         # Truncation drops whole trailing rounds (with their images), never part of an image's tokens.
         while sum(len(r.ids) for r in rounds) > self.max_length and len(rounds) > 1:
             rounds.pop()

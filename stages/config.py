@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import ValidationError, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from gem_models.config import SETTINGS, Bool, Float, Int, setting
+from gem_models.config import SETTINGS, Bool, Float, Int, Str, setting
 
 from .errors import InputError
 
@@ -148,6 +148,35 @@ class LossWeights:
 
 
 @settings
+class EpisodeSamplesConfig:
+    """How stage 4 turns an episode step into a training sample. The released GEM-VLA's values (train_joint.sh,
+    main_joint.py defaults, configs/demo.yaml, train/dataset.py) are in recipes/gem-2b.yaml."""
+
+    cameras: list[Str] | None = setting(
+        None, "Cameras shown per step, exterior first; the only depth target is the first camera's (null: the "
+        "episodes' first camera alone). The release: two (left_stereo, right_stereo).", min_length=1)
+    image_history: Int = setting(
+        1, "Frames per camera: this step and the ones before it, oldest first; before the episode's start its "
+        "first frame repeats. The release: 1.", ge=1)
+    prompt: Literal["question", "release"] = setting(
+        "question", "question: '<image>... What action should the robot take to {instruction}?' plus the "
+        "generation prompt; release: the user turn holds the images then the bare instruction, no assistant turn.")
+    image_aug: Bool = setting(
+        False, "The release's --image_aug: each shown image, with probability 0.5, gets colour jitter, corruption "
+        "(noise, blur, JPEG) or both, equally likely.")
+    state_noise_snr: Float | None = setting(
+        None, "Gaussian noise on the input state at this signal-to-noise ratio in dB: std = the dataset's state std "
+        "/ sqrt(10^(snr/10)) per dimension (null: none). The release passes 40, but takes the std over one row, "
+        "so its noise is zero in effect.")
+    cond_mask_prob: Float = setting(
+        0.0, "Each camera image, and the instruction, is left out of the prompt with this probability. The "
+        "release: 0.1.", ge=0.0, le=1.0)
+    cam_ext_mask_prob: Float = setting(
+        -1.0, "The first (exterior) camera's drop probability instead of cond_mask_prob (negative: "
+        "cond_mask_prob). The release: -1.", ge=-1.0, le=1.0)
+
+
+@settings
 class TrainStageConfig:
     trainable: list[str] = setting(
         lambda: ["connector"], "Module groups whose parameters train; every other parameter is frozen (the VAE "
@@ -173,6 +202,11 @@ class TrainStageConfig:
         0, "Save a resumable checkpoint every this many steps (0: only at the end and on preemption).", ge=0)
     keep_checkpoints: Int = setting(2, "Resumable checkpoints kept on disk (older ones are deleted).", ge=1)
     log_every: Int = setting(1, "Log losses to the tracker every this many steps.", ge=1)
+    depth_init: Literal["previous", "base"] = setting(
+        "previous", "Where the depth expert (connector + DiT) starts when the stage continues a checkpoint: that "
+        "checkpoint's, or the base model's (model.depth's pretrained DiT, a fresh seeded connector) while the rest "
+        "continues. The released VLA script: base.")
+    episodes: EpisodeSamplesConfig = setting(EpisodeSamplesConfig, "Stage 4: episode steps as samples.")
     depth_long_side: Int | None = setting(
         None, "Depth-target long side for this stage (null: model.depth.image_long_side). The released VLA "
         "script: 256.", ge=32, multiple_of=32)

@@ -13,38 +13,85 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gem_models.config import GemModelConfig
+from gem_models.connector import Connector
+from gem_models.depth_generator import DepthGenerator
 from gem_models.gem import GemModel
+from gem_models.processor import IMAGE_PLACEHOLDER
 
-from .config import RuntimeConfig, TrainStageConfig
+from .augment import augment
+from .config import EpisodeSamplesConfig, RuntimeConfig, TrainStageConfig
 from .data.reader import EpisodeWindows, GemSamples, action_statistics, text_corpus
 from .errors import InputError
 from .files import atomic_dir
 from .tracker import Tracker
 from .trainer import train
 
-ACTION_PROMPT = "<image>\nWhat action should the robot take to {instruction}?"
+ACTION_QUESTION = "What action should the robot take to {instruction}?"
 
 
 class EpisodeSamples:
-    """Episode windows as processor samples: the observation image (and depth) with the instruction as prompt."""
+    """Episode windows as processor samples: the cameras' images (the first camera's with its depth), the
+    instruction as prompt, the state and the action chunk.
 
-    def __init__(self, windows: EpisodeWindows):
-        self.windows = windows
+    `samples[i]` shows everything, unaltered; `samples.draw(i, seed)` (what the trainer calls) makes the stage's
+    random choices from `seed`, as GEM-VLA's dataset does: each image left out with cond_mask_prob
+    (cam_ext_mask_prob for the first camera when >= 0), the instruction blanked with cond_mask_prob, image
+    augmentation, state noise. A left-out image is gone from the prompt, and with the first camera's current
+    frame goes the sample's depth target.
+    """
+
+    def __init__(self, windows: EpisodeWindows, cfg: EpisodeSamplesConfig | None = None,
+                 state_std: Sequence[float] | None = None):
+        self.windows, self.cfg = windows, cfg or EpisodeSamplesConfig()
+        if self.cfg.state_noise_snr is not None and state_std is None:
+            raise ValueError("state noise needs the dataset's per-dimension state std")
+        # SNR in dB: noise std = signal std / sqrt(10^(snr/10)) (RDT's formula, with the dataset's std per dimension)
+        snr = self.cfg.state_noise_snr
+        self.state_noise_std = None if snr is None else np.asarray(state_std, np.float64) / np.sqrt(10 ** (snr / 10))
 
     def __len__(self) -> int:
         return len(self.windows)
 
     def __getitem__(self, i: int) -> dict:
-        w = self.windows[i]
-        return {"images": [w["image"]], "depths": [w["depth"]],
-                "conversations": [{"from": "human", "value": ACTION_PROMPT.format(instruction=w["instruction"])}],
-                "state": w["state"], "actions": w["actions"]}
+        return self.draw(i, None)
+
+    def draw(self, i: int, seed: int | None) -> dict:
+        """Sample i with the stage's random choices drawn from `seed` (None: no random choice, everything shown)."""
+        w, cfg = self.windows[i], self.cfg
+        rng = None if seed is None else np.random.default_rng(seed)
+        num_cameras = len(self.windows.cameras)
+        drop = [cfg.cond_mask_prob] * num_cameras
+        if cfg.cam_ext_mask_prob >= 0:
+            drop[0] = cfg.cam_ext_mask_prob
+        depth_at = len(w["images"]) - num_cameras  # the first camera's frame at this step
+        images, depths = [], []
+        for k, image in enumerate(w["images"]):
+            if rng is not None and rng.random() < drop[k % num_cameras]:
+                continue
+            if rng is not None and cfg.image_aug:
+                image = augment(image, rng)
+            images.append(image)
+            depths.append(w["depth"] if k == depth_at else None)
+        instruction = w["instruction"]
+        if rng is not None and rng.random() < cfg.cond_mask_prob:
+            instruction = ""
+        state = w["state"]
+        if rng is not None and self.state_noise_std is not None:
+            state = (state + rng.normal(0.0, self.state_noise_std)).astype(np.float32)
+        if cfg.prompt == "release":  # images, then the bare instruction; the prompt ends with the user turn
+            text, generation_prompt = IMAGE_PLACEHOLDER * len(images) + instruction, False
+        else:
+            text = "".join(IMAGE_PLACEHOLDER + "\n" for _ in images) + ACTION_QUESTION.format(instruction=instruction)
+            generation_prompt = True
+        return {"images": images, "depths": depths, "conversations": [{"from": "human", "value": text}],
+                "generation_prompt": generation_prompt, "state": state, "actions": w["actions"]}
 
 
 def make_collate(model: GemModel) -> Callable[[list[dict]], dict]:
@@ -66,13 +113,29 @@ def load_model(stage: str, model_cfg: GemModelConfig, stage_cfg: TrainStageConfi
         # The base model. Tiny backbones train their tokenizer on the dataset's text; same data + seed = same model.
         return GemModel.build(model_cfg, corpus=text_corpus(data_dir), seed=seed)
     try:
-        return GemModel.load(str(init_dir), model_cfg)
+        model = GemModel.load(str(init_dir), model_cfg)
     except ValueError as e:  # the recipe's model section was changed after the parent checkpoint was trained
         raise InputError(f"{stage} continues the model in {init_dir}, but {e}: change the model section back, "
                          f"or start from the base model with -o stages.{stage}.init=base") from None
+    if stage_cfg.depth_init == "base":
+        fresh_depth_expert(model, seed)
+    return model
 
 
-def stage_samples(stage: str, model: GemModel, model_cfg: GemModelConfig, data_dir: Path):
+def fresh_depth_expert(model: GemModel, seed: int) -> None:
+    """Replace the connector and the depth generator by the base model's: model.depth's pretrained DiT (the tiny
+    recipe: its seeded random init) and a fresh connector, seeded as GemModel.build seeds them. The released VLA
+    (GEM-VLA/models/depth_expert.py) starts so unless given a depth-expert checkpoint."""
+    cfg = model.cfg
+    hidden = model.backbone.config.text_config.hidden_size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        model.connector = Connector(hidden, cfg.connector)
+    model.depth_generator = DepthGenerator.build(cfg.depth, cfg.connector.width, seed + 2)
+
+
+def stage_samples(stage: str, model: GemModel, model_cfg: GemModelConfig, data_dir: Path,
+                  stage_cfg: TrainStageConfig | None = None):
     if stage != "stage4":
         samples = GemSamples(data_dir)
         if len(samples) == 0:
@@ -82,12 +145,15 @@ def stage_samples(stage: str, model: GemModel, model_cfg: GemModelConfig, data_d
     if model_cfg.action.kind == "none":
         raise InputError("stage4 trains the action expert but model.action.kind is 'none': "
                          "set -o model.action.kind=flow (or autoregressive)")
-    windows = EpisodeWindows(data_dir, chunk_size=model_cfg.action.chunk_size)
+    episodes = (stage_cfg or TrainStageConfig()).episodes
+    windows = EpisodeWindows(data_dir, chunk_size=model_cfg.action.chunk_size, cameras=episodes.cameras,
+                             history=episodes.image_history)
     if len(windows) == 0:
         raise InputError(f"stage4 needs action episodes but {data_dir} has none: raise data.num_episodes "
                          "or set data.episodes_dir")
-    model.set_action_statistics(action_statistics(data_dir))
-    return EpisodeSamples(windows)
+    stats = action_statistics(data_dir)
+    model.set_action_statistics(stats)
+    return EpisodeSamples(windows, episodes, stats["state"]["std"])
 
 
 def rank_nodes() -> list[str]:
@@ -119,7 +185,7 @@ def train_stage(stage: str, *, model_cfg: GemModelConfig, stage_cfg: TrainStageC
     if stage_cfg.depth_long_side is not None:  # saved with the checkpoint's processor settings
         model.processor.depth_long_side = stage_cfg.depth_long_side
     model.processor.depth_encoding = stage_cfg.depth_encoding
-    samples = stage_samples(stage, model, model_cfg, data_dir)
+    samples = stage_samples(stage, model, model_cfg, data_dir, stage_cfg)
     if progress is None:
         from .progress import RichProgress
 

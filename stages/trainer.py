@@ -89,7 +89,12 @@ class MicroBatches(Dataset):
         return sys.maxsize
 
     def __getitem__(self, m: int):
-        return self.collate([self.samples[i] for i in self.indices(m)])
+        indices = self.indices(m)
+        if hasattr(self.samples, "draw"):  # samples with random draws of their own (augmentation): one seed each,
+            start = self.global_index(m) * self.batch_size  # a function of the position in the sample stream
+            return self.collate([self.samples.draw(i, step_seed(self.seed, 4, start + k))
+                                 for k, i in enumerate(indices)])
+        return self.collate([self.samples[i] for i in indices])
 
 
 def set_trainable(model: torch.nn.Module, groups: dict[str, torch.nn.Module], trainable: list[str]) -> list[str]:

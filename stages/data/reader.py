@@ -156,24 +156,35 @@ def _episodes(dataset_dir: Path) -> dict:
 
 
 class EpisodeWindows(Sequence):
-    """One training window per episode step: {"image": PIL RGB, "depth": float32 (H, W) metres or None,
-    "state": float32 (state_dim,), "actions": float32 (chunk_size, action_dim), "action_mask": bool (chunk_size,),
-    "instruction": str, "episode": int, "step": int}.
+    """One training window per episode step: {"images": [PIL RGB] (see below), "image": the first camera's frame
+    at this step, "depth": float32 (H, W) metres of the first camera at this step or None, "state": float32
+    (state_dim,), "actions": float32 (chunk_size, action_dim), "action_mask": bool (chunk_size,), "instruction": str,
+    "episode": int, "step": int}.
 
-    `actions` are the actions from this step on; past the episode's end the last action is repeated and
-    `action_mask` is False there (so a loss may ignore the padding).
+    `images` are `history` frames of every camera, oldest first and camera by camera within a frame (GEM-VLA's
+    order, train/dataset.py); before the episode's start its first frame repeats. `actions` are the actions from
+    this step on; past the episode's end the last action is repeated and `action_mask` is False there (so a loss
+    may ignore the padding).
     """
 
-    def __init__(self, dataset_dir: Path, chunk_size: int, camera: str | None = None):
+    def __init__(self, dataset_dir: Path, chunk_size: int, camera: str | None = None,
+                 cameras: Sequence[str] | None = None, history: int = 1):
         if chunk_size < 1:
             raise InputError(f"action chunk size is {chunk_size}: use 1 or more")
+        if history < 1:
+            raise InputError(f"image history is {history}: use 1 or more frames")
         self.dataset_dir = Path(dataset_dir)
         meta = _episodes(self.dataset_dir)
-        self.camera = camera or meta["cameras"][0]
-        if self.camera not in meta["cameras"]:
-            raise InputError(
-                f"camera '{self.camera}' is not in the episodes: use one of {', '.join(meta['cameras'])}"
-            )
+        self.cameras = list(cameras) if cameras else [camera or meta["cameras"][0]]
+        if len(set(self.cameras)) != len(self.cameras):
+            raise InputError(f"cameras {self.cameras} name a camera twice: list each camera once")
+        for name in self.cameras:
+            if name not in meta["cameras"]:
+                raise InputError(
+                    f"camera '{name}' is not in the episodes: use one of {', '.join(meta['cameras'])}"
+                )
+        self.camera = self.cameras[0]
+        self.history = history
         self.chunk_size = chunk_size
         self.files = [resolve(self.dataset_dir, p) for p in meta["files"]]
         self.instructions = meta["instructions"]
@@ -227,8 +238,11 @@ class EpisodeWindows(Sequence):
             depth = (f[f"observations/depth_images/{self.camera}"][step].astype(np.float32) / 1000.0).astype(
                 np.float32
             )
+        frames = [max(step - k, 0) for k in reversed(range(self.history))]
+        images = [Image.fromarray(f[f"observations/images/{c}"][t]) for t in frames for c in self.cameras]
         return {
-            "image": Image.fromarray(f[f"observations/images/{self.camera}"][step]),
+            "images": images,
+            "image": images[-len(self.cameras)],
             "depth": depth,
             "state": np.asarray(f["observations/state"][step], dtype=np.float32),
             "actions": actions,

@@ -105,3 +105,28 @@ def test_the_gripper_is_visible_in_every_camera():
     for name in ("front", "top", "side"):
         result = render(world.objects, episode_camera(name, 64, 64), extra=world.gripper_parts())
         assert (result.ids == ID_GRIPPER).sum() > 5, name
+
+
+def test_windows_show_every_camera_and_the_image_history_oldest_first(synth_dir):
+    from gem_stages.data.reader import EpisodeWindows
+    from gem_stages.errors import InputError
+
+    windows = EpisodeWindows(synth_dir, chunk_size=4, cameras=["top", "front"], history=3)
+    with h5py.File(synth_dir / "episodes" / "episode_000000.hdf5", "r") as f:
+        top, front = f["observations/images/top"][:4], f["observations/images/front"][:4]
+        depth_top = f["observations/depth_images/top"][1]
+    # step 1 with 3 frames: steps 0 (the first frame repeated before the start), 0, 1; each frame top then front
+    w = windows[1]
+    expected = [top[0], front[0], top[0], front[0], top[1], front[1]]
+    assert len(w["images"]) == 6
+    for got, want in zip(w["images"], expected):
+        assert (np.asarray(got) == want).all()
+    assert (np.asarray(w["image"]) == top[1]).all()
+    assert np.allclose(w["depth"], depth_top / 1000.0)  # the first camera's depth at this step
+    w3 = windows[3]
+    for got, want in zip(w3["images"], [top[1], front[1], top[2], front[2], top[3], front[3]]):
+        assert (np.asarray(got) == want).all()
+    with pytest.raises(InputError, match="camera 'wrist' is not in the episodes"):
+        EpisodeWindows(synth_dir, chunk_size=4, cameras=["top", "wrist"])
+    with pytest.raises(InputError, match=r"cameras \['top', 'top'\] name a camera twice: list each camera once"):
+        EpisodeWindows(synth_dir, chunk_size=4, cameras=["top", "top"])

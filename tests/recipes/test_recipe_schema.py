@@ -27,7 +27,7 @@ def test_cli_writes_the_schema(tmp_path):
 def test_every_key_is_described_and_unknown_keys_are_refused():
     s = schema()
     objects = [("recipe", s), *s["$defs"].items()]
-    assert len(objects) == 13  # Recipe + 12 sections (model x5, data x2, runtime, stages x3, resources)
+    assert len(objects) == 14  # Recipe + 13 sections (model x5, data x2, runtime, stages x4, resources)
     for name, obj in objects:
         assert obj["additionalProperties"] is False, name
         for key, prop in obj["properties"].items():
