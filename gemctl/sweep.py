@@ -149,20 +149,24 @@ def expand(project: Project, stage: str, recipe: str, grid: dict[str, list], see
 
 
 def _check_same_upstream(base: Recipe, point: Recipe, stage: str, values: dict) -> None:
-    """Points may differ only in the swept stage (and its seed): upstream is built once and shared."""
-    for up in SWEEP_STAGES[: SWEEP_STAGES.index(stage)]:
-        a, b = _upstream_key(base, up), _upstream_key(point, up)
-        if a != b:
-            raise InputError(f"sweep point {values} changes upstream stage {up}: sweep only settings of {stage} "
-                             f"(stages.{stage}.*, seed), or sweep {up} instead")
-    if base.to_dict()["data"] != point.to_dict()["data"]:
-        raise InputError(f"sweep point {values} changes the data: sweep only settings of {stage}")
-
-
-def _upstream_key(recipe: Recipe, stage: str) -> str:
-    # the seed of the swept stage may vary; upstream always comes from the base recipe's pipeline
-    d = recipe.to_dict()
-    return json.dumps({"model": d["model"], "runtime": d["runtime"], "stage": d["stages"][stage]}, sort_keys=True)
+    """Points may differ only in the swept stage's settings and the seed: upstream is built once and shared, and
+    anything else (a later stage, the data, resources of the one array) would train identical points."""
+    swept = f"stages.{stage}."
+    a, b = base.flat_params(), point.flat_params()
+    changed = [k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)
+               and not k.startswith(swept) and k != "seed"]
+    if not changed:
+        return
+    key = changed[0]
+    parts = key.split(".")
+    if parts[0] == "stages" and parts[1] in SWEEP_STAGES[: SWEEP_STAGES.index(stage)]:
+        fix = f"or sweep {parts[1]} instead"
+        raise InputError(f"sweep point {values} changes upstream stage {parts[1]} ({key}): sweep only settings of "
+                         f"{stage} (stages.{stage}.*, seed), {fix}")
+    why = (f"{stage} does not use it, so the points would train identically" if parts[0] == "stages"
+           else "the points share it")
+    raise InputError(f"sweep point {values} changes {key}, but {why}: a {stage} sweep varies only "
+                     f"stages.{stage}.* and seed (set {key} with -o for the whole sweep)")
 
 
 def point_dir(project: Project, sweep: Sweep, point: SweepPoint) -> Path:
