@@ -40,21 +40,35 @@ def print_run(console: Console, project: Project, recipe: Recipe, stage: str, re
         console.print("commit dvc.lock and runs/*/params.json to record this state in git")
 
 
+def sweep_headers(stage: str, keys: list[str], taken: set[str]) -> list[str]:
+    """Readable, unique column headers for swept keys: the key less `stages.<stage>.` (lr, loss.depth, seed); the
+    whole key where that would read like another column (the loss parts: depth, lm, ...)."""
+    short = [k.removeprefix(f"stages.{stage}.") for k in keys]
+    return [k if s in taken or short.count(s) > 1 else s for k, s in zip(keys, short)]
+
+
 def print_sweep(console: Console, project: Project, sweep) -> None:
-    """One row per point of a sweep.Sweep: its grid values, status, steps and final losses."""
+    """One row per point of a sweep.Sweep: its grid values, status, steps and final losses. Values are never cut
+    (ids are copied into `gemctl logs`): the table is compact, and headers wrap before a value would."""
+    from rich import box
+
     from .sweep import point_dir
 
-    table = Table(title=f"sweep {sweep.id}: {sweep.stage}@{sweep.recipe}", title_justify="left")
+    table = Table(title=f"sweep {sweep.id}: {sweep.stage}@{sweep.recipe}", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     keys = list(sweep.points[0].overrides) if sweep.points else []
     summaries = [read_summary(point_dir(project, sweep, p) / "out") or {} for p in sweep.points]
     parts = [k for k in ("loss", "lm", "depth", "action") if any(k in x.get("losses", {}) for x in summaries)]
-    table.add_column("point", no_wrap=True)
-    for k in keys:
-        table.add_column(k.split(".")[-1], no_wrap=True)  # the last key part: lr, depth, seed
-    for col in ("status", "steps", *parts):
-        table.add_column(col, no_wrap=True)
+    headers = ["point", *sweep_headers(sweep.stage, keys, {"point", "status", "steps", *parts}), "status", "steps",
+               *parts]
+    rows = []
     for p, summary in zip(sweep.points, summaries):
         losses = summary.get("losses", {})
-        table.add_row(p.id, *[str(p.overrides[k]) for k in keys], summary.get("status", "not run"),
-                      str(summary.get("step", "")), *[f"{losses[k]:.4f}" if k in losses else "" for k in parts])
-    console.print(table)
+        rows.append([p.id, *[str(p.overrides[k]) for k in keys], summary.get("status", "not run"),
+                     str(summary.get("step", "")), *[f"{losses[k]:.4g}" if k in losses else "" for k in parts]])
+    for i, name in enumerate(headers):
+        width = max([len(r[i]) for r in rows] + [1])
+        table.add_column(name, no_wrap=False, min_width=width, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table, highlight=False)

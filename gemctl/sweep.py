@@ -53,7 +53,9 @@ class SweepPoint:
         return self.recipe.content_hash
 
     def label(self) -> str:
-        return " ".join(f"{k.split('.')[-1] if k != 'seed' else 'seed'}={v}" for k, v in self.overrides.items())
+        # keys less their `stages.<stage>.` (lr, loss.depth, seed): the sweep's table headers them the same way
+        return " ".join(f"{k.split('.', 2)[-1] if k.startswith('stages.') else k}={v}"
+                        for k, v in self.overrides.items())
 
 
 @dataclass
@@ -285,6 +287,7 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
 
     from . import pipeline
     from .launch import launch_array, snapshot, wait_all
+    from .launch.cluster import TERMINAL
     from .tracking import LAUNCH_ENV, close_interrupted
 
     resources = sweep.base.resources
@@ -310,9 +313,17 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
     tags = [{"stage": stage, "point": f"{recipe}/{p.id}", "sweep": sweep.id, "run": f"{stage}@{recipe}/{p.id}"}
             for p in todo]
 
+    labels: dict[str, str] = {}  # job id -> "point <id> (<grid values>)", filled as the points are submitted
+
     def show(update) -> None:
-        if update.state:
-            console.print(f"[dim]{update.job_id}: {update.state}[/dim]", highlight=False)
+        """Each point's training progress and how its job ended; not every PENDING/RUNNING poll."""
+        from rich.text import Text
+
+        label = labels.get(update.job_id, update.job_id)
+        if update.state in TERMINAL or update.state == "REQUEUED":
+            console.print(Text(f"{label}: job {update.job_id} {update.state}", style="dim"), highlight=False)
+        elif update.line is not None and update.task == 0 and update.line.startswith(f"[{stage}] step "):
+            console.print(Text(f"{label}: {update.line}"), highlight=False)  # log text, not rich markup
 
     job_dir, name = project.jobs_dir / recipe / f"sweep-{sweep.id}", f"{sweep.id}-{stage}"
     os.environ[LAUNCH_ENV] = launch_id = uuid.uuid4().hex  # each point's job tags its MLflow run with it
@@ -322,6 +333,7 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
     if executor == "slurm":  # ONE array; SLURM holds all but array_parallelism of its elements
         handles = launch_array(fns, kind=executor, resources=resources, job_dir=job_dir, name=name,
                                project=project.root, tags=tags, code=code)
+        labels.update(_labels(handles, todo))
         console.print(f"submitted {len(handles)} point(s) as one array: {handles[0].job_id.split('_')[0]}",
                       highlight=False)
         results = wait_all(handles, on_update=show)
@@ -331,6 +343,7 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
         for i in range(0, len(fns), width):
             handles = launch_array(fns[i:i + width], kind=executor, resources=resources, job_dir=job_dir,
                                    name=name, project=project.root, tags=tags[i:i + width], code=code)
+            labels.update(_labels(handles, todo[i:i + width]))
             results += wait_all(handles, on_update=show)
     failed = [(p, r) for p, r in zip(todo, results) if not (r.ok and r.value.ok)]
     died = [p for p, r in failed if not r.ok]
@@ -347,6 +360,10 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
         err.print(Text.assemble((f"point {p.id} ({p.label()}) failed:", "red"), f" {why}; log: {r.stderr}"),
                   highlight=False)
     return failed
+
+
+def _labels(handles, points: list[SweepPoint]) -> dict[str, str]:
+    return {h.job_id: f"point {p.id} ({p.label()})" for h, p in zip(handles, points)}
 
 
 def _finish_parent(run_id: str, ok: bool) -> None:
