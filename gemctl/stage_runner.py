@@ -245,7 +245,7 @@ def launch_stage(project: Project, recipe_name: str, stage: str, on_update=None)
     why = f"job {result.job_id} ended {result.state} (exit {code})"
     close_interrupted(project, launch_id, _run_id_files(project, recipe, recipe_name, stage), why)
     tail = result.log_tail(20) or (result.error or "")
-    return code, f"{why}; last lines of its log:\n{tail}\nfull log: {result.stderr}"
+    return code, f"{why}; last lines of its log:\n{tail}\nfull log: {result.stdout}"
 
 
 def _run_id_files(project: Project, recipe: Recipe, recipe_name: str, stage: str) -> list[Path]:
