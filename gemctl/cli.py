@@ -233,6 +233,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
            all_jobs: Annotated[bool, typer.Option("--all/--active", "-a",
                                                   help="All recorded jobs, or only unfinished ones.")] = True) -> None:
     """gemctl's jobs: id, stage, recipe/sweep point, state, elapsed, node."""
+    from rich import box
     from rich.table import Table
 
     from .launch.registry import list_jobs
@@ -241,14 +242,27 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     if as_json:
         print(json.dumps([j.to_json() for j in jobs], indent=1))
         return
-    table = Table(title="gemctl jobs", title_justify="left")
-    for col in ("job", "stage", "recipe / point", "sweep", "state", "elapsed", "node"):
-        table.add_column(col)
+    table = Table(title="gemctl jobs", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1, 0, 0))
+    # ids are copied into `logs` and `cancel`: never cut; the other columns fold onto more lines instead
+    widest = {"job": max([len(j.job_id) for j in jobs] + [3]), "sweep": max([len(j.sweep) for j in jobs] + [5])}
+    for col in ("job", "stage", "point", "sweep", "state", "elapsed", "node"):  # point: recipe or recipe/point
+        if col in widest:
+            table.add_column(col, no_wrap=True, min_width=widest[col])
+        else:
+            table.add_column(col, overflow="fold", no_wrap=col in ("state", "elapsed"))
     colours = {"COMPLETED": "green", "RUNNING": "yellow", "PENDING": "cyan", "FAILED": "red", "CANCELLED": "dim"}
     for j in jobs:
-        c = colours.get(j.state, "white")
-        table.add_row(j.job_id, j.stage, j.point, j.sweep, f"[{c}]{j.state}[/{c}]", f"{j.elapsed_s:.0f}s", j.node)
-    console.print(table)
+        # user text (recipe names, tags) as Text: square brackets in it are not rich markup
+        table.add_row(j.job_id, Text(j.stage), Text(j.point), j.sweep, Text(j.state, colours.get(j.state, "")),
+                      _duration(j.elapsed_s), Text(j.node))
+    console.print(table, highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 @app.command("logs")

@@ -357,7 +357,7 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
         from rich.text import Text
 
         # user values (labels) and job messages are text, not rich markup
-        err.print(Text.assemble((f"point {p.id} ({p.label()}) failed:", "red"), f" {why}; log: {r.stderr}"),
+        err.print(Text.assemble((f"point {p.id} ({p.label()}) failed:", "red"), f" {why}; log: {r.stdout}"),
                   highlight=False)
     return failed
 
