@@ -171,22 +171,50 @@ def run_all(recipe: RecipeOpt = "tiny", override: OverrideOpt = None, executor: 
 
 
 @stage_app.command("run")
-def stage_run(stage: str, recipe: RecipeOpt) -> None:
-    """Run one stage program for a recipe already rendered to runs/<recipe>/params.json (used by dvc.yaml).
+def stage_run(stage: str, recipe: RecipeOpt, override: OverrideOpt = None) -> None:
+    """Run one stage program for a recipe, without DVC (this is also the command dvc.yaml runs).
 
+    Run by hand, it renders the recipe it is given (recipes/<recipe>.yaml and -o overrides) to
+    runs/<recipe>/params.json first; run by DVC, it reads what `gemctl train` rendered there (DVC hashed that file).
     The executor comes from $GEMCTL_EXECUTOR (set by `gemctl train --executor`): it is not part of the command
     DVC records, because where a stage runs does not change what it computes. Blocks until the job ends."""
+    import os
     from functools import partial
 
+    from .pipeline import note_executed, upstream
     from .stage_runner import launch_stage
 
-    code, message = launch_stage(_project(), recipe, stage, on_update=partial(_show_job, stage))
+    upstream(stage)  # the stage name is checked before anything is written
+    project = _project()
+    if os.environ.get("DVC_STAGE") == f"{stage}@{recipe}":
+        if override:
+            raise InputError(f"-o is for `gemctl stage run` by hand; under DVC, {stage}@{recipe} runs what "
+                             f"`gemctl train` rendered to runs/{recipe}/params.json")
+        note_executed(stage)
+    else:
+        _render_by_hand(project, recipe, override or [])
+    code, message = launch_stage(project, recipe, stage, on_update=partial(_show_job, stage))
     if message:  # may hold the job's log lines: printed as they are, not read as rich markup or emoji codes
-        from rich.markup import escape
-
-        err.print(f"[red]error:[/red] {escape(f'{stage}@{recipe}: {message}')}", highlight=False, emoji=False)
+        err.print(Text.assemble(("error:", "red"), f" {stage}@{recipe}: {message}"), highlight=False, emoji=False)
     if code:
         raise typer.Exit(code)
+
+
+def _render_by_hand(project, name: str, overrides: list[str]) -> None:
+    """The recipe `gemctl stage run` was asked for, rendered where the stage reads it; one line when that replaces
+    settings rendered before (e.g. by `gemctl train -o ...`)."""
+    from .recipe import from_params, resolve, write_params
+
+    recipe = resolve(project.recipes_dir, name, overrides)
+    path = project.params_file(name)
+    try:
+        before = from_params(path).content_hash if path.is_file() else None
+    except InputError:  # written by another version of gemctl: replaced below
+        before = "unreadable"
+    if before not in (None, recipe.content_hash):
+        err.print(f"runs/{name}/params.json held recipe hash {before}: rendered {name} as asked "
+                  f"(hash {recipe.content_hash})", highlight=False, markup=False)
+    write_params(path, recipe)
 
 
 def _show_job(stage: str, update) -> None:

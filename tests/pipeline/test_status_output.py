@@ -1,7 +1,6 @@
 """`gemctl status` at 80 columns (issue 7, points 10 and 11): job ids whole (they are copied into `logs` and
 `cancel`), user text printed as it is."""
 
-import os
 import subprocess
 import time
 
