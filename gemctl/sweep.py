@@ -303,7 +303,7 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
     stage, recipe = sweep.stage, sweep.recipe
     console.print(f"sweep {sweep.id}: {stage}@{recipe}, {len(sweep.points)} point(s), "
                   f"{len(sweep.points) - len(todo)} already complete, {len(todo)} to run on {executor}",
-                  highlight=False)
+                  highlight=False, markup=False)
     if not todo:
         return []
     parent = parent_run(project, sweep, grid, seeds)
