@@ -321,9 +321,11 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
 
         label = labels.get(update.job_id, update.job_id)
         if update.state in TERMINAL or update.state == "REQUEUED":
-            console.print(Text(f"{label}: job {update.job_id} {update.state}", style="dim"), highlight=False)
+            console.print(Text(f"{label}: job {update.job_id} {update.state}", style="dim"), highlight=False,
+                          soft_wrap=True)
         elif update.line is not None and update.task == 0 and update.line.startswith(f"[{stage}] step "):
-            console.print(Text(f"{label}: {update.line}"), highlight=False)  # log text, not rich markup
+            # log text, not rich markup; one line however narrow the terminal
+            console.print(Text(f"{label}: {update.line}"), highlight=False, soft_wrap=True)
 
     job_dir, name = project.jobs_dir / recipe / f"sweep-{sweep.id}", f"{sweep.id}-{stage}"
     os.environ[LAUNCH_ENV] = launch_id = uuid.uuid4().hex  # each point's job tags its MLflow run with it
