@@ -121,9 +121,10 @@ def _refresh(root: Path, recs: list[JobRecord]) -> None:
         # `gemctl cancel` recorded CANCELLED: SLURM may say FAILED for a job that was still starting and died of
         # the SIGTERM meant to make it checkpoint
         state = r.state if r.state == "CANCELLED" and row["State"] in cluster.TERMINAL else row["State"]
-        # squeue alone (accounting behind or down) knows no start: keep the one the launcher saw, not 0 s elapsed
-        new = (state, row.get("NodeList") or r.node, _epoch(row.get("Start", "")) or r.start,
-               _epoch(row.get("End", "")) or r.end, exit_code)
+        # squeue alone (accounting behind or down) knows no start: keep the one the launcher saw, else count from
+        # now (as for a local job), not 0 s elapsed for a job that runs
+        start = _epoch(row.get("Start", "")) or r.start or (time.time() if state == "RUNNING" else None)
+        new = (state, row.get("NodeList") or r.node, start, _epoch(row.get("End", "")) or r.end, exit_code)
         if new != (r.state, r.node, r.start, r.end, r.exit_code):
             r.state, r.node, r.start, r.end, r.exit_code = new
             save(root, r)

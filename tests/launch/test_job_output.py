@@ -48,3 +48,27 @@ def test_a_running_slurm_job_keeps_its_elapsed_time_when_accounting_lags(tmp_pat
     finally:
         go.touch()
         h.wait()
+
+
+@needs_slurm
+def test_a_running_slurm_job_has_an_elapsed_time_without_accounting(tmp_path, monkeypatch):
+    go = tmp_path / "go"
+    real_run = registry.cluster._run
+
+    def no_accounting(cmd, timeout=20):
+        if cmd[0] == "sacct":
+            raise subprocess.CalledProcessError(1, cmd, "", "sacct: error: slurmdbd: connection refused")
+        return real_run(cmd, timeout)
+
+    monkeypatch.setattr(registry.cluster, "_run", no_accounting)
+    h = submit(functools.partial(outputfns.run_until, str(go)), kind="slurm", resources=SMALL,
+               job_dir=tmp_path / "jobs", name=TEST_PREFIX + "elapsed", project=tmp_path, tags={"stage": "wait"})
+    try:
+        first = wait_for(lambda: next((r for r in registry.list_jobs(tmp_path) if r.state == "RUNNING"), None),
+                         "squeue to show the job running")
+        assert first.start is not None
+        later = wait_for(lambda: next((r for r in registry.list_jobs(tmp_path) if r.elapsed_s >= 1), None), "a second")
+        assert later.start == first.start  # counted from when it was first seen running, not reset
+    finally:
+        go.touch()
+        h.wait()
