@@ -171,22 +171,50 @@ def run_all(recipe: RecipeOpt = "tiny", override: OverrideOpt = None, executor: 
 
 
 @stage_app.command("run")
-def stage_run(stage: str, recipe: RecipeOpt) -> None:
-    """Run one stage program for a recipe already rendered to runs/<recipe>/params.json (used by dvc.yaml).
+def stage_run(stage: str, recipe: RecipeOpt, override: OverrideOpt = None) -> None:
+    """Run one stage program for a recipe, without DVC (this is also the command dvc.yaml runs).
 
+    Run by hand, it renders the recipe it is given (recipes/<recipe>.yaml and -o overrides) to
+    runs/<recipe>/params.json first; run by DVC, it reads what `gemctl train` rendered there (DVC hashed that file).
     The executor comes from $GEMCTL_EXECUTOR (set by `gemctl train --executor`): it is not part of the command
     DVC records, because where a stage runs does not change what it computes. Blocks until the job ends."""
+    import os
     from functools import partial
 
+    from .pipeline import note_executed, upstream
     from .stage_runner import launch_stage
 
-    code, message = launch_stage(_project(), recipe, stage, on_update=partial(_show_job, stage))
+    upstream(stage)  # the stage name is checked before anything is written
+    project = _project()
+    if os.environ.get("DVC_STAGE") == f"{stage}@{recipe}":
+        if override:
+            raise InputError(f"-o is for `gemctl stage run` by hand; under DVC, {stage}@{recipe} runs what "
+                             f"`gemctl train` rendered to runs/{recipe}/params.json")
+        note_executed(stage)
+    else:
+        _render_by_hand(project, recipe, override or [])
+    code, message = launch_stage(project, recipe, stage, on_update=partial(_show_job, stage))
     if message:  # may hold the job's log lines: printed as they are, not read as rich markup or emoji codes
-        from rich.markup import escape
-
-        err.print(f"[red]error:[/red] {escape(f'{stage}@{recipe}: {message}')}", highlight=False, emoji=False)
+        err.print(Text.assemble(("error:", "red"), f" {stage}@{recipe}: {message}"), highlight=False, emoji=False)
     if code:
         raise typer.Exit(code)
+
+
+def _render_by_hand(project, name: str, overrides: list[str]) -> None:
+    """The recipe `gemctl stage run` was asked for, rendered where the stage reads it; one line when that replaces
+    settings rendered before (e.g. by `gemctl train -o ...`)."""
+    from .recipe import from_params, resolve, write_params
+
+    recipe = resolve(project.recipes_dir, name, overrides)
+    path = project.params_file(name)
+    try:
+        before = from_params(path).content_hash if path.is_file() else None
+    except InputError:  # written by another version of gemctl: replaced below
+        before = "unreadable"
+    if before not in (None, recipe.content_hash):
+        err.print(f"runs/{name}/params.json held recipe hash {before}: rendered {name} as asked "
+                  f"(hash {recipe.content_hash})", highlight=False, markup=False)
+    write_params(path, recipe)
 
 
 def _show_job(stage: str, update) -> None:
@@ -233,6 +261,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
            all_jobs: Annotated[bool, typer.Option("--all/--active", "-a",
                                                   help="All recorded jobs, or only unfinished ones.")] = True) -> None:
     """gemctl's jobs: id, stage, recipe/sweep point, state, elapsed, node."""
+    from rich import box
     from rich.table import Table
 
     from .launch.registry import list_jobs
@@ -241,14 +270,27 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     if as_json:
         print(json.dumps([j.to_json() for j in jobs], indent=1))
         return
-    table = Table(title="gemctl jobs", title_justify="left")
-    for col in ("job", "stage", "recipe / point", "sweep", "state", "elapsed", "node"):
-        table.add_column(col)
+    table = Table(title="gemctl jobs", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1, 0, 0))
+    # ids are copied into `logs` and `cancel`: never cut; the other columns fold onto more lines instead
+    widest = {"job": max([len(j.job_id) for j in jobs] + [3]), "sweep": max([len(j.sweep) for j in jobs] + [5])}
+    for col in ("job", "stage", "point", "sweep", "state", "elapsed", "node"):  # point: recipe or recipe/point
+        if col in widest:
+            table.add_column(col, no_wrap=True, min_width=widest[col])
+        else:
+            table.add_column(col, overflow="fold", no_wrap=col in ("state", "elapsed"))
     colours = {"COMPLETED": "green", "RUNNING": "yellow", "PENDING": "cyan", "FAILED": "red", "CANCELLED": "dim"}
     for j in jobs:
-        c = colours.get(j.state, "white")
-        table.add_row(j.job_id, j.stage, j.point, j.sweep, f"[{c}]{j.state}[/{c}]", f"{j.elapsed_s:.0f}s", j.node)
-    console.print(table)
+        # user text (recipe names, tags) as Text: square brackets in it are not rich markup
+        table.add_row(j.job_id, Text(j.stage), Text(j.point), j.sweep, Text(j.state, colours.get(j.state, "")),
+                      _duration(j.elapsed_s), Text(j.node))
+    console.print(table, highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 @app.command("logs")

@@ -61,10 +61,36 @@ def render(project: Project, recipe: Recipe) -> Path:
     return path
 
 
+def unlist(project: Project, name: str) -> None:
+    """Take a recipe off params.yaml's `recipes` (its first run failed before DVC recorded any of its stages)."""
+    index = project.root / "params.yaml"
+    with open(project.root / ".gemctl" / "params.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        data = (yaml.safe_load(index.read_text()) if index.is_file() else None) or {}
+        names = list(data.get("recipes") or [])
+        if name in names:
+            data["recipes"] = [n for n in names if n != name]
+            atomic_write_text(index, INDEX_HEADER + yaml.safe_dump(data, sort_keys=False))
+
+
 @dataclass
 class ReproResult:
-    ran: list[str] = field(default_factory=list)  # stages DVC executed (or restored from its run-cache)
+    ran: list[str] = field(default_factory=list)  # stages whose command ran in this call
+    restored: list[str] = field(default_factory=list)  # stages DVC restored from its run-cache (nothing ran)
     skipped: list[str] = field(default_factory=list)  # stages that were already up to date
+
+
+# A file listing the stages whose command ran during one reproduce (`gemctl stage run` adds its stage to it): what
+# DVC returned and is not in it was restored from the run-cache.
+EXECUTED_ENV = "GEMCTL_EXECUTED_FILE"
+
+
+def note_executed(stage: str) -> None:
+    """Called by `gemctl stage run` when DVC runs it: this stage trains now (not restored)."""
+    path = os.environ.get(EXECUTED_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(stage + "\n")
 
 
 def _stage_on_path() -> None:
@@ -101,16 +127,34 @@ def prepare_launch(project: Project, recipe: Recipe, executor: str, tracking_uri
 
 
 def reproduce(project: Project, recipe: str, stage: str, force: bool = False) -> ReproResult:
-    """Bring `stage@recipe` and its upstream up to date with DVC. Raises StageFailed with the exit code of the
-    stage that failed (and whether it printed its reason already)."""
-    from dvc.repo import Repo
-    from dvc.stage.exceptions import StageCmdFailedError
-
+    """Bring `stage@recipe` and its upstream up to date with DVC: which stages ran, which DVC restored from its
+    run-cache, which were up to date. Raises StageFailed with the exit code of the stage that failed (and whether
+    it printed its reason already); a recipe none of whose stages DVC has recorded is taken off params.yaml."""
     wanted = upstream(stage)
     recipe_dir = project.recipe_dir(recipe)
     for s in wanted:
         outcome.clear_error(recipe_dir, s)
     _stage_on_path()
+    executed = project.root / ".gemctl" / f"executed-{os.getpid()}"
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    executed.write_text("")
+    os.environ[EXECUTED_ENV] = str(executed)
+    try:
+        stages = _dvc_reproduce(project, recipe, stage, wanted, force)
+        ran_now = set(executed.read_text().split())
+    finally:
+        os.environ.pop(EXECUTED_ENV, None)
+        executed.unlink(missing_ok=True)
+    done = [s.addressing.split("@")[0] for s in stages]
+    return ReproResult(ran=[s for s in done if s in ran_now], restored=[s for s in done if s not in ran_now],
+                       skipped=[s for s in wanted if s not in done])
+
+
+def _dvc_reproduce(project: Project, recipe: str, stage: str, wanted: list[str], force: bool) -> list:
+    from dvc.repo import Repo
+    from dvc.stage.exceptions import StageCmdFailedError
+
+    recipe_dir = project.recipe_dir(recipe)
     with Repo(str(project.root)) as repo:
         repo.scm_context.quiet = True  # gemctl's summary says what to commit; skip DVC's per-stage git hints
         try:
@@ -127,6 +171,14 @@ def reproduce(project: Project, recipe: str, stage: str, force: bool = False) ->
             failed = [e for e in (outcome.read_error(recipe_dir, s) for s in wanted) if e]
             # a stage that wrote its error file printed its one-line reason itself
             code = failed[0].get("exit_code", 1) if failed else 1
+            if not any(recorded_stages(project, recipe)):  # a first run that recorded nothing: not listed
+                unlist(project, recipe)
             raise StageFailed(recipe, stage, str(cause), exit_code=code, reported=bool(failed)) from e
-    ran = [s.addressing.split("@")[0] for s in stages]
-    return ReproResult(ran=ran, skipped=[s for s in wanted if s not in ran])
+    return stages
+
+
+def recorded_stages(project: Project, recipe: str) -> list[str]:
+    """The stages of `recipe` that dvc.lock records."""
+    lock = project.root / "dvc.lock"
+    recorded = ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {}) if lock.is_file() else {}
+    return [name for name in recorded if name.endswith(f"@{recipe}")]

@@ -146,7 +146,8 @@ def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[],
         with StageRun(project, recipe, stage) as run:
             manifest = prepare_dataset(recipe.data, out_dir)
             summary = {"stage": stage, "recipe": recipe.name, "recipe_hash": recipe.content_hash,
-                       "mlflow_run_id": run.run_id, "digest": manifest.get("digest"),
+                       "mlflow_run_id": run.run_id, "tracking_uri": project.tracking_uri,
+                       "digest": manifest.get("digest"),
                        "counts": manifest.get("counts", {})}
             import mlflow
 
@@ -183,7 +184,7 @@ def train_with_lineage(project: Project, recipe: Recipe, stage: str, inputs: Sta
             run.preempted = True
             return summary
         summary.update(recipe=recipe.name, recipe_hash=recipe.content_hash, mlflow_run_id=run.run_id,
-                       **(record or {}))
+                       tracking_uri=project.tracking_uri, **(record or {}))
         # model_id is written last: a summary with it means training and lineage both completed
         summary["model_id"] = run.log_checkpoint((out_dir / "model").resolve(), summary["step"], register=register)
         outcome.write_summary(out_dir, summary)
@@ -245,7 +246,7 @@ def launch_stage(project: Project, recipe_name: str, stage: str, on_update=None)
     why = f"job {result.job_id} ended {result.state} (exit {code})"
     close_interrupted(project, launch_id, _run_id_files(project, recipe, recipe_name, stage), why)
     tail = result.log_tail(20) or (result.error or "")
-    return code, f"{why}; last lines of its log:\n{tail}\nfull log: {result.stderr}"
+    return code, f"{why}; last lines of its log:\n{tail}\nfull log: {result.stdout}"
 
 
 def _run_id_files(project: Project, recipe: Recipe, recipe_name: str, stage: str) -> list[Path]:

@@ -53,7 +53,9 @@ class SweepPoint:
         return self.recipe.content_hash
 
     def label(self) -> str:
-        return " ".join(f"{k.split('.')[-1] if k != 'seed' else 'seed'}={v}" for k, v in self.overrides.items())
+        # keys less their `stages.<stage>.` (lr, loss.depth, seed): the sweep's table headers them the same way
+        return " ".join(f"{k.split('.', 2)[-1] if k.startswith('stages.') else k}={v}"
+                        for k, v in self.overrides.items())
 
 
 @dataclass
@@ -149,20 +151,24 @@ def expand(project: Project, stage: str, recipe: str, grid: dict[str, list], see
 
 
 def _check_same_upstream(base: Recipe, point: Recipe, stage: str, values: dict) -> None:
-    """Points may differ only in the swept stage (and its seed): upstream is built once and shared."""
-    for up in SWEEP_STAGES[: SWEEP_STAGES.index(stage)]:
-        a, b = _upstream_key(base, up), _upstream_key(point, up)
-        if a != b:
-            raise InputError(f"sweep point {values} changes upstream stage {up}: sweep only settings of {stage} "
-                             f"(stages.{stage}.*, seed), or sweep {up} instead")
-    if base.to_dict()["data"] != point.to_dict()["data"]:
-        raise InputError(f"sweep point {values} changes the data: sweep only settings of {stage}")
-
-
-def _upstream_key(recipe: Recipe, stage: str) -> str:
-    # the seed of the swept stage may vary; upstream always comes from the base recipe's pipeline
-    d = recipe.to_dict()
-    return json.dumps({"model": d["model"], "runtime": d["runtime"], "stage": d["stages"][stage]}, sort_keys=True)
+    """Points may differ only in the swept stage's settings and the seed: upstream is built once and shared, and
+    anything else (a later stage, the data, resources of the one array) would train identical points."""
+    swept = f"stages.{stage}."
+    a, b = base.flat_params(), point.flat_params()
+    changed = [k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)
+               and not k.startswith(swept) and k != "seed"]
+    if not changed:
+        return
+    key = changed[0]
+    parts = key.split(".")
+    if parts[0] == "stages" and parts[1] in SWEEP_STAGES[: SWEEP_STAGES.index(stage)]:
+        fix = f"or sweep {parts[1]} instead"
+        raise InputError(f"sweep point {values} changes upstream stage {parts[1]} ({key}): sweep only settings of "
+                         f"{stage} (stages.{stage}.*, seed), {fix}")
+    why = (f"{stage} does not use it, so the points would train identically" if parts[0] == "stages"
+           else "the points share it")
+    raise InputError(f"sweep point {values} changes {key}, but {why}: a {stage} sweep varies only "
+                     f"stages.{stage}.* and seed (set {key} with -o for the whole sweep)")
 
 
 def point_dir(project: Project, sweep: Sweep, point: SweepPoint) -> Path:
@@ -281,6 +287,7 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
 
     from . import pipeline
     from .launch import launch_array, snapshot, wait_all
+    from .launch.cluster import TERMINAL
     from .tracking import LAUNCH_ENV, close_interrupted
 
     resources = sweep.base.resources
@@ -296,7 +303,7 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
     stage, recipe = sweep.stage, sweep.recipe
     console.print(f"sweep {sweep.id}: {stage}@{recipe}, {len(sweep.points)} point(s), "
                   f"{len(sweep.points) - len(todo)} already complete, {len(todo)} to run on {executor}",
-                  highlight=False)
+                  highlight=False, markup=False)
     if not todo:
         return []
     parent = parent_run(project, sweep, grid, seeds)
@@ -306,9 +313,19 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
     tags = [{"stage": stage, "point": f"{recipe}/{p.id}", "sweep": sweep.id, "run": f"{stage}@{recipe}/{p.id}"}
             for p in todo]
 
+    labels: dict[str, str] = {}  # job id -> "point <id> (<grid values>)", filled as the points are submitted
+
     def show(update) -> None:
-        if update.state:
-            console.print(f"[dim]{update.job_id}: {update.state}[/dim]", highlight=False)
+        """Each point's training progress and how its job ended; not every PENDING/RUNNING poll."""
+        from rich.text import Text
+
+        label = labels.get(update.job_id, update.job_id)
+        if update.state in TERMINAL or update.state == "REQUEUED":
+            console.print(Text(f"{label}: job {update.job_id} {update.state}", style="dim"), highlight=False,
+                          soft_wrap=True)
+        elif update.line is not None and update.task == 0 and update.line.startswith(f"[{stage}] step "):
+            # log text, not rich markup; one line however narrow the terminal
+            console.print(Text(f"{label}: {update.line}"), highlight=False, soft_wrap=True)
 
     job_dir, name = project.jobs_dir / recipe / f"sweep-{sweep.id}", f"{sweep.id}-{stage}"
     os.environ[LAUNCH_ENV] = launch_id = uuid.uuid4().hex  # each point's job tags its MLflow run with it
@@ -318,6 +335,7 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
     if executor == "slurm":  # ONE array; SLURM holds all but array_parallelism of its elements
         handles = launch_array(fns, kind=executor, resources=resources, job_dir=job_dir, name=name,
                                project=project.root, tags=tags, code=code)
+        labels.update(_labels(handles, todo))
         console.print(f"submitted {len(handles)} point(s) as one array: {handles[0].job_id.split('_')[0]}",
                       highlight=False)
         results = wait_all(handles, on_update=show)
@@ -327,6 +345,7 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
         for i in range(0, len(fns), width):
             handles = launch_array(fns[i:i + width], kind=executor, resources=resources, job_dir=job_dir,
                                    name=name, project=project.root, tags=tags[i:i + width], code=code)
+            labels.update(_labels(handles, todo[i:i + width]))
             results += wait_all(handles, on_update=show)
     failed = [(p, r) for p, r in zip(todo, results) if not (r.ok and r.value.ok)]
     died = [p for p, r in failed if not r.ok]
@@ -340,9 +359,13 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
         from rich.text import Text
 
         # user values (labels) and job messages are text, not rich markup
-        err.print(Text.assemble((f"point {p.id} ({p.label()}) failed:", "red"), f" {why}; log: {r.stderr}"),
+        err.print(Text.assemble((f"point {p.id} ({p.label()}) failed:", "red"), f" {why}; log: {r.stdout}"),
                   highlight=False)
     return failed
+
+
+def _labels(handles, points: list[SweepPoint]) -> dict[str, str]:
+    return {h.job_id: f"point {p.id} ({p.label()})" for h, p in zip(handles, points)}
 
 
 def _finish_parent(run_id: str, ok: bool) -> None:

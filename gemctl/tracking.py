@@ -52,11 +52,17 @@ def setup(project: Project) -> str:
             db.execute("PRAGMA journal_mode=WAL")
     if exp is not None:
         return exp.experiment_id
-    artifacts = project.artifact_root.resolve().as_uri() if uri.startswith("sqlite:") else None
+    # artifacts live with their store: beside its database (the project's own: mlruns/artifacts); a server's
+    # store chooses its own
+    artifacts = _artifacts_beside(uri) if uri.startswith("sqlite:") else None
     try:
         return mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
     except Exception:  # another process created it first
         return mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
+
+
+def _artifacts_beside(sqlite_uri: str) -> str:
+    return (Path(sqlite_uri.split("sqlite:///", 1)[1]).parent / "artifacts").resolve().as_uri()
 
 
 def code_version(root: Path) -> dict[str, str]:

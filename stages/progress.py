@@ -24,6 +24,7 @@ class RichProgress:
         self._last_line = 0.0
         self._progress = None
         self._task = None
+        self._start: int | None = None  # the step this process started from (a resumed run starts past 0)
 
     def __enter__(self) -> RichProgress:
         if self.live:
@@ -38,14 +39,19 @@ class RichProgress:
     def update(self, step: int, total: int, losses: dict[str, float], elapsed: float) -> None:
         if not self.enabled:
             return
-        rate = f"{step / elapsed:.2f} step/s" if elapsed > 0 else ""
+        if self._start is None:  # the trainer reports after every step: the first report is one step in
+            self._start = step - 1
+            if self._progress is not None:  # the bar's own time-remaining estimate starts there too
+                self._progress.reset(self._task, completed=self._start, total=total)
+        done = step - self._start  # steps run in `elapsed` seconds (not those before a resume)
+        rate = f"{done / elapsed:.2f} step/s" if elapsed > 0 else ""
         if self._progress is not None:
             self._progress.update(self._task, completed=step, total=total, rate=rate, losses=_fmt(losses))
             return
         now = time.monotonic()
         if step == total or now - self._last_line >= self.line_every_s:
             self._last_line = now
-            eta = (total - step) * elapsed / step if step else 0.0
+            eta = (total - step) * elapsed / done if done else 0.0
             print(f"[{self.label}] step {step}/{total} {rate} eta {eta:.0f}s {_fmt(losses)}", file=sys.stderr,
                   flush=True)
 

@@ -70,8 +70,9 @@ class LaunchResult:
         return self.state == "COMPLETED"
 
     def log_tail(self, n: int = 40) -> str:
-        """The last n lines of rank 0's stderr (else stdout): what to show when a job failed."""
-        for p in (self.stderr, self.stdout):
+        """The last n lines of rank 0's log (stdout: the job writes stderr there too; else stderr, which holds what
+        was written before that): what to show when a job failed."""
+        for p in (self.stdout, self.stderr):
             if p.exists() and p.stat().st_size:
                 return "\n".join(p.read_text(errors="replace").splitlines()[-n:])
         return ""
@@ -259,7 +260,7 @@ def _why(state: str, h: JobHandle) -> str:
     if h.kind == "local" and state == "FAILED":
         what = ("its controller process was killed" if h._local_state == "INTERRUPTED" else
                 "its process ended without a result (killed, e.g. by SIGKILL or the out-of-memory killer?)")
-        return f"job {h.job_id} failed: {what}; logs: {h.stderr}"
+        return f"job {h.job_id} failed: {what}; log: {h.stdout}"
     reasons = {
         "TIMEOUT": "hit its time limit (raise resources.time_min, or make the training code stop on should_stop)",
         "CANCELLED": "was cancelled",
@@ -269,7 +270,7 @@ def _why(state: str, h: JobHandle) -> str:
         "LOST": "lost its controller process",
     }
     code = f", exit code {h._exit_code}" if h._exit_code is not None else ""
-    return f"job {h.job_id} {reasons.get(state, f'ended without a result ({state}{code})')}; logs: {h.stderr}"
+    return f"job {h.job_id} {reasons.get(state, f'ended without a result ({state}{code})')}; log: {h.stdout}"
 
 
 def wait_all(handles: Sequence[JobHandle], on_update: Callable[[JobUpdate], None] | None = None) -> list[LaunchResult]:

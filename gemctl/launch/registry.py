@@ -121,8 +121,10 @@ def _refresh(root: Path, recs: list[JobRecord]) -> None:
         # `gemctl cancel` recorded CANCELLED: SLURM may say FAILED for a job that was still starting and died of
         # the SIGTERM meant to make it checkpoint
         state = r.state if r.state == "CANCELLED" and row["State"] in cluster.TERMINAL else row["State"]
-        new = (state, row.get("NodeList") or r.node, _epoch(row.get("Start", "")), _epoch(row.get("End", "")),
-               exit_code)
+        # squeue alone (accounting behind or down) knows no start: keep the one the launcher saw, else count from
+        # now (as for a local job), not 0 s elapsed for a job that runs
+        start = _epoch(row.get("Start", "")) or r.start or (time.time() if state == "RUNNING" else None)
+        new = (state, row.get("NodeList") or r.node, start, _epoch(row.get("End", "")) or r.end, exit_code)
         if new != (r.state, r.node, r.start, r.end, r.exit_code):
             r.state, r.node, r.start, r.end, r.exit_code = new
             save(root, r)
@@ -154,15 +156,25 @@ def find(root: Path, key: str) -> list[JobRecord]:
     return hits
 
 
-def job_log(root: Path, key: str, follow: bool = False) -> Iterator[str]:
-    """Lines of the latest matching job's logs (rank 0's stdout, then stderr). With follow, lines from both
-    as they are written, until the job has finished."""
-    rec = find(root, key)[-1]
+def job_log(root: Path, key: str, follow: bool = False, tail: int = 20) -> Iterator[str]:
+    """Lines of the latest matching job's log (rank 0's stdout, where the job writes its stderr too, then what
+    reached stderr before that). A sweep or array id matches several jobs: the last `tail` lines of each point's
+    latest job, each under a line naming the point. With follow, one job's lines as they are written, until it
+    has finished."""
+    hits = find(root, key)
+    points = _points(hits, key)
+    if len(points) > 1:
+        if follow:
+            raise InputError(f"'{key}' names {len(points)} jobs: follow one of them, e.g. `gemctl logs "
+                             f"{points[-1].job_id} -f` (their ids are in `gemctl status`)")
+        for rec in points:
+            yield f"── {rec.point or rec.name} (job {rec.job_id}, {rec.state}) ──"
+            yield from _lines(rec)[-tail:]
+        return
+    rec = hits[-1]
     paths = [Path(rec.stdout), Path(rec.stderr)]
     if not follow:
-        for p in paths:
-            if p.exists():
-                yield from p.read_text(errors="replace").splitlines()
+        yield from _lines(rec)
         return
     offsets, partial = [0, 0], ["", ""]
     next_check = 0.0
@@ -186,6 +198,18 @@ def job_log(root: Path, key: str, follow: bool = False) -> Iterator[str]:
             yield from (p for p in partial if p)
             return
         time.sleep(0.25)
+
+
+def _lines(rec: JobRecord) -> list[str]:
+    return [line for p in (Path(rec.stdout), Path(rec.stderr)) if p.exists()
+            for line in p.read_text(errors="replace").splitlines()]
+
+
+def _points(hits: list[JobRecord], key: str) -> list[JobRecord]:
+    """The jobs a sweep or array id names, the latest per point (a re-run sweep re-submits failed points)."""
+    group = [r for r in hits if key in (r.sweep, r.job_id.split("_")[0]) and r.job_id != key]
+    latest = {(r.point or r.job_id): r for r in group}  # hits are oldest first
+    return list(latest.values())
 
 
 def cancel(root: Path, key: str) -> list[str]:

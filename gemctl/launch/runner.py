@@ -38,8 +38,17 @@ class JobMain:
             f"code {os.environ.get('GEMCTL_CODE', '(working tree)')}",
             flush=True,
         )
+        _one_log()
         result = self.fn()
         sys.stdout.flush()
         if preemption.is_preempted(result):
             preemption.requeue_or_fail(self.max_requeues)
         return result
+
+
+def _one_log() -> None:
+    """From here on, write stderr into the stdout log too (one file, one offset), as sbatch does without --error:
+    the job's lines stay in the order it wrote them, for `gemctl logs` and a failed job's tail."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(sys.stdout.fileno(), sys.stderr.fileno())

@@ -56,7 +56,7 @@ def test_local_job_killed_by_sigkill_fails_with_a_clear_reason(tmp_path):
     os.kill(pid, signal.SIGKILL)
     r = h.wait()  # returns: the controller sees its task gone and exits; no result file will ever come
     assert r.state == "FAILED" and r.value is None
-    assert "ended without a result (killed" in r.error and str(h.stderr) in r.error
+    assert "ended without a result (killed" in r.error and str(h.stdout) in r.error
 
 
 def test_local_job_whose_controller_is_killed_fails_with_a_clear_reason(tmp_path):

@@ -63,7 +63,7 @@ def test_follow_logs_and_cancel_a_running_job(job_kind, tmp_path):
     r = h.wait()
     assert r.state == "CANCELLED" and "was cancelled" in r.error and r.requeues == 0
     assert _checkpoint_step(tmp_path) == 3  # the checkpoint of the step it was cancelled at is kept
-    wait_for(lambda: log_has(h.stderr, "was cancelled; checkpoint kept, not requeueing"), "the job's last words")
+    wait_for(lambda: log_has(h.stdout, "was cancelled; checkpoint kept, not requeueing"), "the job's last words")
     assert "restart 1" not in h.stdout.read_text()
     follower.join(timeout=jobfns.BOUND_S)
     assert not follower.is_alive()  # follow ends when the job does
