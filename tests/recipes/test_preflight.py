@@ -142,11 +142,12 @@ def test_neither_path_nor_hub_id(project):
 
 
 @pytest.mark.parametrize("uri, needle", [("foo://bar", "MLflow has no store for 'foo:' URIs"),
-                                         ("sqlite:////no/such/dir/mlflow.db", "/no/such/dir, does not exist")])
-def test_bad_tracking_uri_is_refused_before_the_job_starts(project, uri, needle):
+                                         ("sqlite:///{tmp}/missing/mlflow.db", "{tmp}/missing, does not exist")])
+def test_bad_tracking_uri_is_refused_before_the_job_starts(project, tmp_path, uri, needle):
+    uri, needle = uri.format(tmp=tmp_path), needle.format(tmp=tmp_path)
     r = run(project, "train", "stage1", "--recipe", "ci", "--tracking-uri", uri)
     assert_refused_up_front(project, r, "ci", needle)
-    assert not (project / "mlruns").exists()
+    assert not (project / "mlruns").exists() and not (tmp_path / "missing").exists()
 
 
 # ----- point 7: a broken recipe file does not break `recipe list` -------------------------------------------------
