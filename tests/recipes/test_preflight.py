@@ -231,3 +231,23 @@ def test_validate_checks_the_cluster_only_when_one_answers(slurm_cluster, projec
     r = run(project, "train", "stage1", "--recipe", "ci", "--executor", "slurm", "--dry-run",
             extra_env={"SLURM_CONF": str(conf)})
     assert_refused_up_front(project, r, "ci", "SLURM controller is not reachable")
+
+
+# ----- the same checks guard `run` and `sweep` --------------------------------------------------------------------
+def test_run_and_sweep_check_before_anything_starts(project, tmp_path):
+    recipe(project, "nodata2", {"extends": "ci", "data": {"source": "files", "files": [
+        {"name": "x", "annotations": str(tmp_path / "gone.jsonl")}]}})
+    r = run(project, "run", "--recipe", "nodata2")
+    assert_refused_up_front(project, r, "nodata2", "gone.jsonl", "does not exist")
+    r = run(project, "sweep", "stage1", "--recipe", "ci", "-p", "stages.stage1.lr=1e-3,1e-4",
+            "--tracking-uri", "foo://bar")
+    assert_refused_up_front(project, r, "ci", "MLflow has no store for 'foo:' URIs")
+
+
+@pytest.mark.slurm
+def test_sweep_on_slurm_checks_the_partition_before_submitting(slurm_cluster, project):
+    name = TEST_PREFIX + "sweep"
+    recipe(project, name, {"extends": "ci", "resources": {"partition": "no-such-partition"}})
+    r = run(project, "sweep", "stage1", "--recipe", name, "-p", "stages.stage1.lr=1e-3,1e-4", "--executor", "slurm")
+    assert_refused_up_front(project, r, name, "resources.partition='no-such-partition' is not a partition")
+    assert _jobs_named(f"stage1@{name}") == [] and _jobs_named(f"data@{name}") == []
