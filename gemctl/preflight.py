@@ -104,7 +104,8 @@ def _check_hub(key: str, value: str, ref: WeightsRef) -> str:
     config = f"{ref.subfolder}/config.json" if ref.subfolder else "config.json"
     if isinstance(try_to_load_from_cache(ref.where, config), str):
         return "cached"
-    default = " (the default model: `extends: tiny` for a small random-init one)" if _is_default(key, value) else ""
+    default = (" (the default, as the recipe names no model; `extends: tiny` gives a small random-init one)"
+               if _is_default(key, value) else "")
     if constants.HF_HUB_OFFLINE:
         raise InputError(f"{key}='{_shown(value)}' is a hub id not in this machine's Hugging Face cache, and "
                          f"HF_HUB_OFFLINE is set{default}: download it first (hf download {ref.where}) or point {key} at a local copy")
@@ -121,7 +122,7 @@ def _check_hub(key: str, value: str, ref: WeightsRef) -> str:
                          "local directory") from None
     except Exception as e:  # no network, DNS, proxy, TLS, the hub down: the download would fail the same way
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(f"{key}='{_shown(value)}' is a hub id not in this machine's cache and the hub "
+        raise InputError(f"{key}='{_shown(value)}' is a hub id not in this machine's Hugging Face cache and the hub "
                          f"({constants.ENDPOINT}) cannot be reached ({reason}){default}: connect, or download it "
                          f"elsewhere and set {key} to the local directory") from None
     return "to download"

@@ -163,3 +163,15 @@ def test_cluster_rule_accepts_exactly_what_fits(partition, nodes, gpus, tasks, c
         assert "\n" not in str(e)
     else:
         assert fits
+
+
+@PROPERTY
+@given(uri=st.text(max_size=30) | st.builds("{}:{}".format, st.from_regex(r"[a-z][a-z0-9+.-]{1,8}", fullmatch=True),
+                                            st.text(max_size=20)))
+def test_any_tracking_uri_is_accepted_or_refused_in_one_line(uri):
+    from gemctl.preflight import check_tracking
+
+    try:
+        assert check_tracking(uri) == (uri or "the project's own sqlite store")
+    except InputError as e:
+        assert str(e).startswith("--tracking-uri '") and "\n" not in str(e)
