@@ -77,7 +77,7 @@ def recipe_list() -> None:
     project = _project()
     broken = []
     for name in available(project.recipes_dir):
-        # names, descriptions and reasons are the user's text, not rich markup (a description such as '[/x]' must print)
+        # names, descriptions and reasons are the user's text, not rich markup ('[/x]' must print as it is)
         try:
             desc = resolve(project.recipes_dir, name).description
         except InputError as e:

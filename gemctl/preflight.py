@@ -25,7 +25,8 @@ from .launch.resources import Resources
 from .project import Project
 from .recipe import Recipe
 
-# Where a setting the user gave as a path is read from: DVC runs every stage in the project root.
+# Starts of values that can only be paths (no hub id starts so). Relative paths are read from the project root,
+# where DVC runs every stage.
 _PATHLIKE = ("/", "./", "../", "~", ".")
 
 
@@ -106,9 +107,12 @@ def _check_hub(key: str, value: str, ref: WeightsRef) -> str:
         return "cached"
     default = (" (the default, as the recipe names no model; `extends: tiny` gives a small random-init one)"
                if _is_default(key, value) else "")
+    if "/" in ref.where:  # "org/name" might have been meant as a folder
+        default += f" (and no folder {ref.where} exists in the project)"
     if constants.HF_HUB_OFFLINE:
         raise InputError(f"{key}='{_shown(value)}' is a hub id not in this machine's Hugging Face cache, and "
-                         f"HF_HUB_OFFLINE is set{default}: download it first (hf download {ref.where}) or point {key} at a local copy")
+                         f"HF_HUB_OFFLINE is set{default}: download it first (hf download {ref.where}) or point "
+                         f"{key} at a local copy")
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
@@ -118,8 +122,8 @@ def _check_hub(key: str, value: str, ref: WeightsRef) -> str:
         raise InputError(f"{key}='{_shown(value)}': the hub repo is gated: accept its terms on the hub and log in "
                          "(hf auth login)") from None
     except RepositoryNotFoundError:
-        raise InputError(f"{key}='{_shown(value)}': no such hub repo (or it is private): fix the id, or give a "
-                         "local directory") from None
+        raise InputError(f"{key}='{_shown(value)}': no such hub repo (or it is private){default}: fix the id, or "
+                         "give a local directory") from None
     except Exception as e:  # no network, DNS, proxy, TLS, the hub down: the download would fail the same way
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(f"{key}='{_shown(value)}' is a hub id not in this machine's Hugging Face cache and the hub "
@@ -287,15 +291,20 @@ def check_cluster(res: Resources, parts: dict[str, Partition] | None = None) -> 
         from .launch import cluster
 
         cluster.require_slurm()
-        parts = partitions()
+        try:
+            parts = partitions()
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+            reason = (getattr(e, "stderr", "") or str(e)).strip().splitlines()[-1:] or [str(e)]
+            raise InputError(f"could not read SLURM's partitions ({reason[0]}): check the controller, or use "
+                             "--executor local") from None
     names = ", ".join(f"{p.name}{' (default)' if p.default else ''}" for p in parts.values())
     if res.partition is None:
         p = next((p for p in parts.values() if p.default), None)
         if p is None:
             raise InputError(f"SLURM has no default partition: set resources.partition to one of {names}")
     elif res.partition not in parts:
-        raise InputError(f"resources.partition='{res.partition}' is not a partition of this SLURM cluster: use one of "
-                         f"{names}")
+        raise InputError(f"resources.partition='{_shown(res.partition)}' is not a partition of this SLURM cluster: "
+                         f"use one of {names}")
     else:
         p = parts[res.partition]
     where = f"partition '{p.name}'"
@@ -309,14 +318,15 @@ def check_cluster(res: Resources, parts: dict[str, Partition] | None = None) -> 
         raise InputError(f"resources.nodes={res.nodes} but {where} allows at most {p.max_nodes} node(s) per job "
                          "(MaxNodes): lower resources.nodes or use another partition")
     if res.nodes > len(p.nodes):
-        raise InputError(f"resources.nodes={res.nodes} but {where} has {len(p.nodes)} node(s): lower resources.nodes "
-                         "or use another partition")
+        raise InputError(f"resources.nodes={res.nodes} but {where} has {len(p.nodes)} node(s): lower "
+                         "resources.nodes or use another partition")
     cpu_cap = max(n.cpus for n in p.nodes) if p.nodes else 0
     if p.max_cpus_per_node is not None:
         cpu_cap = min(cpu_cap, p.max_cpus_per_node)
     if cpus > cpu_cap:
-        raise InputError(f"{tasks} task(s) x resources.cpus_per_task={res.cpus_per_task} = {cpus} CPUs per node, but "
-                         f"{where} gives a job at most {cpu_cap} per node: lower cpus_per_task (or the ranks per node)")
+        raise InputError(f"{tasks} task(s) x resources.cpus_per_task={res.cpus_per_task} = {cpus} CPUs per node, "
+                         f"but {where} gives a job at most {cpu_cap} per node: lower cpus_per_task (or the ranks "
+                         "per node)")
     gpu_cap = max(n.gpus for n in p.nodes) if p.nodes else 0
     if res.gpus_per_node > gpu_cap:
         raise InputError(f"resources.gpus_per_node={res.gpus_per_node} but the nodes of {where} have at most "
@@ -327,7 +337,8 @@ def check_cluster(res: Resources, parts: dict[str, Partition] | None = None) -> 
             mem_cap = min(mem_cap, p.max_mem_per_node_mb)
         if mem_mb > mem_cap:
             raise InputError(f"resources.mem_gb={res.mem_gb:g} but {where} gives a job at most "
-                             f"{mem_cap / 1024:.1f} GB per node: lower resources.mem_gb (null = the cluster's default)")
+                             f"{mem_cap / 1024:.1f} GB per node: lower resources.mem_gb (null = the cluster's "
+                             "default)")
     if p.max_time_min is not None and res.time_min > p.max_time_min:
         raise InputError(f"resources.time_min={res.time_min} exceeds the {p.max_time_min}-minute limit of {where} "
                          "(MaxTime): lower it (longer training resumes across requeues) or use another partition")
