@@ -136,6 +136,19 @@ def test_network_is_touched_only_for_a_hub_id_and_an_unreachable_hub_is_one_line
         hub.close()
 
 
+@pytest.mark.slow
+def test_a_random_init_recipe_trains_without_asking_the_hub(tmp_path):
+    project = make_project(tmp_path / "p")
+    hub = Listener()
+    try:
+        r = run(project, "train", "stage1", "--recipe", "ci",
+                extra_env={"HF_ENDPOINT": f"http://127.0.0.1:{hub.port}", "HF_HOME": str(tmp_path / "hf")})
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert hub.connections == 0
+    finally:
+        hub.close()
+
+
 def test_neither_path_nor_hub_id(project):
     r = run(project, "train", "stage1", "--recipe", "ci", "-o", "model.backbone.pretrained=not a repo!")
     assert_refused_up_front(project, r, "ci", "neither an existing directory nor a hub id")
