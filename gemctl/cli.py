@@ -82,9 +82,10 @@ def recipe_list() -> None:
             desc = resolve(project.recipes_dir, name).description
         except InputError as e:
             broken.append(name)
-            console.print(Text.assemble((name, "bold"), "  ", ("broken:", "red"), f" {e}"), highlight=False)
+            console.print(Text.assemble((name, "bold"), "  ", ("broken:", "red"), f" {e}"), highlight=False,
+                          soft_wrap=True)  # one recipe per line, however narrow the terminal: greppable
         else:
-            console.print(Text.assemble((name, "bold"), f"  {desc}"), highlight=False)
+            console.print(Text.assemble((name, "bold"), f"  {desc}"), highlight=False, soft_wrap=True)
     if broken:  # the others are listed; the exit code tells a script that some recipe needs fixing
         raise InputError(f"{len(broken)} broken recipe(s): {', '.join(broken)} (reasons above): fix them, then "
                          "`gemctl recipe validate NAME`")
