@@ -303,8 +303,8 @@ def check_cluster(res: Resources, parts: dict[str, Partition] | None = None) -> 
         if p is None:
             raise InputError(f"SLURM has no default partition: set resources.partition to one of {names}")
     elif res.partition not in parts:
-        raise InputError(f"resources.partition='{_shown(res.partition)}' is not a partition of this SLURM cluster: "
-                         f"use one of {names}")
+        raise InputError(f"unknown SLURM partition '{_shown(res.partition)}' (resources.partition): use one of "
+                         f"{names}")
     else:
         p = parts[res.partition]
     where = f"partition '{p.name}'"

@@ -204,8 +204,7 @@ def _node(key):
 @pytest.mark.slurm
 @pytest.mark.parametrize("overrides, needle", [
     (["resources.partition=no-such-partition"],
-     "resources.partition='no-such-partition' is not a partition of this SLURM cluster: use one of debug (default), "
-     "short"),
+     "unknown SLURM partition 'no-such-partition' (resources.partition): use one of debug (default), short"),
     (["resources.nodes=2"], "resources.nodes=2 but partition 'debug' has 1 node(s)"),
     (["resources.cpus_per_task=4096"],
      "1 task(s) x resources.cpus_per_task=4096 = 4096 CPUs per node, but partition 'debug' gives a job at most {cpus}"),
@@ -262,5 +261,5 @@ def test_sweep_on_slurm_checks_the_partition_before_submitting(slurm_cluster, pr
     name = TEST_PREFIX + "sweep"
     recipe(project, name, {"extends": "ci", "resources": {"partition": "no-such-partition"}})
     r = run(project, "sweep", "stage1", "--recipe", name, "-p", "stages.stage1.lr=1e-3,1e-4", "--executor", "slurm")
-    assert_refused_up_front(project, r, name, "resources.partition='no-such-partition' is not a partition")
+    assert_refused_up_front(project, r, name, "unknown SLURM partition 'no-such-partition'")
     assert _jobs_named(f"stage1@{name}") == [] and _jobs_named(f"data@{name}") == []

@@ -129,7 +129,8 @@ def test_made_up_cluster_parses():
     ({"partition": "all", "nodes": 4, "time_min": 60}, None),
     ({"partition": "all", "time_min": 121}, "exceeds the 120-minute limit of partition 'all'"),
     ({"partition": "maint"}, "partition 'maint' is DOWN"),
-    ({"partition": "gpus"}, "not a partition of this SLURM cluster: use one of cpu (default), gpu, all, maint"),
+    ({"partition": "gpus"},
+     "unknown SLURM partition 'gpus' (resources.partition): use one of cpu (default), gpu, all, maint"),
 ])
 def test_partition_limits(res, message):
     res = Resources(**{"signal_delay_s": 30, **res})
