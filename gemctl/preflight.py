@@ -186,12 +186,15 @@ def check_tracking(uri: str | None) -> str:
             schemes = sorted(s for s in _tracking_store_registry._registry if s)
             raise InputError(f"--tracking-uri '{_shown(uri)}': MLflow has no store for '{scheme.group(1)}:' URIs: "
                              f"use one of {', '.join(s + ':' for s in schemes)} or a local folder") from None
-        if scheme.group(1) == "sqlite":
+        if scheme.group(1) == "sqlite":  # gemctl creates the database's folder (tracking.setup): if it can
             db = uri.split(":///", 1)[-1]
-            if db and db != ":memory:" and not Path(db).parent.is_dir():
-                raise InputError(f"--tracking-uri '{_shown(uri)}': the folder of the database, "
-                                 f"{_shown(str(Path(db).parent))}, does not exist: create it or fix the URI "
-                                 "(sqlite:////absolute/path/mlflow.db)")
+            if db and db != ":memory:":
+                folder = Path(db).parent
+                there = next((d for d in (folder, *folder.parents) if d.exists()), Path("/"))
+                if not there.is_dir() or not os.access(there, os.W_OK | os.X_OK):
+                    raise InputError(f"--tracking-uri '{_shown(uri)}': the database's folder {_shown(str(folder))} "
+                                     f"cannot be created ({_shown(str(there))} is not a writable folder): fix the "
+                                     "URI (sqlite:////absolute/path/mlflow.db)")
     return uri
 
 

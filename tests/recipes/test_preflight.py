@@ -154,13 +154,22 @@ def test_neither_path_nor_hub_id(project):
     assert_refused_up_front(project, r, "ci", "neither an existing directory nor a hub id")
 
 
-@pytest.mark.parametrize("uri, needle", [("foo://bar", "MLflow has no store for 'foo:' URIs"),
-                                         ("sqlite:///{tmp}/missing/mlflow.db", "{tmp}/missing, does not exist")])
+@pytest.mark.parametrize("uri, needle", [
+    ("foo://bar", "MLflow has no store for 'foo:' URIs"),
+    ("sqlite:///{tmp}/a-file/store/mlflow.db", "folder {tmp}/a-file/store cannot be created ({tmp}/a-file is not a "
+                                               "writable folder)")])
 def test_bad_tracking_uri_is_refused_before_the_job_starts(project, tmp_path, uri, needle):
+    (tmp_path / "a-file").write_text("")
     uri, needle = uri.format(tmp=tmp_path), needle.format(tmp=tmp_path)
     r = run(project, "train", "stage1", "--recipe", "ci", "--tracking-uri", uri)
     assert_refused_up_front(project, r, "ci", needle)
-    assert not (project / "mlruns").exists() and not (tmp_path / "missing").exists()
+    assert not (project / "mlruns").exists()
+
+
+def test_a_new_sqlite_store_in_a_folder_to_create_passes(project, tmp_path):
+    # gemctl creates the folder of a sqlite store (as `tracking.setup` does): not a reason to refuse
+    r = run(project, "recipe", "validate", "ci", "--tracking-uri", f"sqlite:///{tmp_path}/new/store/mlflow.db")
+    assert r.returncode == 0 and f"ok tracking: sqlite:///{tmp_path}/new/store/mlflow.db" in r.stdout, r.stderr
 
 
 # ----- point 7: a broken recipe file does not break `recipe list` -------------------------------------------------
