@@ -79,6 +79,27 @@ def test_missing_local_weights_are_a_missing_path_not_a_hub_id(project, value):
     assert "Repo id" not in r.stderr
 
 
+def test_home_relative_weights_that_pass_the_check_also_load(tmp_path, monkeypatch):
+    import dataclasses
+
+    from gem_models.config import tiny_config
+    from gem_models.gem import GemModel
+    from gemctl.preflight import classify
+
+    home = tmp_path / "home"
+    cfg = tiny_config("qwen3_vl")
+    GemModel.build(cfg, seed=0).save(str(home / "w"))
+    monkeypatch.setenv("HOME", str(home))
+    backbone, dit = "~/w/backbone", "~/w/depth_generator::transformer"
+    assert classify(backbone, tmp_path).kind == classify(dit, tmp_path).kind == "path"
+    cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, pretrained=backbone),
+                              depth=dataclasses.replace(cfg.depth, pretrained_transformer=dit))
+    model = GemModel.build(cfg, seed=1)  # loads both from the home folder, not from a hub
+    saved = GemModel.load(str(home / "w"))
+    for a, b in ((model.backbone, saved.backbone), (model.depth_generator.transformer, saved.depth_generator.transformer)):
+        assert all((p == q).all() for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
 def test_existing_local_weights_pass_and_a_subfolder_is_checked(project):
     (project / "weights" / "sana" / "transformer").mkdir(parents=True)
     r = run(project, "recipe", "validate", "ci", "-o", "model.depth.pretrained_transformer=weights/sana::transformer")
