@@ -71,14 +71,24 @@ def _resolve(name: str, overrides: list[str] | None):
 # --- recipes -------------------------------------------------------------------------------------------------------
 @recipe_app.command("list")
 def recipe_list() -> None:
-    """List the recipes in recipes/."""
-    from .recipe import available, load_raw
+    """List the recipes in recipes/; a recipe that does not resolve is marked broken with its reason (exit 2)."""
+    from .recipe import available, resolve
 
     project = _project()
+    broken = []
     for name in available(project.recipes_dir):
-        desc = load_raw(project.recipes_dir, name).get("description", "")
-        # names and descriptions are the user's text, not rich markup (a description such as '[/x]' must print)
-        console.print(Text.assemble((name, "bold"), f"  {desc}"))
+        # names, descriptions and reasons are the user's text, not rich markup ('[/x]' must print as it is)
+        try:
+            desc = resolve(project.recipes_dir, name).description
+        except InputError as e:
+            broken.append(name)
+            console.print(Text.assemble((name, "bold"), "  ", ("broken:", "red"), f" {e}"), highlight=False,
+                          soft_wrap=True)  # one recipe per line, however narrow the terminal: greppable
+        else:
+            console.print(Text.assemble((name, "bold"), f"  {desc}"), highlight=False, soft_wrap=True)
+    if broken:  # the others are listed; the exit code tells a script that some recipe needs fixing
+        raise InputError(f"{len(broken)} broken recipe(s): {', '.join(broken)} (reasons above): fix them, then "
+                         "`gemctl recipe validate NAME`")
 
 
 @recipe_app.command("show")
@@ -96,12 +106,39 @@ def recipe_show(name: str, override: OverrideOpt = None,
 
 
 @recipe_app.command("validate")
-def recipe_validate(name: str, override: OverrideOpt = None) -> None:
-    """Check a recipe (and overrides) against the schema; exit 2 with the first problem."""
-    from rich.markup import escape
+def recipe_validate(name: str, override: OverrideOpt = None, tracking_uri: TrackingOpt = None,
+                    schema_only: Annotated[bool, typer.Option(
+                        "--schema-only", help="Check the schema only, not this machine and cluster.")] = False,
+                    ) -> None:
+    """Check a recipe (and overrides) against the schema (exit 2 with the first problem), then against this machine
+    (data files, weights, tracking store) and, when a SLURM controller answers here, its cluster (partition,
+    nodes, CPUs, GPUs, memory, time limit): exit 2 when one of them fails (train/run/sweep would refuse it)."""
+    from . import preflight
 
-    _, recipe = _resolve(name, override)
-    console.print(f"[green]ok[/green] {escape(recipe.name)} (hash {recipe.content_hash})")
+    project, recipe = _resolve(name, override)
+    console.print(Text.assemble(("ok", "green"), f" schema: {recipe.name} (hash {recipe.content_hash})"),
+                  highlight=False)
+    if schema_only:
+        return
+    machine, cluster = preflight.report(project, recipe, tracking_uri)
+    console.print("checks against this machine (files, weights, tracking store):", highlight=False)
+    _print_checks(machine)
+    if cluster is None:
+        console.print("checks against the SLURM cluster: skipped, no SLURM controller answers here", highlight=False)
+    else:
+        console.print("checks against the SLURM cluster that answers here (partition limits and nodes):",
+                      highlight=False)
+        _print_checks(cluster)
+    failed = [r.name for r in machine + (cluster or []) if not r.ok]
+    if failed:
+        raise InputError(f"recipe '{recipe.name}' fits the schema but fails {len(failed)} check(s) against this "
+                         f"machine or cluster ({', '.join(failed)}): train, run and sweep here would refuse it")
+
+
+def _print_checks(results) -> None:
+    for r in results:
+        mark = ("ok", "green") if r.ok else ("FAIL", "red")
+        console.print(Text.assemble("  ", mark, f" {r.name}: {r.text}"), highlight=False, soft_wrap=True)
 
 
 @recipe_app.command("schema")
@@ -128,7 +165,7 @@ def _train(stage: str, recipe_name: str, overrides: list[str] | None, executor: 
     pipeline.upstream(stage)  # validates the stage name before anything is written
     project, recipe = _resolve(recipe_name, overrides)
     if dry_run:
-        _print_dry_run(project, recipe, stage, executor)
+        _print_dry_run(project, recipe, stage, executor, tracking_uri)
         return
     pipeline.prepare_launch(project, recipe, executor.value, tracking_uri)
     t0 = time.perf_counter()
@@ -136,10 +173,13 @@ def _train(stage: str, recipe_name: str, overrides: list[str] | None, executor: 
     summary.print_run(console, project, recipe, stage, result, time.perf_counter() - t0)
 
 
-def _print_dry_run(project, recipe, stage: str, executor: Executor) -> None:
-    """What would be submitted for `stage`, without touching the pipeline or the cluster."""
+def _print_dry_run(project, recipe, stage: str, executor: Executor, tracking_uri: str | None) -> None:
+    """What would be submitted for `stage`, after the checks a real run makes first (this machine's files and
+    weights, the tracking store, the cluster's limits on SLURM); the pipeline is not touched, nothing is submitted."""
+    from . import preflight
     from .launch import dry_run
 
+    preflight.check(project, recipe, executor.value, tracking_uri)
     r = recipe.resources
     console.print(f"[bold]{stage}@{recipe.name}[/bold] (hash {recipe.content_hash}) on executor {executor.value}: "
                   f"{r.nodes} node(s) x {r.ntasks_per_node} task(s), {r.gpus_per_node} GPU(s)/node, "

@@ -5,6 +5,10 @@
           ▼
     Recipe (pydantic dataclasses, validated) ──► content hash, flat params, runs/<name>/params.json
 
+Every setting has a default, so an empty recipe file is a valid one: the defaults are the paper's GEM-2B (Qwen3-VL-2B
+and SANA from the Hugging Face hub) on the built-in gem-synth data. Whether those weights can be had here (cached,
+or the hub reachable) is not the schema's business: gemctl.preflight checks it before anything runs.
+
 The resolved recipe written to runs/<name>/params.json is what the stage programs read: it is the single source of
 truth of a run, and DVC tracks its sections as params so that a changed stage setting re-runs only that stage and
 the stages downstream of it.

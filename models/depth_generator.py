@@ -26,9 +26,10 @@ from .config import DepthGeneratorConfig
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:
-    """ "repo_or_dir::subfolder" -> (repo_or_dir, subfolder); no "::" -> (ref, None)."""
+    """ "repo_or_dir::subfolder" -> (repo_or_dir, subfolder); no "::" -> (ref, None). "~/x" is a folder in the
+    user's home (diffusers would take it for a hub id)."""
     repo, sep, sub = ref.partition("::")
-    return repo, (sub or None) if sep else None
+    return os.path.expanduser(repo), (sub or None) if sep else None
 
 
 def _group_by_shape(tensors: list[Tensor]) -> dict[tuple, list[int]]:

@@ -100,6 +100,8 @@ class GemModel(nn.Module):
         """Tiny parts random-init (seeded; tokenizer trained on `corpus`), the others from_pretrained."""
         b = cfg.backbone
         if b.pretrained is not None:
+            # "~/x" is a folder in the user's home: transformers would take it for a hub id
+            b = dataclasses.replace(b, pretrained=os.path.expanduser(b.pretrained))
             tokenizer = load_tokenizer(b.pretrained)
         else:
             tokenizer = train_tiny_tokenizer(corpus, b.vocab_size)

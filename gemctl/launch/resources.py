@@ -1,7 +1,9 @@
 """What a job asks the cluster for: the `resources:` section of a recipe.
 
 A settings dataclass like every recipe section: ranges are declared on the fields, the cross-field rules in one
-validator. `local` and `debug` runs ignore what they cannot use (partition, mem...).
+validator. The upper limits of nodes, CPUs, GPUs, memory and time are the cluster's: gemctl.preflight checks them
+against its partition before submitting, and names them. `local` and `debug` runs ignore what they cannot use
+(partition, mem...).
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ from gem_stages.config import settings
 
 @settings
 class Resources:
-    nodes: Int = setting(1, "Machines; ranks = nodes * tasks per node.", ge=1, le=4096)
-    gpus_per_node: Int = setting(0, "GPUs on each node; gemctl runs one task (rank) per GPU.", ge=0, le=16)
+    nodes: Int = setting(1, "Machines; ranks = nodes * tasks per node.", ge=1)
+    gpus_per_node: Int = setting(0, "GPUs on each node; gemctl runs one task (rank) per GPU.", ge=0)
     tasks_per_node: Int | None = setting(
-        None, "Ranks per node on CPU nodes; null = gpus_per_node, or 1 without GPUs.", ge=1, le=256)
-    cpus_per_task: Int = setting(1, "CPU cores per rank (data-loader workers + 1).", ge=1, le=1024)
-    mem_gb: Float | None = setting(None, "Memory per node in GB; null = the cluster's default.", ge=0.1, le=16384)
+        None, "Ranks per node on CPU nodes; null = gpus_per_node, or 1 without GPUs.", ge=1)
+    cpus_per_task: Int = setting(1, "CPU cores per rank (data-loader workers + 1).", ge=1)
+    mem_gb: Float | None = setting(None, "Memory per node in GB; null = the cluster's default.", ge=0.1)
     time_min: Int = setting(
         60, "Wall-clock limit of one run in minutes; longer work stops at a step boundary, is requeued and resumes.",
-        ge=1, le=60 * 24 * 30)
+        ge=1)
     partition: Str | None = setting(None, "SLURM partition; null = the cluster's default partition.")
     account: Str | None = setting(None, "SLURM account to charge.")
     qos: Str | None = setting(None, "SLURM quality of service.")

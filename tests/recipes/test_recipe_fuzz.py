@@ -2,7 +2,9 @@
 
 Every case either validates (exit 0, and the resolved recipe survives the params.json round trip a stage reads) or
 ends with exactly one line on stderr and exit code 2: no traceback, no other exit code. Cases run in-process through
-`gemctl.cli.main` (its error handling is what users see); a few fixed cases also run the installed `gemctl`.
+`gemctl.cli.main` (its error handling is what users see); a few fixed cases also run the installed `gemctl`. The
+schema is checked with `recipe validate --schema-only`; a recipe that fits it then goes through the checks against
+this machine too, with the hub offline: they report, never crash.
 """
 
 import contextlib
@@ -29,6 +31,20 @@ FUZZ_CASES = settings.get_profile("gemctl-fuzz").max_examples  # GEMCTL_FUZZ_CAS
 NAMES = ("a", "b", "c")  # recipe files of a generated case; `a` is the one validated
 KEYS = dotted_keys(Recipe)
 LEAVES = flatten(Recipe().to_dict())  # dotted key -> default value
+
+
+@pytest.fixture(scope="module", autouse=True)
+def machine_checks_offline():
+    """The machine checks of fuzzed recipes never ask the network (most name the default model's hub id), nor
+    SLURM (the cluster rule has its own property test, test_preflight_properties.py, without a subprocess a case)."""
+    from huggingface_hub import constants
+
+    from gemctl import preflight
+
+    saved = constants.HF_HUB_OFFLINE, preflight.slurm_answers
+    constants.HF_HUB_OFFLINE, preflight.slurm_answers = True, lambda: False
+    yield
+    constants.HF_HUB_OFFLINE, preflight.slurm_answers = saved
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +95,10 @@ def check_outcome(project: Path, argv: list[str], overrides: list[str], tally: d
     write_params(params, recipe)
     back = from_params(params)
     assert back == recipe and back.content_hash == recipe.content_hash
+    # and the checks against this machine report on it (exit 0 or one line and 2), whatever paths it holds
+    code, out, err = run_cli([a for a in argv if a != "--schema-only"])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "checks against this machine" in out and (code, len(lines)) in ((0, 0), (2, 1)), f"exit {code}: {err}"
 
 
 # --- values --------------------------------------------------------------------------------------------------------
@@ -192,7 +212,7 @@ def test_fuzzed_recipe_files_validate_or_fail_in_one_line(project, fuzz_cases, f
             path.unlink(missing_ok=True)
         else:
             path.write_bytes(text.encode("utf-8", "surrogatepass"))
-    check_outcome(project, ["recipe", "validate", "a"], [], fuzz_outcomes)
+    check_outcome(project, ["recipe", "validate", "a", "--schema-only"], [], fuzz_outcomes)
     fuzz_cases["files"] += 1
 
 
@@ -215,7 +235,7 @@ def override(draw) -> str:
        name=st.sampled_from(["a", "a", "a", "tni", "a/../a", "", "\u00e9"]))
 def test_fuzzed_overrides_validate_or_fail_in_one_line(project, fuzz_cases, fuzz_outcomes, overrides, name):
     shutil.copy(ROOT / "recipes" / "tiny.yaml", project / "recipes" / "a.yaml")
-    argv = ["recipe", "validate", name, *(f"--override={o}" for o in overrides)]
+    argv = ["recipe", "validate", name, "--schema-only", *(f"--override={o}" for o in overrides)]
     check_outcome(project, argv, overrides, fuzz_outcomes)
     fuzz_cases["overrides"] += 1
 
