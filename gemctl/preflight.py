@@ -105,7 +105,7 @@ def _check_hub(key: str, value: str, ref: WeightsRef) -> str:
     config = f"{ref.subfolder}/config.json" if ref.subfolder else "config.json"
     if isinstance(try_to_load_from_cache(ref.where, config), str):
         return "cached"
-    default = (" (the default, as the recipe names no model; `extends: tiny` gives a small random-init one)"
+    default = (" (the default model, used when a recipe names none; `extends: tiny` gives a small random-init one)"
                if _is_default(key, value) else "")
     if "/" in ref.where:  # "org/name" might have been meant as a folder
         default += f" (and no folder {ref.where} exists in the project)"
