@@ -167,7 +167,7 @@ def _train(stage: str, recipe_name: str, overrides: list[str] | None, executor: 
     if dry_run:
         _print_dry_run(project, recipe, stage, executor, tracking_uri)
         return
-    pipeline.prepare_launch(project, recipe, executor.value, tracking_uri)
+    pipeline.prepare_launch(project, recipe, executor.value, tracking_uri, pipeline.upstream(stage))
     t0 = time.perf_counter()
     result = pipeline.reproduce(project, recipe.name, stage, force=force)
     summary.print_run(console, project, recipe, stage, result, time.perf_counter() - t0)
@@ -176,11 +176,11 @@ def _train(stage: str, recipe_name: str, overrides: list[str] | None, executor: 
 def _print_dry_run(project, recipe, stage: str, executor: Executor, tracking_uri: str | None) -> None:
     """What would be submitted for `stage`, after the checks a real run makes first (this machine's files and
     weights, the tracking store, the cluster's limits on SLURM); the pipeline is not touched, nothing is submitted."""
-    from . import preflight
+    from . import pipeline, preflight
     from .launch import dry_run
 
-    preflight.check(project, recipe, executor.value, tracking_uri)
-    r = recipe.resources
+    preflight.check(project, recipe, executor.value, tracking_uri, pipeline.upstream(stage))
+    r = recipe.resources_for(stage)
     console.print(f"[bold]{stage}@{recipe.name}[/bold] (hash {recipe.content_hash}) on executor {executor.value}: "
                   f"{r.nodes} node(s) x {r.ntasks_per_node} task(s), {r.gpus_per_node} GPU(s)/node, "
                   f"{r.cpus_per_task} CPU(s)/task, mem {r.mem_gb or 'default'} GB, {r.time_min} min, "

@@ -103,16 +103,16 @@ def _stage_on_path() -> None:
 
 
 def prepare_launch(project: Project, recipe: Recipe, executor: str, tracking_uri: str | None,
-                   resources: Resources | None = None) -> None:
+                   stages: list[str], resources: Resources | None = None) -> None:
     """What `gemctl train`, `run` and `sweep` do before DVC or a job runs (the recipe was validated when it was
     built): refuse what cannot run on this machine or cluster (preflight: data, weights, tracking store, SLURM
     resources) before anything is written, point jobs at the tracking store and executor, render the recipe's
-    params and pin the code version the jobs record. `resources`: what will be asked for, when not the recipe's
-    own."""
+    params and pin the code version the jobs record. `stages`: those that may run (their resources are checked);
+    `resources`: what will be asked for, when not the stage's own (a sweep's --parallel)."""
     from . import preflight
     from .tracking import pin_code_version
 
-    preflight.check(project, recipe, executor, tracking_uri, resources)
+    preflight.check(project, recipe, executor, tracking_uri, stages, resources)
     if tracking_uri:
         os.environ["GEMCTL_TRACKING_URI"] = tracking_uri
     # where stages run is not a DVC parameter (it does not change what they compute): it travels in the env

@@ -360,17 +360,39 @@ def _checks(project: Project, recipe: Recipe, tracking_uri: str | None) -> list[
             ("tracking", lambda: check_tracking(tracking_uri))]
 
 
+def stage_requests(recipe: Recipe, stages: list[str]) -> dict[str, Resources]:
+    """The distinct resources `stages` ask for, keyed by where they are set: "resources" or
+    "stage_resources.<stage>" (the data stage runs on one CPU task and is not a cluster request to check)."""
+    out = {}
+    for stage in stages:
+        if stage == "data":
+            continue
+        own = getattr(recipe.stage_resources, stage, None)
+        out.setdefault(f"stage_resources.{stage}" if own is not None else "resources", recipe.resources_for(stage))
+    return out
+
+
+def _check_request(key: str, res: Resources, executor: str) -> str:
+    where = "" if key == "resources" else f"{key}: "
+    try:
+        if executor == "local" and res.nodes > 1:
+            raise InputError(f"{key}.nodes={res.nodes}: the local executor runs on this machine only: use "
+                             f"--executor slurm, or -o {key}.nodes=1")
+        return check_cluster(res) if executor == "slurm" else ""
+    except InputError as e:
+        raise InputError(f"{where}{e}") from None
+
+
 def check(project: Project, recipe: Recipe, executor: str, tracking_uri: str | None,
+          stages: list[str] | tuple[str, ...] = ("stage1", "stage2", "stage3", "stage4"),
           resources: Resources | None = None) -> None:
-    """Raise InputError (one line) at the first thing that would stop the run on this machine or cluster.
-    `resources`: what will be asked for, when not the recipe's own (a sweep's --parallel)."""
+    """Raise InputError (one line) at the first thing that would stop the run of `stages` on this machine or
+    cluster. `resources`: what will be asked for, when not the stages' own (a sweep's --parallel)."""
     for _, run in _checks(project, recipe, tracking_uri):
         run()
-    if executor == "slurm":
-        check_cluster(resources or recipe.resources)
-    elif executor == "local" and (resources or recipe.resources).nodes > 1:
-        raise InputError(f"resources.nodes={(resources or recipe.resources).nodes}: the local executor runs on this "
-                         "machine only: use --executor slurm, or -o resources.nodes=1")
+    requests = {"resources": resources} if resources is not None else stage_requests(recipe, list(stages))
+    for key, res in requests.items():
+        _check_request(key, res, executor)
 
 
 def report(project: Project, recipe: Recipe, tracking_uri: str | None,
@@ -385,7 +407,10 @@ def report(project: Project, recipe: Recipe, tracking_uri: str | None,
             machine.append(Result(name, False, str(e)))
     if not (slurm_answers() if cluster is None else cluster):
         return machine, None
-    try:
-        return machine, [Result("resources", True, check_cluster(recipe.resources))]
-    except InputError as e:
-        return machine, [Result("resources", False, str(e))]
+    cluster_results = []
+    for key, res in stage_requests(recipe, ["stage1", "stage2", "stage3", "stage4"]).items():
+        try:
+            cluster_results.append(Result(key, True, _check_request(key, res, "slurm")))
+        except InputError as e:
+            cluster_results.append(Result(key, False, str(e)))
+    return machine, cluster_results

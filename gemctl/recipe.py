@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import model_validator
+from pydantic_core import ArgsKwargs
 
 from gem_models.config import GemModelConfig, Int, Str, setting
 from gem_stages.config import RuntimeConfig, StagesConfig, settings
@@ -32,7 +34,7 @@ from gem_stages.data.config import DataConfig
 from gem_stages.errors import InputError
 from gem_stages.files import atomic_write_text
 
-from .launch.resources import Resources
+from .launch.resources import Resources, StageResources, merge_stage_resources
 from .schema import ConfigError, deep_merge, dotted_keys, flatten, from_dict, json_schema, suggest, to_dict
 
 
@@ -48,6 +50,19 @@ class Recipe:
     runtime: RuntimeConfig = setting(RuntimeConfig, "Device, precision and distributed strategy shared by all stages.")
     stages: StagesConfig = setting(StagesConfig, "The four training stages.")
     resources: Resources = setting(Resources, "Cluster resources for `--executor slurm`.")
+    stage_resources: StageResources = setting(
+        StageResources, "A training stage's own resources, merged over `resources:` (e.g. stage4: {nodes: 1}).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _complete_stage_resources(cls, data: Any) -> Any:
+        if isinstance(data, ArgsKwargs):
+            return ArgsKwargs(data.args, merge_stage_resources(data.kwargs or {}))
+        return merge_stage_resources(data) if isinstance(data, dict) else data
+
+    def resources_for(self, stage: str) -> Resources:
+        """What `stage` asks the cluster for: its stage_resources entry, else the recipe's resources."""
+        return getattr(self.stage_resources, stage, None) or self.resources
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

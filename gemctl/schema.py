@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 import typing
 from typing import Any
 
@@ -77,6 +78,8 @@ def dotted_keys(cls: type, prefix: str = "") -> list[str]:
         key = prefix + f.name
         keys.append(key)
         tp = hints[f.name]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # Resources | None: the keys of Resources
+            tp = next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), tp)
         if dataclasses.is_dataclass(tp):
             keys += dotted_keys(tp, key + ".")
     return keys

@@ -59,7 +59,7 @@ def stage_key(recipe: Recipe, stage: str, inputs: dict) -> str:
     d = recipe.to_dict()
     settings = {k: v for k, v in d["stages"][stage].items() if k not in _BOOKKEEPING}
     relevant = {"seed": d["seed"], "model": d["model"], "runtime": d["runtime"], "stage": settings,
-                "inputs": inputs, "world_size": recipe.resources.world_size}
+                "inputs": inputs, "world_size": recipe.resources_for(stage).world_size}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -221,7 +221,7 @@ def launch_stage(project: Project, recipe_name: str, stage: str, on_update=None)
 
     kind = kind_from_env()
     recipe = from_params(project.params_file(recipe_name))
-    resources = recipe.resources
+    resources = recipe.resources_for(stage)
     if stage == "data":  # data preparation is one process: don't hold (or multiply over) the training allocation
         from dataclasses import replace
 

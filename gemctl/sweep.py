@@ -290,12 +290,12 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
     from .launch.cluster import TERMINAL
     from .tracking import LAUNCH_ENV, close_interrupted
 
-    resources = sweep.base.resources
+    resources = sweep.base.resources_for(sweep.stage)
     if parallel is not None:
         if parallel < 1:
             raise InputError(f"--parallel {parallel}: give 1 or more")
         resources = type(resources)(**{**resources.__dict__, "array_parallelism": parallel})
-    pipeline.prepare_launch(project, sweep.base, executor, tracking_uri, resources)
+    pipeline.prepare_launch(project, sweep.base, executor, tracking_uri, [sweep.stage], resources)
     # the shared upstream is brought up to date first, where the sweep runs, then pinned by its DVC digests
     pipeline.reproduce(project, sweep.base.name, previous_stage(sweep.stage))
     pinned = pin_inputs(project, sweep.base.name, sweep.stage)

@@ -8,6 +8,8 @@ against its partition before submitting, and names them. `local` and `debug` run
 
 from __future__ import annotations
 
+import dataclasses
+
 from pydantic import model_validator
 
 from gem_models.config import Float, Int, Str, setting
@@ -55,3 +57,32 @@ class Resources:
     @property
     def world_size(self) -> int:
         return self.nodes * self.ntasks_per_node
+
+
+@settings
+class StageResources:
+    """Per-stage changes to `resources:`, each merged over it key by key (null: the recipe's resources as they are).
+    The paper's VLM stages ran on 32 GPUs and its VLA stage on 8: `stage4: {nodes: 1}` over `nodes: 4`."""
+
+    stage1: Resources | None = setting(None, "Stage 1's resources: the keys given replace the recipe's.")
+    stage2: Resources | None = setting(None, "Stage 2's resources: the keys given replace the recipe's.")
+    stage3: Resources | None = setting(None, "Stage 3's resources: the keys given replace the recipe's.")
+    stage4: Resources | None = setting(None, "Stage 4's resources: the keys given replace the recipe's.")
+
+
+def merge_stage_resources(data: dict) -> dict:
+    """A recipe's raw settings with each `stage_resources.<stage>` completed from `resources:`, so a stage names
+    only what it changes and every resources rule is checked on what that stage will ask for."""
+    stages, base = data.get("stage_resources"), data.get("resources")
+    if not isinstance(stages, dict):
+        return data
+    if dataclasses.is_dataclass(base):
+        base = dataclasses.asdict(base)
+    if not isinstance(base, dict):
+        return data  # the resources section itself is wrong: its own error names it
+    merged = {}
+    for stage, over in stages.items():
+        if dataclasses.is_dataclass(over):
+            over = dataclasses.asdict(over)
+        merged[stage] = {**base, **over} if isinstance(over, dict) else over
+    return {**data, "stage_resources": merged}

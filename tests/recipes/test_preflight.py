@@ -201,7 +201,7 @@ def test_recipe_list_marks_broken_recipes_and_lists_the_others(tmp_path):
     r = gemctl(project, "recipe", "list")
     assert r.returncode == 2  # the listing is complete; the exit code tells a script some recipe needs fixing
     rows = {line.split()[0]: line for line in r.stdout.splitlines()}  # one line per recipe
-    assert set(rows) == {"ci", "tiny", "gem-2b", "gem-8b", "bad-yaml", "bad-key"}, r.stdout
+    assert set(rows) == {"ci", "tiny", "gem-2b", "gem-2b-release", "gem-8b", "bad-yaml", "bad-key"}, r.stdout
     assert rows["bad-yaml"] == "bad-yaml  broken: recipe file bad-yaml.yaml is not valid YAML (line 2): fix the syntax"
     assert rows["bad-key"].startswith("bad-key  broken: recipe 'bad-key': unknown key 'stages.stage1.lrr'")
     assert "broken" not in rows["tiny"] and rows["tiny"].startswith("tiny  Tiny random-init GEM")
