@@ -50,8 +50,12 @@ class BackboneConfig:
     spatial_merge_size: Int = setting(2, "The merger folds merge x merge patches into one token.", ge=1)
     vocab_size: Int = setting(1024, "Embedding rows; the tiny BPE is trained to at most this.", ge=300)
     # --- processing (tiny and pretrained) ---
-    min_pixels: Int = setting(64 * 64, "Image processor: lower bound on H*W after resizing.", ge=1)
-    max_pixels: Int = setting(448 * 448, "Image processor: upper bound on H*W; 448x448 -> 196 visual tokens.", ge=1)
+    min_pixels: Int = setting(
+        25_088, "Image processor: lower bound on H*W after resizing (the released script's 25,088 = 32 x 28 x 28).",
+        ge=1)
+    max_pixels: Int = setting(
+        2_359_296, "Image processor: upper bound on H*W (the released script's 2,359,296 = 1536 x 1536: at most "
+        "2304 visual tokens with 16-pixel patches). The depth target's size is model.depth.image_long_side.", ge=1)
     max_length: Int = setting(16384, "Tokens per sample (the released script: 16384).", ge=16)
 
     @model_validator(mode="after")
