@@ -182,9 +182,10 @@ def stage_run(stage: str, recipe: RecipeOpt) -> None:
 
     code, message = launch_stage(_project(), recipe, stage, on_update=partial(_show_job, stage))
     if message:  # may hold the job's log lines: printed as they are, not read as rich markup or emoji codes
-        from rich.markup import escape
+        from .stage_runner import CANCELLED_EXIT
 
-        err.print(f"[red]error:[/red] {escape(f'{stage}@{recipe}: {message}')}", highlight=False, emoji=False)
+        label = () if code == CANCELLED_EXIT else (("error:", "red"), " ")  # a cancel is what the user asked for
+        err.print(Text.assemble(*label, f"{stage}@{recipe}: {message}"), highlight=False, emoji=False)
     if code:
         raise typer.Exit(code)
 

@@ -3,6 +3,7 @@ and `gemctl cancel`. Either way the stage checkpoints at its next step boundary,
 records nothing, the job's state is CANCELLED, the terminal gets one line and gemctl exits 130. A second Ctrl-C
 stops at once, leaving no half-written checkpoint as the latest. With and without the warm worker."""
 
+import contextlib
 import json
 import os
 import signal
@@ -29,29 +30,47 @@ def project(tmp_path_factory):
     return project
 
 
-def start_training(project: Path, warm: bool, lr: str) -> subprocess.Popen:
-    """stage1 with steps enough never to finish and no periodic checkpoint: a checkpoint found after the stop is
-    the one the stop made. Each test its own lr: its own resume state, not an earlier test's checkpoint. Its own
-    session, as a shell gives a foreground command its own process group."""
-    return subprocess.Popen(
-        [GEMCTL, "train", "stage1", "--recipe", "ci", "-o", "stages.stage1.steps=100000",
-         "-o", "stages.stage1.checkpoint_every=0", "-o", f"stages.stage1.lr={lr}"],
-        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        env={**env(), "GEMCTL_WARM": "1" if warm else "0"})
+class Training:
+    """A `gemctl train` of stage1 with steps enough never to finish and no periodic checkpoint (a checkpoint found
+    after the stop is the one the stop made); each test its own lr, hence its own resume state. In its own
+    session, as a shell gives a foreground command its own process group. Its output goes to a file, not a pipe:
+    a job left running after gemctl exited must fail the test, not hang it on a pipe the job holds open."""
 
+    def __init__(self, project: Path, warm: bool, lr: str) -> None:
+        self.project, self.log = project, project / f"train-{lr}.log"
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [GEMCTL, "train", "stage1", "--recipe", "ci", "-o", "stages.stage1.steps=100000",
+                 "-o", "stages.stage1.checkpoint_every=0", "-o", f"stages.stage1.lr={lr}"],
+                cwd=project, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                env={**env(), "GEMCTL_WARM": "1" if warm else "0"})
 
-def read_until(proc: subprocess.Popen, prefix: str, lines: list[str]) -> None:
-    """Read the output into `lines` until a line starts with prefix (fail if it ends first)."""
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith(prefix):
-            return
-    pytest.fail(f"no line starting with {prefix!r}:\n" + "".join(lines))
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
 
+    def wait_for_line(self, prefix: str) -> None:
+        deadline = time.monotonic() + BOUND_S
+        while not any(line.startswith(prefix) for line in self.output().splitlines()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"no line starting with {prefix!r}:\n{self.output()}")
+            time.sleep(0.1)
 
-def finish(proc: subprocess.Popen, lines: list[str]) -> tuple[int, str]:
-    lines.append(proc.stdout.read())
-    return proc.wait(timeout=BOUND_S), "".join(lines)
+    def interrupt(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+
+    def finish(self) -> tuple[int, str]:
+        return self.proc.wait(timeout=BOUND_S), self.output()
+
+    def __enter__(self) -> "Training":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for job in stage1_jobs(self.project):  # a job that outlived the test: stop it, the test has failed
+            if job["state"] in ("PENDING", "RUNNING") and job["kind"] == "local":
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(int(job["job_id"].split("-")[1]), signal.SIGKILL)
 
 
 def stage1_jobs(project: Path) -> list[dict]:
@@ -80,25 +99,20 @@ def assert_stopped_cleanly(project: Path, code: int, out: str, lock_before: byte
     assert code == 130, out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
     # one line says what happened (and how to go on)
-    said = [line for line in out.splitlines() if "cancelled" in line and line.startswith("error:")]
+    said = [line for line in out.splitlines() if line.startswith("stage1@ci: cancelled")]
     assert len(said) == 1, out
     assert (project / "dvc.lock").read_bytes() == lock_before  # DVC recorded nothing
     new = stage1_jobs(project)[jobs_before:]
-    assert [j["state"] for j in new] == ["CANCELLED"], new
+    assert [j["state"] for j in new] == ["CANCELLED"], new  # and not left running
 
 
 @pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
 def test_ctrl_c_checkpoints_at_a_step_boundary_and_exits_130(project, warm):
     lock_before, jobs_before, dirs_before = before(project)
-    proc = start_training(project, warm, lr="2e-4" if warm else "3e-4")
-    lines: list[str] = []
-    try:
-        read_until(proc, "[stage1] step ", lines)
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        code, out = finish(proc, lines)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    with Training(project, warm, lr="2e-4" if warm else "3e-4") as training:
+        training.wait_for_line("[stage1] step ")
+        training.interrupt()
+        code, out = training.finish()
     assert_stopped_cleanly(project, code, out, lock_before, jobs_before)
     (work,) = resume_dirs(project, dirs_before)
     kept = checkpoints(work)
@@ -109,19 +123,14 @@ def test_ctrl_c_checkpoints_at_a_step_boundary_and_exits_130(project, warm):
 
 def test_second_ctrl_c_stops_at_once(project):
     lock_before, jobs_before, dirs_before = before(project)
-    proc = start_training(project, warm=True, lr="4e-4")
-    lines: list[str] = []
-    try:
-        read_until(proc, "[stage1] step ", lines)
-        os.killpg(proc.pid, signal.SIGINT)
-        read_until(proc, "gemctl: stopping", lines)  # the first one was taken: stop at the next step boundary
-        os.killpg(proc.pid, signal.SIGINT)
+    with Training(project, warm=True, lr="4e-4") as training:
+        training.wait_for_line("[stage1] step ")
+        training.interrupt()
+        training.wait_for_line("gemctl: stopping")  # the first one was taken: stop at the next step boundary
+        training.interrupt()
         t0 = time.monotonic()
-        code, out = finish(proc, lines)
+        code, out = training.finish()
         took = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert_stopped_cleanly(project, code, out, lock_before, jobs_before)
     assert took < 60, f"the second Ctrl-C took {took:.0f}s to stop\n{out}"  # not the first one's graceful path
     for work in resume_dirs(project, dirs_before):
@@ -132,17 +141,12 @@ def test_second_ctrl_c_stops_at_once(project):
 
 def test_gemctl_cancel_of_a_local_job(project):
     lock_before, jobs_before, dirs_before = before(project)
-    proc = start_training(project, warm=True, lr="5e-4")
-    lines: list[str] = []
-    try:
-        read_until(proc, "[stage1] step ", lines)
+    with Training(project, warm=True, lr="5e-4") as training:
+        training.wait_for_line("[stage1] step ")
         (running,) = [j for j in stage1_jobs(project)[jobs_before:] if j["state"] in ("PENDING", "RUNNING")]
         r = gemctl(project, "cancel", running["job_id"])
         assert r.returncode == 0 and running["job_id"] in r.stdout, r.stdout + r.stderr
-        code, out = finish(proc, lines)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        code, out = training.finish()
     assert_stopped_cleanly(project, code, out, lock_before, jobs_before)
     (work,) = resume_dirs(project, dirs_before)
     kept = checkpoints(work)
