@@ -244,7 +244,7 @@ def launch_stage(project: Project, recipe_name: str, stage: str, on_update=None)
     if result.state == "CANCELLED":  # `gemctl cancel`, or Ctrl-C here: not a failure, nothing to show of its log
         why = f"job {result.job_id} cancelled"
         # a job stopped at once left its run RUNNING (one that reached a step boundary ended it KILLED)
-        close_interrupted(project, launch_id, [work / "mlflow_run_id"] if work else [], why)
+        close_interrupted(project, launch_id, [work / "mlflow_run_id"] if work else [], why, status="KILLED")
         message = f"cancelled (job {result.job_id}); {_kept(work)}"
         outcome.write_error(recipe_dir, stage, message, CANCELLED_EXIT)
         return CANCELLED_EXIT, message

@@ -338,12 +338,15 @@ def _stop(handles: list[JobHandle], emit: Callable[[JobUpdate], None]) -> None:
         return
     ids = " ".join(h.job_id for h in handles)
     os.write(2, f"gemctl: stopping job {ids} at its next step boundary (Ctrl-C again to stop at once)\n".encode())
-    registry.request_stop([h._record for h in handles])
-    with contextlib.suppress(KeyboardInterrupt):
+    why = f"not stopped after {registry.KILL_WAIT_S} s"
+    try:
+        registry.request_stop([h._record for h in handles])
         _wait(handles, emit, bound_s=registry.KILL_WAIT_S)
+    except KeyboardInterrupt:
+        why = "Ctrl-C again"
     left = [h for h in handles if h.result is None]
     if left:
-        os.write(2, f"gemctl: stopping job {' '.join(h.job_id for h in left)} now\n".encode())
+        os.write(2, f"gemctl: {why}: stopping job {' '.join(h.job_id for h in left)} now\n".encode())
         registry.stop_now([h._record for h in left])
         _wait(left, emit)
 

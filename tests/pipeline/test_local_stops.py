@@ -36,12 +36,13 @@ class Training:
     session, as a shell gives a foreground command its own process group. Its output goes to a file, not a pipe:
     a job left running after gemctl exited must fail the test, not hang it on a pipe the job holds open."""
 
-    def __init__(self, project: Path, warm: bool, lr: str) -> None:
+    def __init__(self, project: Path, warm: bool, lr: str, *overrides: str) -> None:
         self.project, self.log = project, project / f"train-{lr}.log"
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
                 [GEMCTL, "train", "stage1", "--recipe", "ci", "-o", "stages.stage1.steps=100000",
-                 "-o", "stages.stage1.checkpoint_every=0", "-o", f"stages.stage1.lr={lr}"],
+                 "-o", "stages.stage1.checkpoint_every=0", "-o", f"stages.stage1.lr={lr}",
+                 *(x for o in overrides for x in ("-o", o))],
                 cwd=project, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                 env={**env(), "GEMCTL_WARM": "1" if warm else "0"})
 
@@ -123,20 +124,21 @@ def test_ctrl_c_checkpoints_at_a_step_boundary_and_exits_130(project, warm):
 
 def test_second_ctrl_c_stops_at_once(project):
     lock_before, jobs_before, dirs_before = before(project)
-    with Training(project, warm=True, lr="4e-4") as training:
+    # larger steps: the second Ctrl-C must come while the job is still on its way to the step boundary
+    with Training(project, True, "4e-4", "stages.stage1.batch_size=16") as training:
         training.wait_for_line("[stage1] step ")
         training.interrupt()
         training.wait_for_line("gemctl: stopping")  # the first one was taken: stop at the next step boundary
         training.interrupt()
-        t0 = time.monotonic()
         code, out = training.finish()
-        took = time.monotonic() - t0
     assert_stopped_cleanly(project, code, out, lock_before, jobs_before)
-    assert took < 60, f"the second Ctrl-C took {took:.0f}s to stop\n{out}"  # not the first one's graceful path
+    assert "gemctl: Ctrl-C again: stopping job local-" in out  # the second one stopped it, not the kill wait
     for work in resume_dirs(project, dirs_before):
         assert not list(work.glob("ckpt-*.tmp")), out
         for ckpt in checkpoints(work):
             checkpoint_step(ckpt)  # every checkpoint left is complete
+        if (work / "mlflow_run_id").is_file():  # stopped too early to open its run: nothing to close
+            assert mlflow_status(project, (work / "mlflow_run_id").read_text().strip()) == "KILLED"
 
 
 def test_gemctl_cancel_of_a_local_job(project):
