@@ -235,9 +235,9 @@ def launch_stage(project: Project, recipe_name: str, stage: str, on_update=None)
     except InputError as e:  # refused at submission (resources, SLURM unreachable)
         outcome.write_error(recipe_dir, stage, str(e), 2)
         return 2, str(e)
-    except KeyboardInterrupt:  # a debug job (in this process), or a third Ctrl-C: `gemctl` says "interrupted"
+    except KeyboardInterrupt:  # a debug job (in this process: no checkpoint), or a third Ctrl-C
         outcome.write_error(recipe_dir, stage, "interrupted", CANCELLED_EXIT)
-        raise
+        return CANCELLED_EXIT, "interrupted"
     if result.ok and result.value.status == "input_error":
         outcome.write_error(recipe_dir, stage, result.value.message, 2)
         return 2, result.value.message

@@ -304,6 +304,9 @@ def wait_all(handles: Sequence[JobHandle], on_update: Callable[[JobUpdate], None
                 h._run_in_process(emit)
         _wait([h for h in handles if h.result is None], emit)
     except KeyboardInterrupt:
+        for h in handles:
+            if h.kind == "debug" and h.state == "RUNNING" and h.result is None:  # the interrupt ended it
+                h._set("CANCELLED", emit)
         _stop([h for h in handles if h.result is None and h.kind != "debug"], emit)
         raise
     return [h.result for h in handles]  # type: ignore[misc]

@@ -36,11 +36,11 @@ class Training:
     session, as a shell gives a foreground command its own process group. Its output goes to a file, not a pipe:
     a job left running after gemctl exited must fail the test, not hang it on a pipe the job holds open."""
 
-    def __init__(self, project: Path, warm: bool, lr: str, *overrides: str) -> None:
+    def __init__(self, project: Path, warm: bool, lr: str, *overrides: str, executor: str = "local") -> None:
         self.project, self.log = project, project / f"train-{lr}.log"
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
-                [GEMCTL, "train", "stage1", "--recipe", "ci", "-o", "stages.stage1.steps=100000",
+                [GEMCTL, "train", "stage1", "--recipe", "ci", "--executor", executor, "-o", "stages.stage1.steps=100000",
                  "-o", "stages.stage1.checkpoint_every=0", "-o", f"stages.stage1.lr={lr}",
                  *(x for o in overrides for x in ("-o", o))],
                 cwd=project, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -154,3 +154,18 @@ def test_gemctl_cancel_of_a_local_job(project):
     kept = checkpoints(work)
     assert kept and checkpoint_step(kept[-1]) >= 1, out
     assert mlflow_status(project, (work / "mlflow_run_id").read_text().strip()) == "KILLED"
+
+
+def test_ctrl_c_of_a_debug_run_is_one_line_and_exit_130(project):
+    """The debug executor trains in the stage command's own process: Ctrl-C ends it there (no checkpoint), with
+    one line, exit 130, nothing recorded by DVC and the job not left RUNNING."""
+    lock_before, jobs_before, _ = before(project)
+    with Training(project, False, "6e-4", executor="debug") as training:
+        training.wait_for_line("[stage1] step ")
+        training.interrupt()
+        code, out = training.finish()
+    assert code == 130, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert out.splitlines()[-1] == "stage1@ci: interrupted", out
+    assert (project / "dvc.lock").read_bytes() == lock_before
+    assert [j["state"] for j in stage1_jobs(project)[jobs_before:]] == ["CANCELLED"]
