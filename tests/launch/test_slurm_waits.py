@@ -80,3 +80,24 @@ def test_completing_reads_as_accountings_final_state(monkeypatch):
     assert cluster.query(["7"])["7"]["State"] == "COMPLETING"
     monkeypatch.setattr(cluster, "_squeue", lambda: {})
     assert cluster.query(["7"])["7"]["State"] == cluster.GONE
+
+
+@needs_slurm
+def test_status_and_follow_end_for_a_job_slurm_no_longer_knows(tmp_path):
+    """A job nobody waits on any more, out of the queue and unknown to accounting: `gemctl status` says LOST
+    (not RUNNING for ever) and `gemctl logs --follow` ends. A job submitted a moment ago is given time."""
+    import time
+
+    def record(job_id: str, age_s: float) -> registry.JobRecord:
+        rec = registry.JobRecord(job_id=job_id, kind="slurm", name=TEST_PREFIX + "gone", state="RUNNING",
+                                 submitted=time.time() - age_s, stdout=str(tmp_path / f"{job_id}.out"),
+                                 stderr=str(tmp_path / f"{job_id}.err"), job_dir=str(tmp_path))
+        registry.save(tmp_path, rec)
+        return rec
+
+    record(UNKNOWN_JOB, 2 * cluster.GONE_SETTLE_S)
+    record("2000000001", 0)
+    assert {r.job_id: r.state for r in registry.list_jobs(tmp_path)} == {UNKNOWN_JOB: "LOST",
+                                                                         "2000000001": "RUNNING"}
+    (tmp_path / f"{UNKNOWN_JOB}.out").write_text("last words\n")
+    assert list(registry.job_log(tmp_path, UNKNOWN_JOB, follow=True)) == ["last words"]
