@@ -152,6 +152,11 @@ def list_jobs(root: Path) -> list[JobRecord]:
     return recs
 
 
+def jobs_since(root: Path, since: float) -> list[JobRecord]:
+    """The unfinished jobs (not debug: those run in their launcher) submitted since `since` (epoch seconds)."""
+    return [r for r in _load(root) if r.submitted >= since and not r.finished and r.kind != "debug"]
+
+
 def find(root: Path, key: str) -> list[JobRecord]:
     """Jobs matching a job id, an array id (all its elements), a run id or a sweep id."""
     recs = sorted(_load(root), key=lambda r: r.submitted)
