@@ -59,6 +59,9 @@ class Training:
     def interrupt(self) -> None:
         os.killpg(self.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
 
+    def interrupt_gemctl_only(self) -> None:
+        os.kill(self.proc.pid, signal.SIGINT)  # `kill -INT <pid of gemctl train>`
+
     def finish(self) -> tuple[int, str]:
         return self.proc.wait(timeout=BOUND_S), self.output()
 
@@ -119,6 +122,19 @@ def test_ctrl_c_checkpoints_at_a_step_boundary_and_exits_130(project, warm):
     kept = checkpoints(work)
     assert kept and checkpoint_step(kept[-1]) >= 1, out  # loadable, at a step boundary
     assert not list(work.glob("ckpt-*.tmp"))
+    assert mlflow_status(project, (work / "mlflow_run_id").read_text().strip()) == "KILLED"
+
+
+def test_sigint_to_gemctl_alone_stops_the_stage_as_ctrl_c_does(project):
+    lock_before, jobs_before, dirs_before = before(project)
+    with Training(project, True, "8e-4") as training:
+        training.wait_for_line("[stage1] step ")
+        training.interrupt_gemctl_only()
+        code, out = training.finish()
+    assert_stopped_cleanly(project, code, out, lock_before, jobs_before)
+    (work,) = resume_dirs(project, dirs_before)
+    kept = checkpoints(work)
+    assert kept and checkpoint_step(kept[-1]) >= 1, out
     assert mlflow_status(project, (work / "mlflow_run_id").read_text().strip()) == "KILLED"
 
 
