@@ -235,7 +235,10 @@ def stage_run(stage: str, recipe: RecipeOpt, override: OverrideOpt = None) -> No
         _render_by_hand(project, recipe, override or [])
     code, message = launch_stage(project, recipe, stage, on_update=partial(_show_job, stage))
     if message:  # may hold the job's log lines: printed as they are, not read as rich markup or emoji codes
-        err.print(Text.assemble(("error:", "red"), f" {stage}@{recipe}: {message}"), highlight=False, emoji=False)
+        from .stage_runner import CANCELLED_EXIT
+
+        label = () if code == CANCELLED_EXIT else (("error:", "red"), " ")  # a cancel is what the user asked for
+        err.print(Text.assemble(*label, f"{stage}@{recipe}: {message}"), highlight=False, emoji=False)
     if code:
         raise typer.Exit(code)
 

@@ -153,16 +153,21 @@ def _dvc_reproduce(project: Project, recipe: str, stage: str, wanted: list[str],
     from dvc.repo import Repo
     from dvc.stage.exceptions import StageCmdFailedError
 
+    from .launch.interrupts import forwarding_interrupts
+
     recipe_dir = project.recipe_dir(recipe)
     with Repo(str(project.root)) as repo:
         repo.scm_context.quiet = True  # gemctl's summary says what to commit; skip DVC's per-stage git hints
         try:
-            if force:
-                # Re-run just this stage; upstream is still brought up to date first.
-                stages = repo.reproduce(f"{wanted[-2]}@{recipe}") if len(wanted) > 1 else []
-                stages += repo.reproduce(f"{stage}@{recipe}", force=True, single_item=True)
-            else:
-                stages = repo.reproduce(f"{stage}@{recipe}")
+            def run() -> list:
+                if force:
+                    # Re-run just this stage; upstream is still brought up to date first.
+                    done = repo.reproduce(f"{wanted[-2]}@{recipe}") if len(wanted) > 1 else []
+                    return done + repo.reproduce(f"{stage}@{recipe}", force=True, single_item=True)
+                return repo.reproduce(f"{stage}@{recipe}")
+
+            # a SIGINT to this process alone (DVC ignores it while a stage command runs) stops the stage's job
+            stages = forwarding_interrupts(project.root, run)
         except Exception as e:  # DVC wraps the failing command's exit in ReproductionError
             cause = e
             while cause.__cause__ is not None and not isinstance(cause, StageCmdFailedError):

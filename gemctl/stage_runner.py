@@ -236,26 +236,54 @@ def launch_stage(project: Project, recipe_name: str, stage: str, on_update=None)
     except InputError as e:  # refused at submission (resources, SLURM unreachable)
         outcome.write_error(recipe_dir, stage, str(e), 2)
         return 2, str(e)
+    except KeyboardInterrupt:  # a debug job (in this process: no checkpoint), or a third Ctrl-C
+        outcome.write_error(recipe_dir, stage, "interrupted", CANCELLED_EXIT)
+        return CANCELLED_EXIT, "interrupted"
     if result.ok and result.value.status == "input_error":
         outcome.write_error(recipe_dir, stage, result.value.message, 2)
         return 2, result.value.message
     if result.ok:
         return 0, ""
+    work = _work_dir(project, recipe, recipe_name, stage)
+    if result.state == "CANCELLED":  # `gemctl cancel`, or Ctrl-C here: not a failure, nothing to show of its log
+        why = f"job {result.job_id} cancelled"
+        # a job stopped at once left its run RUNNING (one that reached a step boundary ended it KILLED)
+        close_interrupted(project, launch_id, [work / "mlflow_run_id"] if work else [], why, status="KILLED")
+        message = f"cancelled (job {result.job_id}); {_kept(work)}"
+        outcome.write_error(recipe_dir, stage, message, CANCELLED_EXIT)
+        return CANCELLED_EXIT, message
     code = result.exit_code or 1
     outcome.write_error(recipe_dir, stage, f"job {result.job_id} {result.state}", code)
     why = f"job {result.job_id} ended {result.state} (exit {code})"
-    close_interrupted(project, launch_id, _run_id_files(project, recipe, recipe_name, stage), why)
+    close_interrupted(project, launch_id, [work / "mlflow_run_id"] if work else [], why)
     tail = result.log_tail(20) or (result.error or "")
     return code, f"{why}; last lines of its log:\n{tail}\nfull log: {result.stdout}"
 
 
-def _run_id_files(project: Project, recipe: Recipe, recipe_name: str, stage: str) -> list[Path]:
-    """Where the stage's job keeps its MLflow run id (its resume state); none for the data stage or when its
-    inputs are gone."""
+CANCELLED_EXIT = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
+
+
+def _work_dir(project: Project, recipe: Recipe, recipe_name: str, stage: str) -> Path | None:
+    """The stage's resume state (its checkpoints and MLflow run id); None for the data stage or when its inputs
+    are gone."""
     if stage == "data":
-        return []
+        return None
     try:
         inputs = stage_inputs(recipe, recipe_name, stage, upstream_outputs(project, recipe_name, stage))
     except InputError:
-        return []
-    return [work_dir(project.resume_dir(recipe_name), recipe, stage, inputs) / "mlflow_run_id"]
+        return None
+    return work_dir(project.resume_dir(recipe_name), recipe, stage, inputs)
+
+
+def _kept(work: Path | None) -> str:
+    """What a stopped stage leaves to resume from. A checkpoint cut short by a hard stop is removed (the trainer
+    would remove it on resume anyway): only complete ones remain."""
+    if work is None or not work.is_dir():
+        return "nothing to resume from"
+    for partial_ckpt in work.glob("ckpt-*.tmp"):
+        shutil.rmtree(partial_ckpt, ignore_errors=True)
+    # ckpt-<step>, zero-padded: the name sorts and tells the step (reading it would import torch here)
+    done = sorted(p.name for p in work.glob("ckpt-*") if p.is_dir() and p.name[5:].isdigit())
+    if not done:
+        return "stopped before its first checkpoint: it starts over when run again"
+    return f"checkpoint of step {int(done[-1][5:])} kept: running it again resumes from there"

@@ -115,8 +115,9 @@ LAUNCH_TAG = "gemctl.launch"
 INTERRUPTED_TAG = "gemctl.interrupted"  # why a run ended without a result (its job was killed, crashed...)
 
 
-def _close_if_running(run_id: str, why: str) -> bool:
-    """End a run left RUNNING by a job that died without closing it: FAILED, with the reason as a tag."""
+def _close_if_running(run_id: str, why: str, status: str = "FAILED") -> bool:
+    """End a run left RUNNING by a job that died without closing it: FAILED (KILLED for a job the user stopped),
+    with the reason as a tag."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -128,11 +129,12 @@ def _close_if_running(run_id: str, why: str) -> bool:
     if info.lifecycle_stage != "active" or info.status != "RUNNING":  # deleted (an input error), or ended
         return False
     client.set_tag(run_id, INTERRUPTED_TAG, why)
-    client.set_terminated(run_id, "FAILED")
+    client.set_terminated(run_id, status)
     return True
 
 
-def close_interrupted(project: Project, launch_id: str, run_id_files: list[Path], why: str) -> list[str]:
+def close_interrupted(project: Project, launch_id: str, run_id_files: list[Path], why: str,
+                      status: str = "FAILED") -> list[str]:
     """After the jobs of a launch ended, some without a result: close the MLflow runs they left RUNNING (found by
     the launch's tag, and by the run ids in their resume state). Returns their ids."""
     import mlflow
@@ -142,7 +144,7 @@ def close_interrupted(project: Project, launch_id: str, run_id_files: list[Path]
                                filter_string=f"tags.`{LAUNCH_TAG}` = '{launch_id}' and attributes.status = 'RUNNING'")
     ids = [r.info.run_id for r in found]
     ids += [f.read_text().strip() for f in run_id_files if f.is_file()]
-    return [i for i in dict.fromkeys(ids) if _close_if_running(i, why)]
+    return [i for i in dict.fromkeys(ids) if _close_if_running(i, why, status)]
 
 
 class StageRun:

@@ -16,6 +16,10 @@ TERMINAL = {
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
     "REVOKED", "SPECIAL_EXIT", "PREEMPTED", "FINISHED",  # FINISHED: gone from squeue when sacct is unavailable
 }
+# Not a SLURM state: squeue answered without the job and accounting does not know it (slurmdbd lost or never got
+# it). A waiter takes it as ended once it stays so for GONE_SETTLE_S, and reads the job's result files.
+GONE = "GONE"
+GONE_SETTLE_S = 60  # how long a job may read GONE or stay COMPLETING before a waiter takes it as ended
 
 
 @dataclass
@@ -121,8 +125,9 @@ def _expand(job_id: str) -> list[str]:
 def query(job_ids: Iterable[str]) -> dict[str, dict[str, str]]:
     """State, ExitCode, NodeList, Start, End, Elapsed of each job (array element ids like '12_3' work), with one
     squeue and one sacct call. squeue is the controller's own view, fresh; sacct (accounting, a moment behind)
-    knows finished jobs and exit codes. A job neither knows yet (just submitted) is missing from the answer.
-    Without accounting (no slurmdbd), a job gone from the queue reads as FINISHED."""
+    knows finished jobs and exit codes. Without accounting (no slurmdbd), a job gone from the queue reads as
+    FINISHED; with accounting that does not know it, GONE. When neither command answers, jobs are missing from
+    the answer (callers poll again)."""
     job_ids = list(job_ids)
     ids = sorted({j.split("_")[0] for j in job_ids})
     if not ids:
@@ -133,12 +138,12 @@ def query(job_ids: Iterable[str]) -> dict[str, dict[str, str]]:
         live = None  # a transient controller hiccup: answer from accounting, or not at all (callers poll again)
     fields = ["JobID", "State", "ExitCode", "NodeList", "Start", "End", "Elapsed"]
     try:
-        out = _run(["sacct", "-X", "-P", "-n", "-o", ",".join(fields), "-j", ",".join(ids)])
+        out = _sacct(ids, fields)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError):
         if live is None:
             return {}
         return {j: live.get(j, {"State": "FINISHED", "NodeList": "", "ExitCode": ""}) for j in job_ids}
-    live = live or {}
+    live_answered, live = live is not None, live or {}
     info: dict[str, dict[str, str]] = {}
     for line in out.splitlines():
         row = dict(zip(fields, line.split("|")))
@@ -151,8 +156,19 @@ def query(job_ids: Iterable[str]) -> dict[str, dict[str, str]]:
         if jid not in info and jid.split("_")[0] in info:
             info[jid] = info[jid.split("_")[0]]  # an array cancelled before any element ran: one row, the array id
         if jid in live:
-            info[jid] = {**info.get(jid, {}), **live[jid]}
+            accounted = info.get(jid, {})
+            # a job whose steps ended can sit in COMPLETING for minutes (a slow epilog, an unkillable process):
+            # accounting's final state is the answer then
+            if not (live[jid]["State"] == "COMPLETING" and accounted.get("State") in TERMINAL):
+                info[jid] = {**accounted, **live[jid]}
+        elif jid not in info and live_answered:
+            info[jid] = {"State": GONE, "NodeList": "", "ExitCode": ""}
     return info
+
+
+def _sacct(ids: list[str], fields: list[str]) -> str:
+    """Accounting's rows for these job ids (tests point it at ids it does not know)."""
+    return _run(["sacct", "-X", "-P", "-n", "-o", ",".join(fields), "-j", ",".join(ids)])
 
 
 def _squeue() -> dict[str, dict[str, str]]:

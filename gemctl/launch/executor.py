@@ -9,12 +9,15 @@ preemption-safe resume (preemption.py) and torch.distributed variables exported 
 submitit is imported inside functions: `gemctl --help` must not pay for it.
 """
 
+import contextlib
 import enum
+import functools
 import os
 import re
 import shlex
 import sys
 import time
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +118,7 @@ class JobHandle:
         self._ended = False  # SLURM says the job is over, or the local controller process exited
         self._local_state = ""  # submitit's LocalJob.state at the last poll
         self._grace_since: float | None = None
+        self._unsettled_since: float | None = None  # since when SLURM says GONE or COMPLETING (see _observe)
         self._loaded: dict[int, tuple] = {}  # task -> ("success"|"error", value), read once
         self._tails = [_Tail(getattr(p, s), s, k) for k, p in enumerate(self._task_paths) for s in ("stdout", "stderr")]
         self._project = project
@@ -156,7 +160,7 @@ class JobHandle:
         rec.state, rec.node, rec.requeues = state, self.node, self.requeues
         if state == "RUNNING" and rec.start is None:
             rec.start = time.time()
-        if state in cluster.TERMINAL:
+        if state in cluster.TERMINAL or state == "LOST":
             rec.end = time.time()
         self._save()
         emit(JobUpdate(self.job_id, state=state))
@@ -164,9 +168,18 @@ class JobHandle:
     def _observe(self, info: dict[str, dict[str, str]], emit: Callable[[JobUpdate], None]) -> None:
         if self.kind == "slurm":
             row = info.get(self.job_id)
-            if row:  # sacct may not know a job for a moment after sbatch
-                self._set(row["State"], emit, row.get("NodeList", ""))
-                self._ended = row["State"] in cluster.TERMINAL
+            state = row["State"] if row else ""
+            if state in (cluster.GONE, "COMPLETING"):
+                # out of the queue and unknown to accounting, or its tasks are over but SLURM has not let go of it:
+                # after GONE_SETTLE_S take it as ended; its result files, or the cancel marker, tell how
+                self._unsettled_since = self._unsettled_since or time.time()
+                self._ended = time.time() - self._unsettled_since >= cluster.GONE_SETTLE_S
+                if state == "COMPLETING":
+                    self._set(state, emit, row.get("NodeList", ""))
+            elif row:  # neither squeue nor sacct answered: ask again next time
+                self._unsettled_since = None
+                self._set(state, emit, row.get("NodeList", ""))
+                self._ended = state in cluster.TERMINAL
                 code, _, sig = row.get("ExitCode", "").partition(":")
                 if code.isdigit() and self._ended:
                     self._exit_code = int(code) or (128 + int(sig) if sig.isdigit() and int(sig) else 0)
@@ -232,7 +245,8 @@ class JobHandle:
         elif self._cancelled():  # `gemctl cancel`: the job may have ended on its own before SLURM stopped it
             state, error, code = "CANCELLED", _why("CANCELLED", self), self._exit_code
         else:
-            state = self.state if self.kind == "slurm" and self.state != "COMPLETED" else "FAILED"
+            state = self.state if self.kind == "slurm" and self.state in cluster.TERMINAL - {"COMPLETED"} else (
+                "LOST" if self.kind == "slurm" else "FAILED")  # SLURM never said how it ended (GONE, COMPLETING)
             error, code = _why(state, self), self._exit_code
         self._record.exit_code = code
         self._set(state, emit)
@@ -267,22 +281,40 @@ def _why(state: str, h: JobHandle) -> str:
         "OUT_OF_MEMORY": "ran out of memory (raise resources.mem_gb)",
         "NODE_FAIL": "lost its node",
         "PREEMPTED": "was preempted and not requeued (its checkpoint is kept: run the stage again to resume)",
-        "LOST": "lost its controller process",
+        "LOST": ("lost its controller process" if h.kind == "local" else
+                 "ended without a result, and SLURM cannot say how (gone from the queue and unknown to accounting, "
+                 "or stuck in COMPLETING): see its log"),
     }
     code = f", exit code {h._exit_code}" if h._exit_code is not None else ""
     return f"job {h.job_id} {reasons.get(state, f'ended without a result ({state}{code})')}; log: {h.stdout}"
 
 
 def wait_all(handles: Sequence[JobHandle], on_update: Callable[[JobUpdate], None] | None = None) -> list[LaunchResult]:
-    """Block until every job has ended; on_update gets state changes and new log lines of all of them."""
+    """Block until every job has ended; on_update gets state changes and new log lines of all of them.
+
+    Ctrl-C stops the jobs as `gemctl cancel` does (each checkpoints at its next step boundary and is not
+    requeued), waits for them to end CANCELLED, then raises KeyboardInterrupt; a second Ctrl-C, or
+    registry.KILL_WAIT_S without an end, stops them at once."""
     emit = on_update or (lambda _u: None)
     for h in handles:
         if h.result is None:
             emit(JobUpdate(h.job_id, state=h.state))  # PENDING: the job id, as soon as there is one
-    for h in handles:
-        if h.kind == "debug" and h.result is None:
-            h._run_in_process(emit)
-    waiting = [h for h in handles if h.result is None]
+    try:
+        for h in handles:
+            if h.kind == "debug" and h.result is None:
+                h._run_in_process(emit)
+        _wait([h for h in handles if h.result is None], emit)
+    except KeyboardInterrupt:
+        for h in handles:
+            if h.kind == "debug" and h.state == "RUNNING" and h.result is None:  # the interrupt ended it
+                h._set("CANCELLED", emit)
+        _stop([h for h in handles if h.result is None and h.kind != "debug"], emit)
+        raise
+    return [h.result for h in handles]  # type: ignore[misc]
+
+
+def _wait(waiting: list[JobHandle], emit: Callable[[JobUpdate], None], bound_s: float | None = None) -> None:
+    """Poll until the jobs have ended (their .result set), or for bound_s at most."""
     t0, next_query = time.time(), 0.0
     while waiting:
         now = time.time()
@@ -297,9 +329,30 @@ def wait_all(handles: Sequence[JobHandle], on_update: Callable[[JobUpdate], None
         for h in waiting:
             h._pump(emit)
         waiting = [h for h in waiting if not h._done(emit)]
+        if waiting and bound_s is not None and time.time() - t0 >= bound_s:
+            return
         if waiting:
             time.sleep(0.2)
-    return [h.result for h in handles]  # type: ignore[misc]
+
+
+def _stop(handles: list[JobHandle], emit: Callable[[JobUpdate], None]) -> None:
+    """After Ctrl-C: ask the jobs to stop at their next step boundary and wait for them; stop them at once on a
+    second Ctrl-C or after registry.KILL_WAIT_S."""
+    if not handles:
+        return
+    ids = " ".join(h.job_id for h in handles)
+    os.write(2, f"gemctl: stopping job {ids} at its next step boundary (Ctrl-C again to stop at once)\n".encode())
+    why = f"not stopped after {registry.KILL_WAIT_S} s"
+    try:
+        registry.request_stop([h._record for h in handles])
+        _wait(handles, emit, bound_s=registry.KILL_WAIT_S)
+    except KeyboardInterrupt:
+        why = "Ctrl-C again"
+    left = [h for h in handles if h.result is None]
+    if left:
+        os.write(2, f"gemctl: {why}: stopping job {' '.join(h.job_id for h in left)} now\n".encode())
+        registry.stop_now([h._record for h in left])
+        _wait(left, emit)
 
 
 def _slurm_params(res: Resources, name: str, code_dir: Path | None) -> dict[str, Any]:
@@ -359,7 +412,7 @@ def _submit(fns: Sequence[Callable[[], Any]], *, kind: str, resources: Resources
         ex.update_parameters(**_slurm_params(resources, name, code_dir))
     mains = [JobMain(fn, resources.max_requeues, in_process=kind == "debug") for fn in fns]
     try:
-        with environment_variables(**env):
+        with environment_variables(**env), _controller_in_own_session():
             if array:
                 with ex.batch():
                     jobs = [ex.submit(m) for m in mains]
@@ -369,6 +422,22 @@ def _submit(fns: Sequence[Callable[[], Any]], *, kind: str, resources: Resources
         lines = [x for x in str(e).splitlines() if x.strip()]
         raise InputError(f"sbatch refused the job: {lines[-1] if lines else e}") from None
     return [JobHandle(j, kind, resources, name, job_dir, project, t) for j, t in zip(jobs, tags)]
+
+
+@contextlib.contextmanager
+def _controller_in_own_session():
+    """Start submitit's local controllers in a session of their own. Ctrl-C in the terminal then reaches this
+    launcher only, which stops the job as `gemctl cancel` does; the controller, signalled too, would kill its tasks
+    within a second, mid-step. (submitit's start_controller takes no Popen arguments: swap the module it calls
+    Popen through, for the duration of a submit; tests/launch/test_submitit_api.py pins that call.)"""
+    from submitit.local import local
+
+    real = local.subprocess
+    local.subprocess = types.SimpleNamespace(Popen=functools.partial(real.Popen, start_new_session=True))
+    try:
+        yield
+    finally:
+        local.subprocess = real
 
 
 def kind_from_env(default: Kind | Executor = Executor.LOCAL) -> Executor:
@@ -394,14 +463,16 @@ def submit(fn: Callable[[], Any], *, kind: Kind | Executor, resources: Resources
 def launch(fn: Callable[[], Any], *, kind: Kind | Executor, resources: Resources, job_dir: Path, name: str,
            on_update: Callable[[JobUpdate], None] | None = None, project: Path | None = None,
            tags: Mapping[str, str] | None = None, code: Mapping[str, Path] | None = None) -> LaunchResult:
-    """Submit fn() and block until it ends (through requeues), like `sbatch -W`. Ctrl-C cancels the job."""
+    """Submit fn() and block until it ends (through requeues), like `sbatch -W`. Ctrl-C cancels the job: it
+    checkpoints at its next step boundary and ends CANCELLED (see wait_all); a second Ctrl-C ends it at once."""
     handle = submit(fn, kind=kind, resources=resources, job_dir=job_dir, name=name, project=project, tags=tags,
                     code=code)
     try:
         return handle.wait(on_update)
     except KeyboardInterrupt:
-        handle.cancel()
-        raise
+        if handle.result is None:  # a debug job: it ran in this process, and the interrupt ended it
+            raise
+        return handle.result  # stopped by wait_all: CANCELLED, unless it ended otherwise first
 
 
 def launch_array(fns: Sequence[Callable[[], Any]], *, kind: Kind | Executor, resources: Resources, job_dir: Path, name: str,

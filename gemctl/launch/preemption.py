@@ -13,8 +13,11 @@ A signal that lands before the first step stops the run at step 0: it checkpoint
 starts over, ending as an uninterrupted one. One that lands while the job's Python is still starting, before
 `install()`, ends that task (the signal's default action): the job fails and is not requeued.
 
-SIGTERM means preemption, unless `gemctl cancel` wrote the job's cancel marker first: then the checkpoint is
-kept and the job is not requeued (an scancel from outside gemctl is told by SLURM's CANCELLED state).
+SIGTERM means preemption, unless `gemctl cancel` (or Ctrl-C in the launching gemctl, which does the same) wrote
+the job's cancel marker first: then the checkpoint is kept and the job is not requeued (an scancel from outside
+gemctl is told by SLURM's CANCELLED state). SIGINT means "stop": the first one stops at the next step boundary
+without requeue, like a cancel; one that comes while the job is stopping already ends it at once (checkpoints are
+written to a temporary name and renamed, so an unfinished one is never taken for a complete one).
 """
 
 import os
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 _stop = False
+_interrupted = False  # a SIGINT asked for the stop: a cancel, never a requeue
 
 
 def should_stop() -> bool:
@@ -46,7 +50,12 @@ def should_stop_all() -> bool:
 
 
 def _on_signal(signum: int, _frame: Any) -> None:
-    global _stop
+    global _stop, _interrupted
+    if signum == signal.SIGINT:
+        if _stop:  # asked to stop again: now (SIGKILL's effect, with a line saying why)
+            os.write(2, b"gemctl: got SIGINT while stopping, stopping now\n")
+            os._exit(128 + signal.SIGINT)
+        _interrupted = True
     _stop = True
     # os.write, not print: a handler that prints while the main code prints raises "reentrant call"
     os.write(2, f"gemctl: got {signal.Signals(signum).name}, stopping at the next step boundary\n".encode())
@@ -63,8 +72,9 @@ def timeout_signal() -> signal.Signals:
 
 def install() -> None:
     """In the job, after submitit installed its handlers: make the timeout signal and SIGTERM (what SLURM sends
-    first on preemption, and what scancel and `gemctl cancel` send) set the flag instead."""
-    for sig in {timeout_signal(), signal.SIGTERM}:
+    first on preemption, and what scancel and `gemctl cancel` send) set the flag instead, and SIGINT stop the job
+    (Python's default would raise KeyboardInterrupt mid-step: a traceback and no checkpoint)."""
+    for sig in {timeout_signal(), signal.SIGTERM, signal.SIGINT}:
         signal.signal(sig, _on_signal)
 
 
@@ -111,6 +121,11 @@ def requeue_or_fail(max_requeues: int) -> NoReturn:
     from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
 
     env = JobEnvironment()
+    if _interrupted and not cancelled(env.job_id):  # a SIGINT: leave the marker a `gemctl cancel` would have
+        local = os.environ.get("SUBMITIT_EXECUTOR") == "local"
+        marker = cancel_marker(Path(os.environ["SUBMITIT_FOLDER"]), f"local-{env.job_id}" if local else env.job_id)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
     if cancelled(env.job_id):
         # scancel sends SIGTERM too: the checkpoint is taken (a later run resumes from it), but no requeue
         os.write(2, f"gemctl: job {env.job_id} was cancelled; checkpoint kept, not requeueing\n".encode())

@@ -115,6 +115,13 @@ def _refresh(root: Path, recs: list[JobRecord]) -> None:
     info = cluster.query(r.job_id for r in slurm) if slurm else {}
     for r in slurm:
         row = info.get(r.job_id)
+        if row and row["State"] == cluster.GONE:
+            # out of the queue, unknown to accounting: its launcher (if any) says how it ended; a job nobody
+            # waits on must not read RUNNING for ever (`logs --follow` would never end)
+            if not r.finished and time.time() - r.submitted > cluster.GONE_SETTLE_S:
+                r.state, r.end = "LOST", r.end or time.time()
+                save(root, r)
+            continue
         if not row or (r.finished and row["State"] not in cluster.TERMINAL):
             continue  # sacct has not caught up yet
         exit_code = int(row["ExitCode"].split(":")[0]) if row.get("ExitCode") else r.exit_code
@@ -145,6 +152,11 @@ def list_jobs(root: Path) -> list[JobRecord]:
     recs = sorted(_load(root), key=lambda r: r.submitted)
     _refresh(root, recs)
     return recs
+
+
+def jobs_since(root: Path, since: float) -> list[JobRecord]:
+    """The unfinished jobs (not debug: those run in their launcher) submitted since `since` (epoch seconds)."""
+    return [r for r in _load(root) if r.submitted >= since and not r.finished and r.kind != "debug"]
 
 
 def find(root: Path, key: str) -> list[JobRecord]:
@@ -222,6 +234,20 @@ def cancel(root: Path, key: str) -> list[str]:
     recs = [r for r in find(root, key) if not r.finished and r.kind != "debug"]  # debug runs in its launcher
     _refresh(root, recs)
     recs = [r for r in recs if not r.finished]
+    running = request_stop(recs)
+    deadline = time.monotonic() + KILL_WAIT_S
+    while (left := _still_running(running)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    stop_now(left)
+    for r in recs:
+        r.state, r.end = "CANCELLED", r.end or time.time()
+        save(root, r)
+    return [r.job_id for r in recs]
+
+
+def request_stop(recs: list[JobRecord]) -> list[JobRecord]:
+    """Mark the jobs cancelled and ask them to stop: a running one at its next step boundary (SIGTERM), one not
+    started yet at once. Returns the running ones (stop_now them if they do not end in time)."""
     from .preemption import cancel_marker
 
     for r in recs:  # before the signal: the job must see it when its SIGTERM handler runs
@@ -234,17 +260,19 @@ def cancel(root: Path, key: str) -> list[str]:
     for r in running:
         if r.kind == "local":
             _signal(_pid(r), signal.SIGTERM)  # submitit's local controller forwards it to its tasks
-    deadline = time.monotonic() + KILL_WAIT_S
-    while (left := _still_running(running)) and time.monotonic() < deadline:
-        time.sleep(0.25)
-    _scancel([r.job_id for r in left if r.kind == "slurm"])
-    for r in left:
-        if r.kind == "local":
-            _signal(_pid(r), signal.SIGINT)  # the controller stops its tasks (SIGINT, then SIGKILL)
+    return running
+
+
+def stop_now(recs: list[JobRecord]) -> None:
+    """End the jobs without waiting for a step boundary (checkpoints are written to a temporary name and renamed:
+    one cut short is never taken for a complete one)."""
+    _scancel([r.job_id for r in recs if r.kind == "slurm"])
     for r in recs:
-        r.state, r.end = "CANCELLED", r.end or time.time()
-        save(root, r)
-    return [r.job_id for r in recs]
+        if r.kind == "local":
+            try:  # the controller leads a process group of its own and its tasks (executor.py): end them all
+                os.killpg(_pid(r), signal.SIGKILL)
+            except ProcessLookupError:  # a controller started in its launcher's group: it stops its tasks itself
+                _signal(_pid(r), signal.SIGINT)
 
 
 KILL_WAIT_S = 30  # a cancelled running job's time to reach a step boundary and checkpoint before a hard stop
@@ -263,8 +291,9 @@ def _scancel(job_ids: list[str], *flags: str) -> None:
 def _still_running(recs: list[JobRecord]) -> list[JobRecord]:
     slurm = [r.job_id for r in recs if r.kind == "slurm"]
     info = cluster.query(slurm) if slurm else {}
+    over = cluster.TERMINAL | {cluster.GONE}
     return [r for r in recs if (_pid_alive(_pid(r)) if r.kind == "local" else
-                                info.get(r.job_id, {}).get("State", "RUNNING") not in cluster.TERMINAL)]
+                                info.get(r.job_id, {}).get("State", "RUNNING") not in over)]
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

@@ -4,6 +4,7 @@ import functools
 import os
 import signal
 import subprocess
+import threading
 import uuid
 
 import pytest
@@ -71,6 +72,25 @@ def test_local_job_whose_controller_is_killed_fails_with_a_clear_reason(tmp_path
         if task:
             os.kill(task, signal.SIGKILL)  # an orphan now: nobody else stops it
     assert r.state == "FAILED" and "its controller process was killed" in r.error
+
+
+def test_ctrl_c_reaches_the_launcher_only_and_stops_the_local_job_as_a_cancel(tmp_path):
+    """The local controller leads a session of its own with its task: a terminal's Ctrl-C (SIGINT to the
+    launcher's process group) reaches the launcher alone, which asks the job to stop at its next step boundary
+    (here: to return "preempted", as training does) and waits for it: CANCELLED, not requeued."""
+    h = submit(functools.partial(jobfns.block, str(tmp_path / "never")), kind="local", resources=SMALL,
+               job_dir=tmp_path / "jobs", name=TEST_PREFIX + "ctrl-c", project=tmp_path)
+    wait_for(lambda: log_has(h.stdout, "blocked"), "the job to start")
+    controller = int(h.job_id.split("-")[1])
+    task = _child_running(controller, "submitit.core._submit")
+    assert os.getsid(controller) == controller and os.getpgid(task) == controller
+    assert os.getpgid(controller) != os.getpgid(0)  # not in our process group: a Ctrl-C here does not reach it
+    # Ctrl-C while waiting (a signal to this process from another thread lands in the main thread's wait)
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        h.wait()
+    assert h.result.state == "CANCELLED" and "was cancelled" in h.result.error and h.requeues == 0
+    assert log_has(h.stderr, "gemctl: got SIGTERM, stopping at the next step boundary")
 
 
 def _child_running(ppid: int, needle: str) -> int | None:

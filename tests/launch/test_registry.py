@@ -1,6 +1,8 @@
 """The job registry behind `gemctl status`, `gemctl logs` and `gemctl cancel`."""
 
 import functools
+import os
+import signal
 import subprocess
 import threading
 
@@ -69,6 +71,24 @@ def test_follow_logs_and_cancel_a_running_job(job_kind, tmp_path):
     assert not follower.is_alive()  # follow ends when the job does
     assert registry.list_jobs(tmp_path)[0].state == "CANCELLED"
     assert registry.cancel(tmp_path, h.job_id) == []  # nothing left to cancel
+
+
+def test_ctrl_c_while_waiting_stops_the_job_at_a_step_boundary(job_kind, tmp_path):
+    """Ctrl-C in the launcher does what `gemctl cancel` does: checkpoint at the step it is at, no requeue,
+    CANCELLED; then the KeyboardInterrupt goes on up (`gemctl` exits 130)."""
+    h = submit(functools.partial(jobfns.train, str(tmp_path), steps=30, pause_at=3), kind=job_kind,
+               resources=SMALL, job_dir=tmp_path / "jobs", name=TEST_PREFIX + "ctrl-c", project=tmp_path)
+
+    def ctrl_c_at_step_3(update) -> None:  # a signal to this process from another thread lands in the main one
+        if update.line == "at step 3":
+            threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT)).start()
+
+    with pytest.raises(KeyboardInterrupt):
+        h.wait(ctrl_c_at_step_3)
+    r = h.result
+    assert r.state == "CANCELLED" and "was cancelled" in r.error and r.requeues == 0, r
+    assert _checkpoint_step(tmp_path) == 3
+    assert registry.list_jobs(tmp_path)[0].state == "CANCELLED"
 
 
 def test_cancel_stops_a_job_that_never_reaches_a_step_boundary(job_kind, tmp_path, monkeypatch):
