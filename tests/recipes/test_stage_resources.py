@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gemctl.recipe import resolve
 from gem_stages.errors import InputError
+from gemctl.recipe import resolve
 from tests.conftest import TEST_PREFIX
 from tests.pipeline.project_copy import GEMCTL, env, make_project
 
