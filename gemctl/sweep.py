@@ -332,28 +332,36 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
     # one snapshot for every point, taken now: later waves must not pick up code edited meanwhile
     code_dir = snapshot.take(job_dir)
     code = {pkg: code_dir / pkg for pkg in snapshot.project_packages()}
-    if executor == "slurm":  # ONE array; SLURM holds all but array_parallelism of its elements
-        handles = launch_array(fns, kind=executor, resources=resources, job_dir=job_dir, name=name,
-                               project=project.root, tags=tags, code=code)
-        labels.update(_labels(handles, todo))
-        console.print(f"submitted {len(handles)} point(s) as one array: {handles[0].job_id.split('_')[0]}",
-                      highlight=False)
-        results = wait_all(handles, on_update=show)
-    else:  # submitit's local executor starts a whole array at once: bound it here, in waves
-        width = parallel or min(resources.array_parallelism, os.cpu_count() or 1)
-        results = []
-        for i in range(0, len(fns), width):
-            handles = launch_array(fns[i:i + width], kind=executor, resources=resources, job_dir=job_dir,
-                                   name=name, project=project.root, tags=tags[i:i + width], code=code)
-            labels.update(_labels(handles, todo[i:i + width]))
-            results += wait_all(handles, on_update=show)
+    try:
+        if executor == "slurm":  # ONE array; SLURM holds all but array_parallelism of its elements
+            handles = launch_array(fns, kind=executor, resources=resources, job_dir=job_dir, name=name,
+                                   project=project.root, tags=tags, code=code)
+            labels.update(_labels(handles, todo))
+            console.print(f"submitted {len(handles)} point(s) as one array: {handles[0].job_id.split('_')[0]}",
+                          highlight=False)
+            results = wait_all(handles, on_update=show)
+        else:  # submitit's local executor starts a whole array at once: bound it here, in waves
+            width = parallel or min(resources.array_parallelism, os.cpu_count() or 1)
+            results = []
+            for i in range(0, len(fns), width):
+                handles = launch_array(fns[i:i + width], kind=executor, resources=resources, job_dir=job_dir,
+                                       name=name, project=project.root, tags=tags[i:i + width], code=code)
+                labels.update(_labels(handles, todo[i:i + width]))
+                results += wait_all(handles, on_update=show)
+    except KeyboardInterrupt:  # wait_all has stopped the running points at a step boundary (or at once)
+        from rich.text import Text
+
+        _finish_parent(parent, status="KILLED")
+        err.print(Text(f"sweep {sweep.id}: cancelled; its running points stopped and kept their checkpoints, "
+                       "completed points stay complete: run the same sweep again to finish it"), highlight=False)
+        raise SystemExit(130) from None  # what a shell reports for a command stopped by Ctrl-C
     failed = [(p, r) for p, r in zip(todo, results) if not (r.ok and r.value.ok)]
     died = [p for p, r in failed if not r.ok]
     if died:  # their jobs ended without a result (killed, out of memory...): no run stays RUNNING
         files = [work_dir(point_dir(project, sweep, p), p.recipe, stage, stage_inputs(p.recipe, recipe, stage, pinned))
                  / "mlflow_run_id" for p in died]
         close_interrupted(project, launch_id, files, "its job ended without a result")
-    _finish_parent(parent, ok=not failed)
+    _finish_parent(parent, status="FAILED" if failed else "FINISHED")
     for p, r in failed:
         why = r.value.message if r.ok else r.state
         from rich.text import Text
@@ -368,7 +376,7 @@ def _labels(handles, points: list[SweepPoint]) -> dict[str, str]:
     return {h.job_id: f"point {p.id} ({p.label()})" for h, p in zip(handles, points)}
 
 
-def _finish_parent(run_id: str, ok: bool) -> None:
+def _finish_parent(run_id: str, status: str) -> None:
     import mlflow
 
-    mlflow.MlflowClient().set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    mlflow.MlflowClient().set_terminated(run_id, status)
