@@ -90,7 +90,7 @@ def test_ctrl_c_reaches_the_launcher_only_and_stops_the_local_job_as_a_cancel(tm
     with pytest.raises(KeyboardInterrupt):
         h.wait()
     assert h.result.state == "CANCELLED" and "was cancelled" in h.result.error and h.requeues == 0
-    assert log_has(h.stderr, "gemctl: got SIGTERM, stopping at the next step boundary")
+    assert log_has(h.stdout, "gemctl: got SIGTERM, stopping at the next step boundary")
 
 
 def _child_running(ppid: int, needle: str) -> int | None:

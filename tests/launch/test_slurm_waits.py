@@ -58,7 +58,7 @@ def test_job_killed_unknown_to_accounting_ends_lost_with_the_reason(tmp_path, bl
     wait_for(lambda: log_has(h.stdout, "blocked"), "the job to start")
     subprocess.run(["scancel", "--signal=KILL", h.job_id], check=True)  # no result file, no cancel marker
     r = ended(thread, results)
-    assert r.state == "LOST" and "unknown to accounting" in r.error and str(h.stderr) in r.error, r
+    assert r.state == "LOST" and "unknown to accounting" in r.error and str(h.stdout) in r.error, r
     (rec,) = registry.list_jobs(tmp_path)
     assert rec.state == "LOST" and rec.finished and rec.end is not None
 
