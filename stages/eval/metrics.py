@@ -56,15 +56,17 @@ def token_f1(pred: str, gt: str) -> float:
 
 
 def points_in_mask(points: Sequence[tuple[float, float]], mask: np.ndarray) -> float:
-    """Where2Place's accuracy for one item: the fraction of predicted points (normalised x, y) that land on a true
-    pixel of the H×W mask. A point outside the image is a miss; no points score 0."""
+    """Where2Place's accuracy for one item: the mean of the H×W mask's values (bool, or in [0, 1] for a soft mask,
+    as the reference scorer reads its JPEG masks / 255) at the predicted points (normalised x, y). A point outside
+    the image is a miss; no points score 0."""
     if not points:
         return 0.0
     h, w = mask.shape[:2]
-    hits = 0
+    hits = 0.0
     for x, y in points:
         col, row = int(np.floor(x * w)), int(np.floor(y * h))
-        hits += 0 <= col < w and 0 <= row < h and bool(mask[row, col])
+        if 0 <= col < w and 0 <= row < h:
+            hits += float(mask[row, col])
     return hits / len(points)
 
 
