@@ -126,8 +126,8 @@ class MappingBenchmark(Benchmark):
             raise InputError(f"{path}: {e}") from None
         return cls(config, path)
 
-    def _sources(self) -> list[tuple[Path, list[Any], bool]]:
-        """(file, its records, whether the file is one globbed record of many)."""
+    def _sources(self) -> list[tuple[Path, list[Any], bool, bool]]:
+        """(file, its records, whether it is one of many globbed files, whether it held a single record object)."""
         need(self.root, f"the benchmark folder of {self.source or self.name}")
         pattern = self.config.records
         if any(ch in pattern for ch in "*?["):
@@ -137,21 +137,21 @@ class MappingBenchmark(Benchmark):
             out = []
             for p in files:
                 data = read_records(p) if p.suffix == ".jsonl" else read_json(p)
-                out.append((p, data if isinstance(data, list) else [data], True))
+                out.append((p, data if isinstance(data, list) else [data], True, not isinstance(data, list)))
             return out
         path = need(self.root / pattern, f"the records file named in {self.source or 'the mapping'}")
-        return [(path, read_records(path), False)]
+        return [(path, read_records(path), False, False)]
 
     def items(self) -> list[EvalItem]:
         cfg, f = self.config, self.config.fields
         items = []
-        for path, records, globbed in self._sources():
+        for path, records, globbed, single in self._sources():
             for n, r in enumerate(records):
                 where = f"{path} record {n}"
                 question = _get(r, f.question, where, "question")
                 if not isinstance(question, str):
                     raise InputError(f"{where}: field '{f.question}' must be text, got {type(question).__name__}")
-                item = EvalItem(id=self._id(r, path, n, globbed, where), kind="open", question=question, answer=None)
+                item = EvalItem(id=self._id(r, path, n, single, where), kind="open", question=question, answer=None)
                 item.images, item.error = self._images(r, path, globbed, where)
                 if f.category:
                     item.category = str(_get(r, f.category, where, "category"))
@@ -178,11 +178,12 @@ class MappingBenchmark(Benchmark):
             raise InputError(f"{self.source}: id '{dup}' appears more than once; map fields.id to a unique field")
         return items
 
-    def _id(self, record: Any, path: Path, n: int, globbed: bool, where: str) -> str:
+    def _id(self, record: Any, path: Path, n: int, single: bool, where: str) -> str:
+        """The mapped id field, else the record's file (below root) and, in a file of many, its position."""
         if self.config.fields.id:
             return str(_get(record, self.config.fields.id, where, "id"))
-        stem = path.relative_to(self.root).as_posix()
-        return f"{stem}#{n}" if not globbed or n else stem
+        name = path.relative_to(self.root).as_posix()
+        return name if single else f"{name}#{n}"
 
     def _images(self, record: Any, path: Path, globbed: bool, where: str) -> tuple[list[str], str | None]:
         key = self.config.fields.images
