@@ -119,7 +119,7 @@ def test_cv_bench_reads_both_parquets(tmp_path):
     items, graded, results = score(bench, {
         "test_2d/0": "(A)", "test_2d/1": "The answer is B", "test_3d/0": "B. 2", "test_3d/1": "hmm", "test_3d/2": "A"})
     assert [i.answer for i in items] == ["A", "C", "B", "B", "A"]
-    assert items[0].images[0]["bytes"][:4] == b"\x89PNG" and items[0].error is None
+    assert items[0].images == [png()] and items[0].error is None  # raw bytes, as the contract says
     assert [g.score for g in graded] == [1, 0, 1, 0, 1]
     assert graded[3].note == "unparsable"
     assert results["categories"] == {"Count": 1.0, "Depth": 1.0, "Distance": 0.0, "Relation": 0.0}
@@ -209,11 +209,12 @@ def test_robospatial_home_yesno_and_pointing(tmp_path):
     (tmp_path / "annotations.json").write_text(json.dumps(records))
     bench = PUBLISHED["robospatial-home"](tmp_path)
     items, graded, results = score(bench, {
-        "0": "Yes.", "1": "Yes, it is", "2": "yes", "3": "[(0.4, 0.4), (0.9, 0.9)]", "4": "(0.7, 0.3)"})
+        "0": "Yes.", "1": "Yes, it is", "2": "I think yes", "3": "[(0.4, 0.4), (0.9, 0.9)]", "4": "(0.7, 0.3)"})
     assert [i.kind for i in items] == ["yesno", "yesno", "yesno", "point", "point"]
-    assert [g.score for g in graded] == [1, 0, 1, 1, 0]  # only the first point counts, as the reference scorer
-    # total = mean of the three categories (configuration 0.5, compatibility 1, context 0.5), not of items (0.6)
-    assert results["overall"] == pytest.approx((0.5 + 1 + 0.5) / 3)
+    # yes/no by the reply's start, and only the first point counts, as the reference scorer
+    assert [g.score for g in graded] == [1, 0, 0, 1, 0] and graded[2].note == "unparsable"
+    # total = mean of the three categories (configuration 0.5, compatibility 0, context 0.5), not of items (0.4)
+    assert results["overall"] == pytest.approx((0.5 + 0 + 0.5) / 3)
     records[4]["answer"] = "[(0.1, 0.1)]"
     (tmp_path / "annotations.json").write_text(json.dumps(records))
     with pytest.raises(InputError, match="record 4: answer .* neither yes/no nor a polygon"):

@@ -81,6 +81,15 @@ def image_error(image: Any) -> str | None:
     return None
 
 
+def image_bytes(image: Any, where: str) -> bytes:
+    """A parquet image cell as raw bytes: bytes as they are, or the bytes of an Image struct {"bytes", "path"}."""
+    if isinstance(image, dict) and isinstance(image.get("bytes"), (bytes, bytearray)):
+        return bytes(image["bytes"])
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    raise InputError(f"{where}: an image must be bytes or an image struct with bytes, got {image!r:.60}")
+
+
 def open_image(image: Any) -> Image.Image:
     if isinstance(image, dict):  # a parquet Image struct: {"bytes": ..., "path": ...}
         image = image.get("bytes") or image.get("path")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from gem_stages.errors import InputError
 
 from ..benchmark import Benchmark, EvalItem, Graded
-from .common import LETTERS, choice_prompt, field, grade, image_error, need, read_parquet
+from .common import LETTERS, choice_prompt, field, grade, image_bytes, image_error, need, read_parquet
 
 
 class CVBench(Benchmark):
@@ -33,7 +33,7 @@ class CVBench(Benchmark):
                 if answer not in LETTERS[: len(choices)]:
                     raise InputError(f"{where}: answer {r['answer']!r} is not one of the {len(choices)} options' "
                                      "letters, (A) to " + f"({LETTERS[len(choices) - 1]})")
-                image = field(r, "image", where, (dict, bytes))
+                image = image_bytes(field(r, "image", where, (dict, bytes)), where)
                 items.append(EvalItem(
                     id=f"{split}/{r.get('idx', n)}", kind="choice", question=field(r, "question", where, str),
                     answer=answer, images=[image], choices=choices, category=field(r, "task", where, str),

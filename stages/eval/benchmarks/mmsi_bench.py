@@ -12,7 +12,7 @@ from __future__ import annotations
 from gem_stages.errors import InputError
 
 from ..benchmark import Benchmark, EvalItem, Graded
-from .common import MC_SUFFIX, field, grade, image_error, read_parquet, records_file
+from .common import MC_SUFFIX, field, grade, image_bytes, image_error, read_parquet, records_file
 
 
 class MMSIBench(Benchmark):
@@ -24,7 +24,7 @@ class MMSIBench(Benchmark):
         items = []
         for n, r in enumerate(read_parquet(path)):
             where = f"{path} row {n}"
-            images = field(r, "images", where, list)
+            images = [image_bytes(x, where) for x in field(r, "images", where, list)]
             answer = field(r, "answer", where, str).strip().upper()
             if answer not in "ABCD" or len(answer) != 1:
                 raise InputError(f"{where}: answer {r['answer']!r} is not a letter A to D")

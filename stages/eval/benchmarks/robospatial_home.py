@@ -6,8 +6,10 @@ Layout (as RoboSpatial-Eval's download_benchmark.py writes the Hugging Face data
                                relative to <root> (images/...); answer is "yes"/"no", or for context questions a
                                polygon "[(x, y), ...]" in normalised coordinates
 Prompt: the question as given (it carries the answer-format instruction). Score, as RoboSpatial-Eval's
-evaluation.py: yes/no by the answer read from the reply (answers.parse_yesno); a context reply by whether its first
-point lies inside the polygon. Total = the mean of the three categories' accuracies.
+evaluation.py: a yes/no reply is right when it starts with the answer (lower case, stripped: "No, ..." reads as
+no, "It is yes" as neither); a context reply by whether its first (x, y) point lies inside the polygon. One
+difference: coordinates above 1 are read on Qwen3-VL's 0-1000 grid (answers.parse_points), where the reference
+scorer counts them outside. Total = the mean of the three categories' accuracies.
 """
 
 from __future__ import annotations
@@ -50,7 +52,13 @@ class RoboSpatialHome(Benchmark):
         return item.question
 
     def grade(self, item: EvalItem, text: str) -> Graded:
-        return grade(item, text)
+        if item.kind != "yesno" or item.error is not None:
+            return grade(item, text)
+        said = text.strip().lower()
+        parsed = next((w for w in ("yes", "no") if said.startswith(w)), None)
+        if parsed is None:
+            return Graded(item.id, None, 0.0, note="unparsable")
+        return Graded(item.id, parsed, float(parsed == item.answer))
 
     def overall(self, per_category: dict[str, float]) -> float:
         scores = [s for c, s in per_category.items() if c != "__items__"]

@@ -33,7 +33,7 @@ class VSIBench(Benchmark):
 
     def items(self) -> list[EvalItem]:
         path = records_file(self.root, ("test.jsonl", "test-*.parquet", "*.jsonl", "*.parquet"), "VSI-Bench")
-        items = []
+        items, probed = [], {}  # video -> why it does not open (None: it does); many questions share a scene
         for n, r in enumerate(read_records(path)):
             where = f"{path} record {n}"
             qtype = field(r, "question_type", where, str)
@@ -56,10 +56,13 @@ class VSIBench(Benchmark):
                 except ValueError:
                     raise InputError(f"{where}: ground_truth {truth!r} is not a number") from None
                 item.meta["unit"] = next((u for word, u in _UNITS if word in question.lower()), None)
-            try:
-                video_size(video, decode=False)
-            except VideoError as e:
-                item.error = f"{video.name}: {e}"
+            if video not in probed:
+                try:
+                    video_size(video, decode=False)
+                    probed[video] = None
+                except VideoError as e:
+                    probed[video] = f"{video.name}: {e}"
+            item.error = probed[video]
             items.append(item)
         return items
 
