@@ -118,3 +118,16 @@ def test_number_read_back(value, tail):
 def test_points_read_back(points):
     text = "[" + ", ".join(f"({x}, {y})" for x, y in points) + "]"
     assert parse_points(text) == [pytest.approx(p) for p in points]
+
+
+@given(st.text(max_size=80))
+def test_parsers_never_raise(text):
+    """Any model text is read or reported unreadable (None), never an exception: grading never raises."""
+    assert parse_choice(text, "ABCD") in (None, "A", "B", "C", "D")
+    number = parse_number(text, unit="m")
+    assert number is None or number == number  # not NaN
+    assert parse_yesno(text) in (None, "yes", "no")
+    for points in (parse_points(text), parse_points(text, size=(640, 480))):
+        assert points is None or all(len(p) == 2 for p in points)
+    box = parse_box(text)
+    assert box is None or (box[0] <= box[2] and box[1] <= box[3])

@@ -242,6 +242,9 @@ def test_where2place_points_in_masks(tmp_path):
     assert items[0].meta["image_size"] == (40, 20)
     assert [g.score for g in graded] == [0.75, 0.0]
     assert results["categories"] == {"seen": 0.75, "unseen": 0.0}
+    (tmp_path / "masks" / "01.jpg").write_bytes(b"not a jpeg")  # present but undecodable: counted wrong
+    items, graded, results = score(bench, {"1": "[(0.1, 0.5)]"})
+    assert "mask 01.jpg" in items[1].error and results["counts"]["undecodable"] == 1
     (tmp_path / "masks" / "01.jpg").unlink()
     with pytest.raises(InputError, match="line 2: .*masks/01.jpg not found"):
         bench.items()

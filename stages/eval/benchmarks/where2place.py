@@ -28,7 +28,7 @@ class Where2Place(Benchmark):
             where = f"{path} line {n + 1}"
             image = media(self.root, f"images/{field(r, 'image', where, str)}", where)
             mask = media(self.root, f"masks/{n:02d}.jpg", where)
-            error = image_error(image)
+            error = image_error(image) or (f"mask {mask.name}: {e}" if (e := image_error(mask)) else None)
             size = None
             if error is None:
                 with Image.open(image) as im:
