@@ -31,7 +31,8 @@ from ..errors import InputError
 from .benchmark import Benchmark, EvalItem, Graded
 
 DELTA_THRESHOLD = 1.25
-DEPTH_PROMPT = "Estimate the depth of the scene."  # image tokens come first and attend causally: text is inert
+# the image tokens come first and attend causally: the text after them does not change the depth condition
+DEPTH_PROMPT = "Estimate the depth of the scene."
 SHEET_CELL = 128  # pixels per side of one cell of the PNG sheet
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -71,7 +72,12 @@ def score_depth(encoding: str, generated, gt_depth_m: np.ndarray) -> dict[str, f
     scale, shift = align_affine(pred_inv[valid], gt_inv)
     # aligned inverse depth below the farthest measured depth's (or negative) would be farther than anything seen
     aligned = np.maximum(scale * pred_inv[valid] + shift, gt_inv.min())
-    return {**depth_metrics(1.0 / aligned, gt[valid]), "scale": scale, "shift": shift, "valid_pixels": int(valid.sum())}
+    return {
+        **depth_metrics(1.0 / aligned, gt[valid]),
+        "scale": scale,
+        "shift": shift,
+        "valid_pixels": int(valid.sum()),
+    }
 
 
 def _open_image(source):
@@ -111,6 +117,7 @@ def grade_depth_batch(
     ground truth into that PNG. One generator seeded with `seed` draws all noise: same items, same numbers.
     """
     import torch
+
     from gem_models.processor import batch_to
 
     encoding = model.processor.depth_encoding
@@ -131,7 +138,8 @@ def grade_depth_batch(
     for start in range(0, len(ready), batch_size):
         chunk = ready[start : start + batch_size]
         samples = [
-            {"images": [image], "conversations": [{"from": "human", "value": DEPTH_PROMPT}]} for _, image, _ in chunk
+            {"images": [image], "conversations": [{"from": "human", "value": DEPTH_PROMPT}]}
+            for _, image, _ in chunk
         ]
         batch = batch_to(model.processor(samples, padding_side="left"), device)
         generated = model.sample_depth(batch, steps=steps, guidance_scale=guidance_scale, generator=generator)
@@ -171,7 +179,8 @@ def write_sheet(path: Path, rows: Sequence[tuple[Any, Any, np.ndarray]], encodin
         size = tuple(generated.shape[1:])
         truth = (encode_depth(encoding, gt, size, max(size)) + 1.0) / 2.0  # [-1, 1] -> [0, 1]
         cells = [image] + [
-            Image.fromarray((x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()) for x in (generated, truth)
+            Image.fromarray((x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
+            for x in (generated, truth)
         ]
         for c, im in enumerate(cells):
             sheet.paste(im.resize(cell, Image.BILINEAR), (c * SHEET_CELL, r * SHEET_CELL))
@@ -192,7 +201,9 @@ class DepthBenchmark(Benchmark):
     def items(self) -> list[EvalItem]:
         images_dir = self.root / "images"
         if not images_dir.is_dir():
-            raise InputError(f"{images_dir} does not exist: a depth benchmark needs images/ and depth/ under its root")
+            raise InputError(
+                f"{images_dir} does not exist: a depth benchmark needs images/ and depth/ under its root"
+            )
         items = []
         for path in sorted(images_dir.iterdir()):
             if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -201,8 +212,10 @@ class DepthBenchmark(Benchmark):
             if depth is not None:
                 items.append(EvalItem(path.stem, "depth", DEPTH_PROMPT, str(depth), images=[str(path)]))
         if not items:
-            raise InputError(f"{images_dir} has no image with a depth map under {self.root / 'depth'}: "
-                             "add depth/<image name>.png (16-bit millimetres) for the images to score")
+            raise InputError(
+                f"{images_dir} has no image with a depth map under {self.root / 'depth'}: "
+                "add depth/<image name>.png (16-bit millimetres) for the images to score"
+            )
         return items
 
     def prompt(self, item: EvalItem) -> str:

@@ -20,7 +20,7 @@ from gem_models.depth_encoding import (
 from gem_models.gem import GemModel
 from gem_stages.data.depth_png import save_depth_mm
 from gem_stages.errors import InputError
-from gem_stages.eval.benchmark import EvalItem, aggregate
+from gem_stages.eval.benchmark import aggregate
 from gem_stages.eval.depth_quality import (
     DepthBenchmark,
     align_affine,
@@ -49,7 +49,7 @@ def test_colour_table_entries_decode_to_their_own_bin(encoding):
     rgb = torch.from_numpy(table.astype(np.float32) / 255.0).T.reshape(3, 16, 16)
     unit = decode_colours(encoding, rgb).reshape(-1).numpy()
     bins = 256.0 if encoding == "spectral_inverse" else 255.0
-    first = {tuple(c): k for k, c in reversed(list(enumerate(table)))}  # repeated byte colours: first bin wins
+    first = {tuple(c): k for k, c in reversed(list(enumerate(table)))}  # a repeated colour: its first bin
     expected = np.array([(first[tuple(c)] + 0.5) / bins for c in table]).clip(0, 1)
     np.testing.assert_allclose(unit, expected, atol=1e-6)
 
@@ -148,4 +148,3 @@ def test_missing_folder_is_one_line_input_error(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / "a.png")
     with pytest.raises(InputError, match="no image with a depth map"):
         DepthBenchmark(tmp_path).items()
-
