@@ -109,6 +109,23 @@ def write_heldout(cfg: DataConfig, root: Path, num_scenes: int = DEFAULT_SCENES)
     return info
 
 
+def ensure_heldout(cfg: DataConfig, root: Path, num_scenes: int = DEFAULT_SCENES) -> dict:
+    """The held-out folder for `cfg` and `num_scenes`: kept when heldout.json says it was made from the same data
+    settings and count (so its digest, and DVC's, stay put), written afresh otherwise."""
+    path = Path(root) / HELDOUT_FILE
+    if path.is_file():
+        info = json.loads(path.read_text())
+        if info.get("config") == json.loads(json.dumps(asdict(cfg))) and info.get("num_scenes") == num_scenes:
+            return info
+    return write_heldout(cfg, root, num_scenes)
+
+
+def open_answer_f1(graded: list[Graded]) -> float | None:
+    """Mean token F1 of the open answers graded (None: there were none); exact match is their score."""
+    f1 = [g.parsed["f1"] for g in graded if isinstance(g.parsed, dict) and "f1" in g.parsed]
+    return sum(f1) / len(f1) if f1 else None
+
+
 def _read_heldout(root: Path) -> dict:
     path = Path(root) / HELDOUT_FILE
     if not path.is_file():

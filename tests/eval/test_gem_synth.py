@@ -17,7 +17,7 @@ from gem_models.processor import batch_to
 from gem_stages.data.config import DataConfig
 from gem_stages.data.synth_dataset import write_synth
 from gem_stages.errors import InputError
-from gem_stages.eval.benchmark import aggregate
+from gem_stages.eval.benchmark import Graded, aggregate
 from gem_stages.eval.depth_quality import depth_summary
 from gem_stages.eval.gem_synth import (
     GEM_SYNTH_BENCHMARKS,
@@ -26,6 +26,8 @@ from gem_stages.eval.gem_synth import (
     GemSynthPlanning,
     GemSynthQA,
     GemSynthSpatial,
+    ensure_heldout,
+    open_answer_f1,
     token_f1,
     write_heldout,
 )
@@ -77,6 +79,11 @@ def test_heldout_is_reproducible_and_records_what_made_it(tmp_path, heldout):
     assert (tmp_path / "again" / "items.jsonl").read_bytes() == (heldout / "items.jsonl").read_bytes()
     assert info == json.loads((heldout / "heldout.json").read_text())
     assert info["stream"] == 2 and info["num_scenes"] == SCENES and info["items"] == len(_records(heldout))
+    stamp = (tmp_path / "again" / "items.jsonl").stat().st_mtime_ns
+    assert ensure_heldout(DataConfig(), tmp_path / "again", SCENES) == info  # same settings: kept as it is
+    assert (tmp_path / "again" / "items.jsonl").stat().st_mtime_ns == stamp
+    bigger = ensure_heldout(DataConfig(image_height=96), tmp_path / "again", SCENES)  # other settings: rewritten
+    assert bigger["image_size"] == [96, 64] and Image.open(next((tmp_path / "again").glob("images/*"))).size == (64, 96)
 
 
 def test_generator_answers_score_one_under_every_parser(heldout):
@@ -148,6 +155,10 @@ def test_token_f1_hand_computed():
     # pred [red, ball], gold [red, cube, now]: 1 common -> p = 1/2, r = 1/3, F1 = 2 * (1/6) / (5/6) = 0.4
     assert token_f1("Red ball!", "red cube now") == pytest.approx(0.4)
     assert token_f1("", "x") == 0.0
+    graded = [Graded("a", {"answer": "x", "exact_match": 0.0, "f1": 0.4}, 0.0), Graded("b", "A", 1.0),
+              Graded("c", {"answer": "y", "exact_match": 1.0, "f1": 1.0}, 1.0), Graded("d", None, 0.0, "unparsable")]
+    assert open_answer_f1(graded) == pytest.approx(0.7)  # choice and unparsable items are not open answers
+    assert open_answer_f1(graded[1:2]) is None
 
 
 def test_task_benchmarks_split_the_questions(heldout):
@@ -214,6 +225,10 @@ def test_tiny_model_scored_on_gem_synth(heldout):
     # a random-init model mostly babbles: whatever it cannot answer is counted, never dropped
     assert results["counts"]["unparsable"] == sum(g.note == "unparsable" for g in graded)
     assert results["counts"]["undecodable"] == 0
+    f1 = open_answer_f1(graded)
+    open_items = [i for i in items if i.kind == "open"]
+    parsed_open = [g for i, g in zip(items, graded) if i.kind == "open" and g.parsed is not None]
+    assert (f1 is None) == (not parsed_open) and (f1 is None or 0.0 <= f1 <= 1.0) and open_items
 
     depth = GemSynthDepth(heldout)
     depth_items = depth.items()
