@@ -121,7 +121,8 @@ def ensure_heldout(cfg: DataConfig, root: Path, num_scenes: int = DEFAULT_SCENES
 
 
 def open_answer_f1(graded: list[Graded]) -> float | None:
-    """Mean token F1 of the open answers graded (None: there were none); exact match is their score."""
+    """Mean token F1 of the open answers graded, unparsable ones as 0 (None: there were none); exact match is
+    their score."""
     f1 = [g.parsed["f1"] for g in graded if isinstance(g.parsed, dict) and "f1" in g.parsed]
     return sum(f1) / len(f1) if f1 else None
 
@@ -226,8 +227,8 @@ def grade_answer(item: EvalItem, text: str) -> Graded:
         n = _count(text)
         return unparsable if n is None else Graded(item.id, n, float(n == item.answer))
     # open: depth_order, plan, next_step
-    if not normalise(text):
-        return unparsable
+    if not normalise(text):  # nothing to read: F1 0, kept in the open answers' mean
+        return Graded(item.id, {"answer": "", "exact_match": 0.0, "f1": 0.0}, 0.0, "unparsable")
     exact = float(normalise(text) == normalise(item.answer))
     return Graded(
         item.id, {"answer": text.strip(), "exact_match": exact, "f1": token_f1(text, item.answer)}, exact
