@@ -3,7 +3,7 @@
 The generator draws a colour-mapped depth image (depth_encoding.py) for each held-out image; batches of images are
 sampled together with classifier-free guidance (GemModel.sample_depth). Each output is decoded back to a scalar
 through the colour map (nearest colour-table entry), which is inverse depth up to an unknown affine map (the
-training targets were normalised per map). The affine-invariant protocol of relative depth (MiDaS, Marigold)
+training targets were normalised per map). The affine-invariant protocol of relative depth (MiDaS's evaluation)
 then fits scale and shift by least squares to the ground-truth inverse depth over valid pixels, turns the aligned
 inverse depth back into depth (capped at the map's farthest measured depth), and scores:
 

@@ -75,6 +75,13 @@ def test_inferno_round_trip_recovers_metres_within_one_level():
     assert abs(1.0 / inverse[10, 5] - 3.0) <= level and abs(1.0 / inverse[10, 60] - 10.0) <= level
 
 
+def test_inferno_round_trip_scores_near_perfect_where_levels_resolve_depth():
+    # one inferno level is 0.257 m: a 3-30 m scene spans ~100 levels, so the decoded depth is within a level
+    depth = np.linspace(3.0, 30.0, 64)[:, None].repeat(64, axis=1)
+    s = score_depth("inferno_linear", _as_generated(encode_inferno_linear(depth, side=64)), depth)
+    assert s["delta1"] == 1.0 and s["absrel"] < 0.03 and s["scale"] == pytest.approx(1.0, abs=0.05)
+
+
 def test_align_affine_hand_computed():
     # mean p = 1.5, mean g = 2.5, cov = 6, var = 5 -> s = 1.2, t = 2.5 - 1.2 * 1.5 = 0.7
     scale, shift = align_affine(np.array([0.0, 1, 2, 3]), np.array([1.0, 2, 2, 5]))
