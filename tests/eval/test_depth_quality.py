@@ -31,6 +31,16 @@ from gem_stages.eval.depth_quality import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads on a shared CPU; restored for other suites."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
 def _scene_depth(h=64, w=64, seed=0) -> np.ndarray:
     """A smooth slanted plane with a box in front: metres, all valid."""
     rows = np.linspace(0.8, 2.5, h)[:, None].repeat(w, axis=1)
@@ -120,7 +130,6 @@ def _depth_folder(root, n):
 
 
 def test_tiny_model_scored_end_to_end(tmp_path):
-    torch.set_num_threads(1)
     _depth_folder(tmp_path / "bench", 5)
     (tmp_path / "bench" / "images" / "broken.png").write_bytes(b"not a png")
     save_depth_mm(tmp_path / "bench" / "depth" / "broken.png", _scene_depth())

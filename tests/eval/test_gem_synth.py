@@ -35,6 +35,16 @@ from gem_stages.eval.gem_synth import (
 SCENES = 12
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads on a shared CPU; restored for other suites."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
 @pytest.fixture(scope="module")
 def heldout(tmp_path_factory):
     root = tmp_path_factory.mktemp("heldout") / "gem-synth"
@@ -211,7 +221,6 @@ def _answers(model, bench, items, batch_size=8):
 
 
 def test_tiny_model_scored_on_gem_synth(heldout):
-    torch.set_num_threads(1)
     corpus = [r["question"] + " " + r["answer"] for r in _records(heldout)]
     model = GemModel.build(tiny_config(), corpus=corpus, seed=0)
 
