@@ -145,3 +145,47 @@ def encode_depth(
     if encoding == "spectral_inverse":
         return encode_spectral_inverse(depth, image_size, long_side, multiple_of)
     raise ValueError(f"unknown depth encoding {encoding!r}; expected one of {DEPTH_ENCODINGS}")
+
+
+# ----- decoding: generated colours -> scalar (the inverse of the colour maps above) -----
+DECODE_CHUNK = 1 << 16  # pixels per distance matrix: 65536 x 256 floats = 64 MiB
+
+
+def colour_table(encoding: str) -> np.ndarray:
+    """(256, 3) uint8: the colours an encoding can emit, entry k for colour-map input bin k (the uint8 bytes that
+    `spectral_colors` / `inferno_lut` produce, so a target's unresized pixels are found exactly)."""
+    if encoding == "inferno_linear":
+        return inferno_lut()
+    if encoding == "spectral_inverse":
+        import matplotlib
+
+        # an integer index reads the 256-entry LUT directly: bin k is what spectral_colors gives [k/256, (k+1)/256)
+        return (matplotlib.colormaps["Spectral"](np.arange(256))[..., :3] * 255.0).astype(np.uint8)
+    raise ValueError(f"unknown depth encoding {encoding!r}; expected one of {DEPTH_ENCODINGS}")
+
+
+def decode_colours(encoding: str, rgb: torch.Tensor) -> torch.Tensor:
+    """A generated depth image [3, h, w] in [0, 1] -> the colour-map input (h, w) float32 in [0, 1]: each pixel's
+    nearest colour-table entry k (Euclidean in RGB bytes), read as the centre of its bin. Generated and resized
+    colours fall between entries; the nearest one is the best single guess of the value that produced them."""
+    table = torch.from_numpy(colour_table(encoding)).to(rgb.device, torch.float32)
+    pixels = (rgb.detach().float().clamp(0, 1) * 255.0).permute(1, 2, 0).reshape(-1, 3)
+    index = torch.cat([torch.cdist(chunk, table).argmin(dim=1) for chunk in pixels.split(DECODE_CHUNK)])
+    bins = 256.0 if encoding == "spectral_inverse" else 255.0  # Spectral LUT bins vs uint8 truncation of x * 255
+    return ((index.float() + 0.5) / bins).clamp(0, 1).reshape(rgb.shape[1:])
+
+
+def decoded_inverse_depth(encoding: str, rgb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """A generated depth image [3, h, w] in [0, 1] -> (inverse depth (h, w) float64, valid mask (h, w) bool).
+
+    spectral_inverse: 1 - colour-map input, which is inverse depth up to an unknown scale and shift (the encoding
+    normalised each map by its own percentiles); valid everywhere.
+    inferno_linear: 1 / metres, metres = (1 - input) x 65.535 (the encoding's linear map); pixels decoding to
+    depth <= 0 (the colour of invalid depth) are invalid.
+    """
+    unit = decode_colours(encoding, rgb).cpu().double().numpy()
+    if encoding == "spectral_inverse":
+        return 1.0 - unit, np.ones(unit.shape, dtype=bool)
+    metres = (1.0 - unit) * UINT16_MAX / 1000.0
+    valid = metres > 0
+    return np.where(valid, 1.0 / np.where(valid, metres, 1.0), 0.0), valid

@@ -33,6 +33,7 @@ from .synth_scene import (
 )
 
 SCENE_STREAM, EPISODE_STREAM = 0, 1
+HELDOUT_SCENE_STREAM = 2  # evaluation scenes (gem_stages.eval.gem_synth): never a training scene
 NAME = "gem-synth"
 
 
@@ -44,9 +45,10 @@ class SynthScene:
     questions: list[tuple[str, Question]]  # (kind, question)
 
 
-def build_scene(cfg: DataConfig, index: int) -> SynthScene:
-    """Scene `index` of the dataset with `cfg.seed`, rendered and questioned, without writing anything."""
-    rng = np.random.default_rng([cfg.seed, SCENE_STREAM, index])
+def build_scene(cfg: DataConfig, index: int, stream: int = SCENE_STREAM) -> SynthScene:
+    """Scene `index` of the dataset with `cfg.seed`, rendered and questioned, without writing anything; another
+    `stream` draws scenes from a generator no training scene uses (HELDOUT_SCENE_STREAM)."""
+    rng = np.random.default_rng([cfg.seed, stream, index])
     h, w = cfg.image_height, cfg.image_width
     objects = sample_objects(rng, int(rng.integers(cfg.objects_min, cfg.objects_max + 1)))
     azimuth = rng.uniform(-35, 35)
