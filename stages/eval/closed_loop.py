@@ -59,6 +59,8 @@ class Task(Protocol):
 
     def success(self) -> bool: ...
 
+    def hold_action(self) -> np.ndarray: ...  # executed instead of a non-finite action: stay put
+
 
 class Environment(Protocol):
     name: str  # the benchmark name in results.json
@@ -112,6 +114,9 @@ class SynthTask:
     def success(self) -> bool:
         return self.world.success()
 
+    def hold_action(self) -> np.ndarray:
+        return np.array([0.0, 0.0, 0.0, self.world.opening], dtype=np.float32)
+
 
 class SynthPickPlace:
     """The gem-synth tabletop on held-out seeds: each episode a new scene, object and plate, as in training."""
@@ -152,20 +157,25 @@ class ExpertPolicy:
 
 
 class RandomPolicy:
-    """Uniform random displacements (up to the step limit) and gripper commands: the floor a policy must beat."""
+    """Uniform random actions in [low, high] per dimension: the floor a policy must beat. The defaults are the
+    built-in task's: displacements up to the step limit, the gripper command 0 (close) or 1 (open)."""
 
     needs_images = False
 
-    def __init__(self, seed: int = 0, chunk: int = 1):
+    def __init__(self, seed: int = 0, chunk: int = 1, low=None, high=None):
         self.seed, self.chunk = seed, chunk
+        self.low = np.array([-MAX_STEP_M] * 3 + [0.0] if low is None else low, dtype=np.float64)
+        self.high = np.array([MAX_STEP_M] * 3 + [1.0] if high is None else high, dtype=np.float64)
+        self.binary_gripper = low is None and high is None
 
     def reset(self, episode: int) -> None:
         self.rng = np.random.default_rng([self.seed, POLICY_STREAM, episode])
 
     def act(self, observation: Observation) -> np.ndarray:
-        delta = self.rng.uniform(-MAX_STEP_M, MAX_STEP_M, (self.chunk, 3))
-        command = self.rng.integers(0, 2, (self.chunk, 1))
-        return np.concatenate([delta, command], axis=1).astype(np.float32)
+        actions = self.rng.uniform(self.low, self.high, (self.chunk, len(self.low)))
+        if self.binary_gripper:
+            actions[:, -1] = actions[:, -1].round()
+        return actions.astype(np.float32)
 
 
 class _Now:
@@ -268,8 +278,7 @@ def run_episode(env: Environment, policy: Policy, episode: int, video: Path | No
         action = queue.popleft()
         if not np.isfinite(action).all():
             nonfinite += 1
-            action = np.zeros_like(action)
-            action[-1] = observation.state[-1]  # hold the gripper as it is
+            action = task.hold_action()
         task.step(action)
         steps += 1
         observation = task.observe(look)

@@ -149,3 +149,25 @@ def test_policy_and_task_cameras_must_agree(tiny_vla):
         run_episode(env, policy, 0)
     with pytest.raises(InputError, match="replan_every is 9"):
         GemPolicy(tiny_vla, None, replan_every=9)
+
+
+class _Broken:
+    needs_images = False
+
+    def reset(self, episode):
+        pass
+
+    def act(self, observation):
+        return np.full((2, 4), np.nan, dtype=np.float32)
+
+
+def test_non_finite_actions_are_held_and_counted(tmp_path):
+    env = SynthPickPlace(ClosedLoopConfig(episodes=2, max_steps=5))
+    start = env.task(0).world.gripper.copy()
+    result = run_episode(env, _Broken(), 0)
+    assert (result.steps, result.nonfinite_actions, result.success) == (5, 5, False)
+    run_shard(env, _Broken(), tmp_path, videos=0)
+    assert merge(env, tmp_path)["counts"]["nonfinite_actions"] == 10
+    task = env.task(0)
+    task.step(task.hold_action())
+    assert np.allclose(task.world.gripper, start) and task.world.opening == 1.0
