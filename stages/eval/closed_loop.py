@@ -250,6 +250,30 @@ class GemPolicy:
         return torch.Generator(device).manual_seed(seed)
 
 
+def load_policy(ckpt_dir: Path, model_cfg, samples_cfg, replan_every: int = 4, seed: int = 0,
+                device: str = "cpu") -> GemPolicy:
+    """The GEM-VLA policy of a checkpoint directory, prompted as `samples_cfg` (the recipe's stage 4 episodes)."""
+    from gem_models.gem import CONFIG_FILE, GemModel
+
+    if not (Path(ckpt_dir) / CONFIG_FILE).is_file():
+        raise InputError(f"{ckpt_dir} is not a GEM checkpoint (no {CONFIG_FILE}): give a stage's checkpoint folder")
+    try:
+        model = GemModel.load(str(ckpt_dir), model_cfg)
+    except ValueError as e:
+        raise InputError(f"{e}: evaluate it with the recipe it was trained with") from None
+    if model.action_expert is None:
+        raise InputError(f"the model in {ckpt_dir} has no action expert: closed loop needs a stage-4 checkpoint")
+    return GemPolicy(model.to(device).eval(), samples_cfg, replan_every, seed)
+
+
+def synth_config(data_cfg, samples_cfg, **overrides) -> ClosedLoopConfig:
+    """The built-in task rendered as the training episodes were: their image size and the cameras stage 4 showed
+    (its `cameras`, else the data's first camera)."""
+    cameras = tuple(samples_cfg.cameras or data_cfg.cameras[:1])
+    return ClosedLoopConfig(**{"cameras": cameras, "image_height": data_cfg.image_height,
+                               "image_width": data_cfg.image_width, **overrides})
+
+
 # --- running, sharding, merging ------------------------------------------------------------------------------
 
 

@@ -7,7 +7,8 @@ the objects settle (not counted), then the policy has at most the suite's step l
 goal (env.check_success). Episode i is task i // episodes_per_task, initial state i % episodes_per_task, so tasks
 stay together within a shard and each shard builds a task's simulator once.
 
-Observations: the agent-view and wrist cameras, flipped upright (robosuite renders bottom row first), and the
+Observations: the agent-view and wrist cameras, flipped upright (robosuite renders bottom row first; or turned
+180 degrees, the convention of OpenVLA-format LIBERO datasets), and the
 8-dim state LIBERO policies are trained on: end-effector position (3), axis-angle (3), gripper joints (2).
 Rendering is headless: MUJOCO_GL=egl is set unless the user chose a backend.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -37,6 +39,9 @@ class LiberoConfig:
     cameras: tuple[str, ...] = ("agentview", "wrist")  # of CAMERAS, in the order the policy was trained on
     image_size: int = 128  # square renders, pixels
     seed: int = 0  # the simulator's seed (the initial states fix the scene)
+    # how renders are turned upright: "vertical" (the true picture) or "rotate180" (also mirrored left-right, as
+    # OpenVLA's regenerated LIBERO datasets and evaluator do: a policy trained on those needs it)
+    image_flip: Literal["vertical", "rotate180"] = "vertical"
 
 
 def _libero():
@@ -68,7 +73,10 @@ class LiberoTask:
         obs = self.obs
         state = np.concatenate([obs["robot0_eef_pos"], quat2axisangle(obs["robot0_eef_quat"]),
                                 obs["robot0_gripper_qpos"]]).astype(np.float32)
-        images = {c: np.ascontiguousarray(obs[CAMERAS[c]][::-1]) for c in self.cfg.cameras} if render_images else {}
+        images = {}
+        if render_images:
+            flip = (slice(None, None, -1), slice(None, None, -1) if self.cfg.image_flip == "rotate180" else slice(None))
+            images = {c: np.ascontiguousarray(obs[CAMERAS[c]][flip]) for c in self.cfg.cameras}
         return Observation(images, state, self.instruction, privileged=self.env)
 
     def step(self, action: np.ndarray) -> None:

@@ -18,9 +18,11 @@ from gem_stages.eval.closed_loop import (
     GemPolicy,
     RandomPolicy,
     SynthPickPlace,
+    load_policy,
     merge,
     run_episode,
     run_shard,
+    synth_config,
 )
 from gemctl.recipe import resolve
 
@@ -171,3 +173,20 @@ def test_non_finite_actions_are_held_and_counted(tmp_path):
     task = env.task(0)
     task.step(task.hold_action())
     assert np.allclose(task.world.gripper, start) and task.world.opening == 1.0
+
+
+def test_a_checkpoint_loads_as_the_policy_stage4_trained(tmp_path, tiny_vla):
+    recipe = resolve(ROOT / "recipes", "tiny", ["stages.stage4.episodes.cameras=[top,front]"])
+    tiny_vla.save(str(tmp_path / "ckpt"))
+    samples = recipe.stages.stage4.episodes
+    policy = load_policy(tmp_path / "ckpt", recipe.model, samples, replan_every=2)
+    reference = GemPolicy(tiny_vla, samples, replan_every=2)
+    cfg = synth_config(recipe.data, samples, episodes=1)
+    assert (cfg.cameras, cfg.image_height, cfg.image_width) == (("top", "front"), 64, 64)
+    assert synth_config(recipe.data, EpisodeSamplesConfig()).cameras == ("front",)  # the data's first camera
+    obs = SynthPickPlace(cfg).task(0).observe(True)
+    policy.reset(0), reference.reset(0)
+    chunk = policy.act(obs)
+    assert chunk.shape == (2, 4) and np.allclose(chunk, reference.act(obs), atol=1e-5)
+    with pytest.raises(InputError, match="is not a GEM checkpoint"):
+        load_policy(tmp_path / "nothing", recipe.model, samples)

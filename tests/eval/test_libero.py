@@ -25,6 +25,8 @@ def test_libero_smoke_rollout(tmp_path):
     try:
         (result,) = run_shard(env, policy, tmp_path, videos=1)
         first = env.task(0).observe(True)  # the same initial state again: the same picture
+        env.cfg.image_flip = "rotate180"
+        turned = env.task(0).observe(True)
     finally:
         env.close()
     summary = merge(env, tmp_path)
@@ -34,6 +36,8 @@ def test_libero_smoke_rollout(tmp_path):
     assert task.startswith("00 pick up the black bowl")
     assert first.state.shape == (8,) and np.isfinite(first.state).all()
     assert set(first.images) == {"agentview", "wrist"} and first.images["agentview"].shape == (64, 64, 3)
+    # OpenVLA's convention: the upright picture mirrored left-right
+    assert np.array_equal(turned.images["wrist"], first.images["wrist"][:, ::-1])
     row = json.loads((tmp_path / "predictions.jsonl").read_text())
     assert row["instruction"] == "pick up the black bowl between the plate and the ramekin and place it on the plate"
     with av.open(str(tmp_path / "videos" / "episode-0000.mp4")) as container:
