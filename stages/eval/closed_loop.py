@@ -76,6 +76,8 @@ class Policy(Protocol):
 
     def reset(self, episode: int) -> None: ...
 
+    def observe(self, observation: Observation) -> None: ...  # every step's, acted on or not (image history)
+
     def act(self, observation: Observation) -> np.ndarray: ...
 
 
@@ -152,6 +154,9 @@ class ExpertPolicy:
     def reset(self, episode: int) -> None:
         self.expert = ScriptedExpert(np.random.default_rng([self.seed, POLICY_STREAM, episode]))
 
+    def observe(self, observation: Observation) -> None:
+        pass
+
     def act(self, observation: Observation) -> np.ndarray:
         return self.expert.act(observation.privileged)[None]
 
@@ -170,6 +175,9 @@ class RandomPolicy:
 
     def reset(self, episode: int) -> None:
         self.rng = np.random.default_rng([self.seed, POLICY_STREAM, episode])
+
+    def observe(self, observation: Observation) -> None:
+        pass
 
     def act(self, observation: Observation) -> np.ndarray:
         actions = self.rng.uniform(self.low, self.high, (self.chunk, len(self.low)))
@@ -214,21 +222,26 @@ class GemPolicy:
         self.generator = torch.Generator().manual_seed(int(np.random.SeedSequence(
             [self.seed, POLICY_STREAM, episode]).generate_state(1)[0]))
 
-    def act(self, observation: Observation) -> np.ndarray:
-        import torch
-
-        from ..train import EpisodeSamples
-
-        cameras = list(self.samples_cfg.cameras or list(observation.images)[:1])
-        missing = [c for c in cameras if c not in observation.images]
+    def observe(self, observation: Observation) -> None:
+        """Keep the last image_history frames of every step (training's history is consecutive steps)."""
+        self.cameras = list(self.samples_cfg.cameras or list(observation.images)[:1])
+        missing = [c for c in self.cameras if c not in observation.images]
         if missing:
-            raise InputError(f"the policy was trained on cameras {cameras} but the task renders "
-                             f"{list(observation.images)}: evaluate with cameras {cameras}")
-        frame = [Image.fromarray(observation.images[c]) for c in cameras]
+            raise InputError(f"the policy was trained on cameras {self.cameras} but the task renders "
+                             f"{list(observation.images)}: evaluate with cameras {self.cameras}")
+        frame = [Image.fromarray(observation.images[c]) for c in self.cameras]
         if self.history is None:  # before the episode's start its first frame repeats, as in training
             self.history = deque([frame] * self.samples_cfg.image_history, maxlen=self.samples_cfg.image_history)
         else:
             self.history.append(frame)
+
+    def act(self, observation: Observation) -> np.ndarray:
+        """The chunk for `observation`, which must be the last one observed."""
+        import torch
+
+        from ..train import EpisodeSamples
+
+        cameras = self.cameras
         window = {"images": [im for f in self.history for im in f], "depth": None, "state": observation.state,
                   "instruction": observation.instruction, "actions": None}
         # state_std is only read for state noise, which an unseeded draw never adds
@@ -295,6 +308,7 @@ def run_episode(env: Environment, policy: Policy, episode: int, video: Path | No
     frames, queue, steps, nonfinite = [], deque(), 0, 0
     observation = task.observe(look)
     while steps < task.max_steps and not task.success():
+        policy.observe(observation)
         if video is not None:
             frames.append(np.concatenate([observation.images[c] for c in env.cameras], axis=1))
         if not queue:

@@ -16,6 +16,7 @@ from gem_stages.eval.closed_loop import (
     ClosedLoopConfig,
     ExpertPolicy,
     GemPolicy,
+    Observation,
     RandomPolicy,
     SynthPickPlace,
     load_policy,
@@ -141,7 +142,36 @@ def test_tiny_gem_vla_acts_end_to_end(tmp_path, tiny_vla):
     again.reset(1)
     policy.reset(1)
     obs = env.task(1).observe(True)
+    again.observe(obs), policy.observe(obs)
     assert np.array_equal(policy.act(obs), again.act(obs))
+
+
+def test_image_history_is_the_last_steps_not_the_last_replans(tiny_vla):
+    """Training shows frames of consecutive steps: at a re-plan the policy sees the step before it too, though it
+    did not act there."""
+    policy = GemPolicy(tiny_vla, EpisodeSamplesConfig(cameras=["top", "front"], image_history=2), replan_every=4)
+    shown = []
+    processor = tiny_vla.processor
+
+    def spy(samples, *args, **kw):
+        shown.append([np.asarray(im)[0, 0, 0] for im in samples[0]["images"]])
+        return processor(samples, *args, **kw)
+
+    def obs(step):
+        images = {c: np.full((64, 64, 3), 10 * step + k, np.uint8) for k, c in enumerate(["front", "top"])}
+        return Observation(images, np.zeros(4, np.float32), "put the red cube on the blue plate")
+
+    tiny_vla.processor = spy
+    try:
+        policy.reset(0)
+        for step in range(5):
+            policy.observe(obs(step))
+            if step in (0, 4):
+                policy.act(obs(step))
+    finally:
+        tiny_vla.processor = processor
+    # oldest frame first, cameras in the trained order (top = 1, front = 0) within a frame
+    assert shown == [[1, 0, 1, 0], [31, 30, 41, 40]]
 
 
 def test_policy_and_task_cameras_must_agree(tiny_vla):
@@ -157,6 +187,9 @@ class _Broken:
     needs_images = False
 
     def reset(self, episode):
+        pass
+
+    def observe(self, observation):
         pass
 
     def act(self, observation):
@@ -185,7 +218,8 @@ def test_a_checkpoint_loads_as_the_policy_stage4_trained(tmp_path, tiny_vla):
     assert (cfg.cameras, cfg.image_height, cfg.image_width) == (("top", "front"), 64, 64)
     assert synth_config(recipe.data, EpisodeSamplesConfig()).cameras == ("front",)  # the data's first camera
     obs = SynthPickPlace(cfg).task(0).observe(True)
-    policy.reset(0), reference.reset(0)
+    for p in (policy, reference):
+        p.reset(0), p.observe(obs)
     chunk = policy.act(obs)
     assert chunk.shape == (2, 4) and np.allclose(chunk, reference.act(obs), atol=1e-5)
     with pytest.raises(InputError, match="is not a GEM checkpoint"):
