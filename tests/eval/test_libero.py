@@ -1,5 +1,5 @@
 """A LIBERO smoke rollout: one task of libero_spatial, one episode from its first fixed initial state, a few
-steps, headless. Runs wherever the optional libero extra is installed; in CI (make installs it) it never skips."""
+steps, headless, by a random policy and by a tiny GEM-VLA. Runs wherever the optional libero extra is installed; in CI (make installs it) it never skips."""
 
 import json
 import os
@@ -7,9 +7,13 @@ import os
 import av
 import numpy as np
 import pytest
+import torch
 
+from gem_models.config import tiny_config
+from gem_models.gem import GemModel
+from gem_stages.config import EpisodeSamplesConfig
 from gem_stages.errors import InputError
-from gem_stages.eval.closed_loop import RandomPolicy, merge, run_shard
+from gem_stages.eval.closed_loop import GemPolicy, RandomPolicy, merge, run_shard
 
 if not os.environ.get("CI"):
     pytest.importorskip("libero.libero", reason="the optional libero extra is not installed")
@@ -17,18 +21,31 @@ if not os.environ.get("CI"):
 from gem_stages.eval.libero import SUITES, LiberoConfig, LiberoSuite  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow  # builds a MuJoCo scene and renders on the CPU: most of a minute
 def test_libero_smoke_rollout(tmp_path):
     env = LiberoSuite(LiberoConfig(suite="libero_spatial", tasks=[0], episodes_per_task=1, max_steps=3,
                                    image_size=64))
     assert env.num_episodes() == 1
     policy = RandomPolicy(low=[-0.2] * 6 + [-1.0], high=[0.2] * 6 + [1.0])
+    vla = GemPolicy(GemModel.build(tiny_config("qwen3_vl", action="flow"), seed=0).eval(),
+                    EpisodeSamplesConfig(cameras=["agentview", "wrist"]), replan_every=2)
     try:
         (result,) = run_shard(env, policy, tmp_path, videos=1)
+        (acted,) = run_shard(env, vla, tmp_path / "vla", videos=0)  # GEM-VLA (7-dim actions, 8-dim state)
         first = env.task(0).observe(True)  # the same initial state again: the same picture
         env.cfg.image_flip = "rotate180"
         turned = env.task(0).observe(True)
     finally:
         env.close()
+    assert acted.steps == 3 and acted.nonfinite_actions == 0
     summary = merge(env, tmp_path)
     assert result.steps == 3 and not result.success and result.nonfinite_actions == 0
     assert summary["benchmark"] == "libero_spatial" and summary["overall"] == 0.0
