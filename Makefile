@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 PIP   := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup demo test test-fast fuzz bench slurm-up slurm-down clean
+.PHONY: setup egl demo test test-fast fuzz bench slurm-up slurm-down clean
 
 # torch goes in first and is then held as a constraint: an unpinned torch would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) --upgrade pip
 	$(PIP) "$(TORCH)"
 	echo "$(TORCH)" > $(VENV)/torch-constraint.txt
-	$(PIP) -c $(VENV)/torch-constraint.txt -e '.[dev]'
+	$(PIP) -c $(VENV)/torch-constraint.txt -e '.[dev,libero]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -33,7 +33,11 @@ slurm-down:
 
 # start.sh exits 3 only where the cluster cannot run (not root, no apt-get) and never under CI=true: then the SLURM
 # tests skip with that reason. Any other failed start fails the run. The two-node shape starts with its fixture.
-test: setup
+# LIBERO renders headless through EGL (Mesa): the system libraries, where a machine lacks them and apt-get can add them
+egl:
+	@ldconfig -p | grep -q 'libEGL.so.1' || apt-get install -y -q libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null
+
+test: setup egl
 	@bash tests/cluster/start.sh single; rc=$$?; \
 	if [ $$rc = 3 ]; then echo "note: no SLURM test cluster here; the SLURM tests will skip"; \
 	elif [ $$rc != 0 ]; then exit $$rc; fi

@@ -27,7 +27,8 @@ from typing import Any, ClassVar, Literal
 #   point   - one or more (x, y) points, normalised to [0, 1]; scored inside the target region/mask
 #   box     - a box (x0, y0, x1, y1), normalised to [0, 1]; IoU >= 0.5
 #   depth   - a depth map generated for item.images[0]; scored against item.answer (a depth map path or array)
-ItemKind = Literal["choice", "numeric", "yesno", "open", "point", "box", "depth"]
+#   episode - a closed-loop episode: the policy acts in a simulated task; scored 1 when the task's goal test passes
+ItemKind = Literal["choice", "numeric", "yesno", "open", "point", "box", "depth", "episode"]
 
 
 @dataclass

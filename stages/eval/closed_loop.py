@@ -389,7 +389,7 @@ def merge(env: Environment, out_dir: Path, num_shards: int = 1) -> dict:
     rows = [results[i] for i in range(env.num_episodes())]
     bench = _Episodes(out_dir)
     bench.name = env.name
-    items = [EvalItem(id=f"episode-{r['episode']:04d}", kind="episode", question=r["instruction"],  # type: ignore[arg-type]
+    items = [EvalItem(id=f"episode-{r['episode']:04d}", kind="episode", question=r["instruction"],
                       answer=True, category=r["task"]) for r in rows]
     graded = [Graded(id=item.id, parsed=r["success"], score=float(r["success"])) for item, r in zip(items, rows)]
     summary = aggregate(bench, items, graded)
