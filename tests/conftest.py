@@ -17,13 +17,17 @@ Jobs submitted by tests are named with TEST_PREFIX; leftovers are cancelled when
 
 import os
 import subprocess
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_PREFIX = "gemctl-test-"  # job names; leftovers are cancelled at the end of the session
+# Job names: gemctl-test-<session>-... Leftovers are cancelled at the end of the session, its own only (another
+# session sharing the test cluster, e.g. a second checkout's `make test`, keeps its jobs). Subprocesses inherit it.
+SESSION = os.environ.setdefault("GEMCTL_TEST_SESSION", uuid.uuid4().hex[:6])
+TEST_PREFIX = f"gemctl-test-{SESSION}-"
 CLUSTER_SCRIPTS = ROOT / "tests/cluster"
 
 
