@@ -18,6 +18,7 @@ encode of the depth targets is not counted either (convolutions, forward only): 
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 import time
 from dataclasses import dataclass
@@ -111,14 +112,22 @@ class Shapes:
     def grid(self, patch: int) -> tuple[int, int]:
         return self.image[0] // patch, self.image[1] // patch
 
+    def image_tokens(self, vision) -> int:
+        """<|image_pad|> tokens of one image: its patches, merge x merge to a token (`vision`: the ViT's config)."""
+        gh, gw = self.grid(vision.patch_size)
+        return gh * gw // vision.spatial_merge_size**2
+
+    def sequence(self, vision) -> int:
+        """Tokens per sample: text, <|vision_start|>, the image's tokens, <|vision_end|>."""
+        return self.text + 2 + self.image_tokens(vision)
+
 
 def step_flops(model: GemModel, shapes: Shapes) -> dict[str, int]:
     """Model FLOPs of one training step, by part: 3x forward for the parts stage 3 trains, 1x for the frozen ViT."""
     vision, text = model.backbone.config.vision_config, model.backbone.config.text_config
     gh, gw = shapes.grid(vision.patch_size)
     patches = gh * gw
-    image_tokens = patches // vision.spatial_merge_size**2
-    seq = image_tokens + 2 + shapes.text  # + <|vision_start|>, <|vision_end|>
+    image_tokens, seq = shapes.image_tokens(vision), shapes.sequence(vision)
     dit = model.depth_generator.transformer.config
     factor = model.depth_generator.spatial_factor * dit.patch_size
     latent_tokens = (shapes.depth[0] // factor) * (shapes.depth[1] // factor)
@@ -181,7 +190,7 @@ def make_batch(model: GemModel, shapes: Shapes, device: torch.device, seed: int 
     g = torch.Generator().manual_seed(seed)
     c, vision = model.backbone.config, model.backbone.config.vision_config
     gh, gw = shapes.grid(vision.patch_size)
-    pads = gh * gw // vision.spatial_merge_size**2
+    pads = shapes.image_tokens(vision)
     special = torch.tensor([c.vision_start_token_id, c.vision_end_token_id, c.image_token_id, c.video_token_id])
     text = torch.randint(0, c.text_config.vocab_size, (shapes.batch, shapes.text), generator=g)
     text[torch.isin(text, special)] = 0
@@ -214,25 +223,39 @@ def make_batch(model: GemModel, shapes: Shapes, device: torch.device, seed: int 
 
 def measure(model: GemModel, shapes: Shapes, optimizer, params, device: torch.device, warmup: int, steps: int,
             bf16: bool) -> dict:
-    """Mean seconds per step over `steps` after `warmup` steps, and the peak memory of the timed steps."""
+    """Mean seconds per step over `steps` after `warmup` steps, the peak memory of the timed steps, and on CUDA the
+    GPU time of each phase (forward + backward, clipping, optimiser), from events that need no sync between them."""
     batch = make_batch(model, shapes, device)
     weights = {"lm": 1.0, "depth": 0.1, "action": 0.0}  # the recipe's stage-3 loss
     cuda = device.type == "cuda"
+    events = []
+
+    def mark(marks: list) -> None:
+        if cuda:
+            marks.append(torch.cuda.Event(enable_timing=True))
+            marks[-1].record()
 
     def step(i: int) -> None:
+        marks = []
         generator = torch.Generator(device=device).manual_seed(i)
+        mark(marks)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(batch, weights=weights, generator=generator)
         out["loss"].backward()
+        mark(marks)
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # the stage default max_grad_norm
+        mark(marks)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        mark(marks)
+        events.append(marks)
 
     for i in range(warmup):
         step(i)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    events.clear()
     start = time.perf_counter()
     for i in range(steps):
         step(warmup + i)
@@ -240,7 +263,26 @@ def measure(model: GemModel, shapes: Shapes, optimizer, params, device: torch.de
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
     peak = torch.cuda.max_memory_allocated() if cuda else 0
-    return {"seconds": seconds, "peak_bytes": peak}
+    phases = {}
+    if cuda:
+        for k, name in enumerate(("forward+backward", "clip", "optimizer")):
+            phases[name] = sum(m[k].elapsed_time(m[k + 1]) for m in events) / 1e3 / steps
+    return {"seconds": seconds, "peak_bytes": peak, "phases": phases}
+
+
+def kernel_time_by_kind(prof) -> dict[str, float]:
+    """Seconds of GPU kernel time in one profiled step, by kind of kernel (from the kernel names)."""
+    kinds = {"matmul": ("nvjet", "gemm", "cutlass", "xmma", "cublas"), "attention": ("sdpa", "flash", "fmha"),
+             "convolution": ("conv", "nhwc", "nchw"), "optimizer (foreach)": ("multi_tensor",),
+             "memcpy": ("memcpy", "memset")}
+    out = collections.Counter()
+    for e in prof.key_averages():
+        if e.device_type != torch.autograd.DeviceType.CUDA or e.self_device_time_total <= 0:
+            continue
+        name = e.key.lower()
+        kind = next((k for k, words in kinds.items() if any(w in name for w in words)), "elementwise and reductions")
+        out[kind] += e.self_device_time_total / 1e6
+    return dict(out.most_common())
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -260,6 +302,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak, if not in the table")
+    p.add_argument("--weights", choices=["fp32", "bf16"], default="fp32",
+                   help="fp32 master weights under bf16 autocast (the trainer's), or bf16 weights without autocast "
+                        "(a what-if: no casts, half the optimiser traffic)")
     p.add_argument("--profile", type=Path, default=None, help="write the top kernels of one step here")
     args = p.parse_args()
 
@@ -278,6 +323,9 @@ def main() -> None:
         model = paper_model(device)
         defaults = dict(batch=[1, 4, 8], image=(896, 672), depth=(448, 320), text=512, answer=256)
     settings = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+    if args.weights == "bf16":  # not what the trainer does: the ceiling without fp32 master weights and casts
+        model.to(torch.bfloat16)
+        bf16 = False
     model.to(device).train()
     model.enable_gradient_checkpointing()  # runtime.gradient_checkpointing: true in gem-2b
     trainable = ["merger", "deepstack_merger", "language", "connector", "depth_generator"]  # gem-2b stage3
@@ -302,8 +350,7 @@ def main() -> None:
             print(f"batch {batch}: out of memory on this card")
             break
         measured = shapes
-        seq = shapes.text + 2 + shapes.grid(model.backbone.config.vision_config.patch_size)[0] * shapes.grid(
-            model.backbone.config.vision_config.patch_size)[1] // model.backbone.config.vision_config.spatial_merge_size**2
+        seq = shapes.sequence(model.backbone.config.vision_config)
         mfu = f"{100 * total / r['seconds'] / peak:.1f}%" if peak else "n/a"
         print(f"batch {batch} x {seq} tokens, image {shapes.image[0]}x{shapes.image[1]}, depth "
               f"{shapes.depth[0]}x{shapes.depth[1]}: {r['seconds'] * 1e3:.1f} ms/step, "
@@ -311,6 +358,8 @@ def main() -> None:
               f"peak memory {r['peak_bytes'] / 2**30:.1f} GiB, {total / 1e12:.2f} TFLOP/step "
               f"({total / r['seconds'] / 1e12:.1f} TFLOP/s), MFU {mfu}")
         print("  FLOPs by part: " + ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in flops.items()))
+        if r["phases"]:
+            print("  GPU time by phase: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in r["phases"].items()))
     if args.profile is not None:
         from torch.profiler import ProfilerActivity, profile
 
@@ -318,7 +367,12 @@ def main() -> None:
         with profile(activities=activities) as prof:
             measure(model, measured, optimizer, params, device, 0, 1, bf16)
         key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        args.profile.write_text(prof.key_averages().table(sort_by=key, row_limit=40))
+        args.profile.write_text(prof.key_averages().table(sort_by=key, row_limit=60))
+        if device.type == "cuda":
+            kinds = kernel_time_by_kind(prof)
+            busy = sum(kinds.values())
+            print(f"kernel time of one profiled step at batch {measured.batch}: {busy * 1e3:.0f} ms, "
+                  + ", ".join(f"{k} {100 * v / busy:.0f}%" for k, v in kinds.items()))
 
 
 if __name__ == "__main__":
