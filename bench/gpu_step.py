@@ -26,6 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -122,14 +123,18 @@ class Shapes:
         return self.text + 2 + self.image_tokens(vision)
 
 
-def step_flops(model: GemModel, shapes: Shapes) -> dict[str, int]:
-    """Model FLOPs of one training step, by part: 3x forward for the parts stage 3 trains, 1x for the frozen ViT."""
-    vision, text = model.backbone.config.vision_config, model.backbone.config.text_config
+def step_flops(parts: dict[str, nn.Module], shapes: Shapes) -> dict[str, int]:
+    """Model FLOPs of one training step, by part: 3x forward for the parts stage 3 trains, 1x for the frozen ViT.
+
+    parts: {"backbone", "connector", "depth_generator"}, as presets.meta_parts gives them (or a GemModel's).
+    """
+    backbone, depth = parts["backbone"], parts["depth_generator"]
+    vision, text = backbone.config.vision_config, backbone.config.text_config
     gh, gw = shapes.grid(vision.patch_size)
     patches = gh * gw
     image_tokens, seq = shapes.image_tokens(vision), shapes.sequence(vision)
-    dit = model.depth_generator.transformer.config
-    factor = model.depth_generator.spatial_factor * dit.patch_size
+    dit = depth.transformer.config
+    factor = depth.spatial_factor * dit.patch_size
     latent_tokens = (shapes.depth[0] // factor) * (shapes.depth[1] // factor)
     b = shapes.batch
     return {
@@ -140,7 +145,8 @@ def step_flops(model: GemModel, shapes: Shapes) -> dict[str, int]:
         "llm": 3 * b * llm_forward_flops(seq, text.hidden_size, text.intermediate_size, text.num_hidden_layers,
                                          text.num_attention_heads, text.num_key_value_heads, text.head_dim),
         "lm_head": 3 * b * lm_head_forward_flops(shapes.answer - 1, text.hidden_size, text.vocab_size),
-        "connector": 3 * b * connector_forward_flops(image_tokens, text.hidden_size, model.cfg.connector.width),
+        "connector": 3 * b * connector_forward_flops(image_tokens, text.hidden_size,
+                                                     parts["connector"].fc2.out_features),
         "dit": 3 * b * dit_forward_flops(
             latent_tokens, image_tokens, in_channels=dit.in_channels, heads=dit.num_attention_heads,
             head_dim=dit.attention_head_dim, cross_heads=dit.num_cross_attention_heads,
@@ -341,7 +347,8 @@ def main() -> None:
           f"{n_params / 1e9:.3f} B parameters, {sum(q.numel() for q in params) / 1e9:.3f} B trainable")
     for batch in settings["batch"]:
         shapes = Shapes(batch, settings["image"], settings["text"], settings["answer"], settings["depth"])
-        flops = step_flops(model, shapes)
+        flops = step_flops({"backbone": model.backbone, "connector": model.connector,
+                            "depth_generator": model.depth_generator}, shapes)
         total = sum(flops.values())
         try:
             r = measure(model, shapes, optimizer, params, device, args.warmup, args.steps, bf16)
