@@ -311,6 +311,8 @@ def main() -> None:
     p.add_argument("--weights", choices=["fp32", "bf16"], default="fp32",
                    help="fp32 master weights under bf16 autocast (the trainer's), or bf16 weights without autocast "
                         "(a what-if: no casts, half the optimiser traffic)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each LLM, ViT and DiT block (a what-if: the trainer runs them eagerly)")
     p.add_argument("--profile", type=Path, default=None, help="write the top kernels of one step here")
     args = p.parse_args()
 
@@ -333,6 +335,11 @@ def main() -> None:
         model.to(torch.bfloat16)
         bf16 = False
     model.to(device).train()
+    if args.compile:  # not what the trainer does: how much fusing the elementwise work between the matmuls buys
+        blocks = [*model.backbone.model.language_model.layers, *model.backbone.model.visual.blocks,
+                  *model.depth_generator.transformer.transformer_blocks]
+        for block in blocks:
+            block.compile()
     model.enable_gradient_checkpointing()  # runtime.gradient_checkpointing: true in gem-2b
     trainable = ["merger", "deepstack_merger", "language", "connector", "depth_generator"]  # gem-2b stage3
     set_trainable(model, model.module_groups(), trainable)
