@@ -278,8 +278,10 @@ def measure(model: GemModel, shapes: Shapes, optimizer, params, device: torch.de
 
 def kernel_time_by_kind(prof) -> dict[str, float]:
     """Seconds of GPU kernel time in one profiled step, by kind of kernel (from the kernel names)."""
-    kinds = {"matmul": ("nvjet", "gemm", "cutlass", "xmma", "cublas"), "attention": ("sdpa", "flash", "fmha"),
-             "convolution": ("conv", "nhwc", "nchw"), "optimizer (foreach)": ("multi_tensor",),
+    # First match wins: cuDNN's attention and convolution kernels are named after the GEMMs they are built on.
+    kinds = {"attention": ("sdpa", "flash", "fmha"),
+             "convolution": ("conv", "nhwc", "nchw", "cudnn", "implicit_gemm", "dgrad", "wgrad"),
+             "matmul": ("nvjet", "gemm", "cutlass", "xmma", "cublas"), "optimizer (foreach)": ("multi_tensor",),
              "memcpy": ("memcpy", "memset")}
     out = collections.Counter()
     for e in prof.key_averages():
