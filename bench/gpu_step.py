@@ -356,6 +356,7 @@ def main() -> None:
     n_params = sum(q.numel() for q in model.parameters())
     print(f"device {name}; peak bf16 {peak / 1e12 if peak else float('nan'):.1f} TFLOP/s; torch {torch.__version__}; "
           f"{n_params / 1e9:.3f} B parameters, {sum(q.numel() for q in params) / 1e9:.3f} B trainable")
+    measured = None  # the largest shapes that fit: the profiled ones
     for batch in settings["batch"]:
         shapes = Shapes(batch, settings["image"], settings["text"], settings["answer"], settings["depth"])
         flops = step_flops({"backbone": model.backbone, "connector": model.connector,
@@ -378,7 +379,7 @@ def main() -> None:
         print("  FLOPs by part: " + ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in flops.items()))
         if r["phases"]:
             print("  GPU time by phase: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in r["phases"].items()))
-    if args.profile is not None:
+    if args.profile is not None and measured is not None:
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
