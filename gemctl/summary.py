@@ -87,3 +87,27 @@ def print_sweep(console: Console, project: Project, sweep) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table, highlight=False)
+
+
+def print_eval(console: Console, results: dict, title: str, state: str, where) -> None:
+    """An evaluation's scores: overall (by the benchmark's rule) and per category, with item counts."""
+    from rich import box
+    from rich.text import Text
+
+    counts = results.get("counts", {})
+    table = Table(title=Text(f"{results.get('benchmark')}: {title} ({state})"), title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("category")
+    table.add_column("items", justify="right", no_wrap=True)
+    table.add_column(str(results.get("metric", "score")), justify="right", no_wrap=True)
+    per = counts.get("per_category", {})
+    for c, v in results.get("categories", {}).items():
+        table.add_row(Text(c), str(per.get(c, "")), f"{v:.4f}")
+    table.add_row(Text("overall", "bold"), str(counts.get("items", "")), Text(f"{results.get('overall', 0):.4f}",
+                                                                              "bold"))
+    console.print(table, highlight=False)
+    console.print(f"unparsable answers: {counts.get('unparsable', 0)}, undecodable items: "
+                  f"{counts.get('undecodable', 0)} (both scored 0)", highlight=False, markup=False)
+    run = (results.get("lineage") or {}).get("mlflow_run_id")
+    console.print(f"results: {where}/results.json, predictions.jsonl" + (f"; mlflow run {run}" if run else ""),
+                  highlight=False, markup=False, soft_wrap=True)

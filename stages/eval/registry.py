@@ -78,7 +78,7 @@ def resolve_benchmark(name: str, root: Path | str | None, project_root: Path | N
         if isinstance(desc, dict) and "class" in desc:
             cls = _import(str(desc["class"]), spec.parent)
             path = root or desc.get("root") or desc.get("path")
-            return cls(_data_path(name, path, spec.parent))
+            return cls(_data_path(name, path, spec.parent, cls))
         try:
             from .mapping import MappingBenchmark
         except ImportError:
@@ -94,10 +94,12 @@ def resolve_benchmark(name: str, root: Path | str | None, project_root: Path | N
         raise InputError(f"unknown benchmark '{name}': {suggest(name, available(project_root), 'choose from')}, "
                          "or describe it in benchmarks/NAME.yaml")
     cls = _import(BUILTIN[name])
-    return cls(_data_path(name, root, Path(project_root) if project_root is not None else Path.cwd()))
+    return cls(_data_path(name, root, Path(project_root) if project_root is not None else Path.cwd(), cls))
 
 
-def _data_path(name: str, path, base: Path) -> Path:
+def _data_path(name: str, path, base: Path, cls: type | None = None) -> Path:
+    if not path and cls is not None and not getattr(cls, "needs_data", True):  # builds its own items (gem-synth)
+        return base
     if not path:
         raise InputError(f"benchmark {name} needs its data path: give --path DIR (or `path:` in the recipe's eval "
                          "entry)")

@@ -1,0 +1,211 @@
+"""Evaluation as a pipeline stage: `gemctl eval BENCH --recipe R` scores a stage's checkpoint on one benchmark.
+
+    gemctl eval cv-bench --recipe tiny
+      plan: the recipe's eval entry (or defaults) + command-line settings, the benchmark's data digest
+        -> runs/tiny/eval/cv-bench.json            (a DVC dependency: changed settings or data re-score)
+        -> params.yaml evals: tiny__cv-bench        (declares the DVC stage eval@tiny__cv-bench)
+      dvc repro eval@tiny__cv-bench                 (the checkpoint's stages first; skipped when all is current)
+        -> gemctl stage eval cv-bench --recipe tiny (launch_eval: one job, or K shard jobs as one array, merged)
+        -> runs/tiny/eval/cv-bench/{results.json, predictions.jsonl}, an MLflow evaluation run on the checkpoint's
+           logged model
+
+`--ckpt DIR` scores any checkpoint folder the same way, outside the pipeline (no DVC, no recipe).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+from gem_stages.errors import InputError
+from gem_stages.files import atomic_write_text
+
+from . import outcome
+from .outcome import StageOutcome
+from .project import Project
+from .recipe import Recipe, from_params
+
+
+def settings_file(project: Project, recipe: str, benchmark: str) -> Path:
+    return project.recipe_dir(recipe) / "eval" / f"{benchmark}.json"
+
+
+def out_dir(project: Project, recipe: str, benchmark: str) -> Path:
+    return project.recipe_dir(recipe) / "eval" / benchmark
+
+
+def plan(project: Project | None, recipe: Recipe | None, benchmark: str, **given) -> dict:
+    """What one evaluation runs: the recipe's `eval:` entry for `benchmark` (or the defaults), with the settings
+    given on the command line (None: not given), and the benchmark data's digest. Refuses a missing benchmark or
+    data path (InputError) before anything is written."""
+    from gem_stages.eval.config import EvalEntry, entry
+    from gem_stages.eval.registry import resolve_benchmark
+    from gem_stages.eval.run import digest
+
+    base = (entry(recipe.eval, benchmark) if recipe is not None else None) or EvalEntry(benchmark=benchmark)
+    chosen = replace(base, **{k: v for k, v in given.items() if v is not None})
+    root = project.root if project is not None else None
+    bench = resolve_benchmark(benchmark, chosen.path, root)
+    has_data = bool(chosen.path) or getattr(bench, "needs_data", True)
+    spec = root / "benchmarks" / f"{benchmark}.yaml" if root is not None else None
+    data_digest = digest(bench.root) if has_data and bench.root.exists() else ""
+    if spec is not None and spec.is_file():
+        data_digest = f"{data_digest}+{digest(spec)}" if data_digest else digest(spec)
+    return {"benchmark": benchmark, "path": str(bench.root.resolve()) if has_data else None,
+            "data_digest": data_digest, "stage": chosen.stage_for(getattr(bench, "closed_loop", False)),
+            "limit": chosen.limit, "batch_size": chosen.batch_size, "max_new_tokens": chosen.max_new_tokens,
+            "shards": chosen.shards}
+
+
+def write_plan(project: Project, recipe: str, p: dict) -> None:
+    """The settings file DVC depends on; rewritten only when its content changes."""
+    path = settings_file(project, recipe, p["benchmark"])
+    text = json.dumps(p, indent=2, sort_keys=True) + "\n"
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
+
+
+# --- the stage program --------------------------------------------------------------------------------------------
+def score(checkpoint: Path, p: dict, out: Path, shard: tuple[int, int], *, project_root: Path | None,
+          runtime=None, record: dict | None = None) -> dict:
+    """Load the checkpoint and score shard k of K of the planned evaluation into `out`."""
+    import torch
+
+    from gem_stages.eval.registry import resolve_benchmark
+    from gem_stages.eval.run import evaluate, load_model
+
+    if not (Path(checkpoint) / "gem_config.json").is_file():
+        raise InputError(f"no checkpoint in {checkpoint}: train it first, or give a stage's model folder")
+    if runtime is not None and runtime.cpu_threads:
+        torch.set_num_threads(runtime.cpu_threads)
+    bench = resolve_benchmark(p["benchmark"], p["path"], project_root)
+    model = load_model(checkpoint, getattr(runtime, "device", "auto"))
+    settings = {"checkpoint": str(Path(checkpoint).resolve()), **(record or {}), "data_path": p["path"],
+                "data_digest": p["data_digest"]}
+    return evaluate(model, bench, out, batch_size=p["batch_size"], limit=p["limit"], shard=shard,
+                    max_new_tokens=p["max_new_tokens"], settings=settings)
+
+
+def _stage_score(root: str, recipe_name: str, benchmark: str, shard: tuple[int, int]) -> dict:
+    from .stage_runner import dvc_digests, quiet_libraries
+
+    quiet_libraries()
+    project = Project(Path(root))
+    recipe = from_params(project.params_file(recipe_name))
+    p = json.loads(settings_file(project, recipe_name, benchmark).read_text())
+    stage_dir = project.stage_dir(recipe_name, p["stage"])
+    summary = outcome.read_summary(stage_dir) or {}
+    record = {"stage": p["stage"], "checkpoint_digest": dvc_digests(project, recipe_name, [p["stage"]])[p["stage"]]
+              or summary.get("model_id") or "", "model_id": summary.get("model_id")}
+    results = score(stage_dir / "model", p, out_dir(project, recipe_name, benchmark), shard,
+                    project_root=project.root, runtime=recipe.runtime, record=record)
+    return {"status": "completed", "results": results}
+
+
+def eval_job(root: str, recipe_name: str, benchmark: str, shard: tuple[int, int]) -> StageOutcome:
+    """What a launched evaluation job runs (any executor)."""
+    from .stage_runner import job_outcome
+
+    return job_outcome(partial(_stage_score, root, recipe_name, benchmark, shard))
+
+
+def launch_eval(project: Project, recipe_name: str, benchmark: str, on_update=None) -> tuple[int, str]:
+    """`gemctl stage eval`: score as one job (or K shard jobs, one array), merge, record in MLflow. Returns the exit
+    code and what to print."""
+    from .launch import kind_from_env, launch_array, wait_all
+    from .stage_runner import dvc_digests
+
+    kind = kind_from_env()
+    recipe = from_params(project.params_file(recipe_name))
+    p = json.loads(settings_file(project, recipe_name, benchmark).read_text())
+    name = f"eval-{benchmark}"
+    res = recipe.resources_for(p["stage"])
+    # one process per shard: generation is not data-parallel here
+    res = replace(res, nodes=1, gpus_per_node=min(res.gpus_per_node, 1), tasks_per_node=None)
+    shards = p["shards"]
+    fns = [partial(eval_job, str(project.root), recipe_name, benchmark, (k, shards)) for k in range(shards)]
+    tags = [{"stage": name, "point": recipe_name, "run": f"{name}@{recipe_name}"} for _ in fns]
+    try:
+        handles = launch_array(fns, kind=kind, resources=res, job_dir=project.jobs_dir / recipe_name / name,
+                               name=f"{name}@{recipe_name}", project=project.root, tags=tags)
+        results = wait_all(handles, on_update if kind != "debug" else None)
+    except InputError as e:
+        outcome.write_error(project.recipe_dir(recipe_name), name, str(e), 2)
+        return 2, str(e)
+    for r in results:
+        if r.ok and r.value.status == "input_error":
+            outcome.write_error(project.recipe_dir(recipe_name), name, r.value.message, 2)
+            return 2, r.value.message
+        if not r.ok:
+            code = r.exit_code or 1
+            outcome.write_error(project.recipe_dir(recipe_name), name, f"job {r.job_id} {r.state}", code)
+            return code, f"job {r.job_id} ended {r.state}; last lines of its log:\n{r.log_tail(20)}"
+    out = out_dir(project, recipe_name, benchmark)
+    if shards > 1:
+        from gem_stages.eval.registry import resolve_benchmark
+        from gem_stages.eval.run import merge_shards
+
+        bench = resolve_benchmark(benchmark, p["path"], project.root)
+        merge_shards(bench, out, shards, limit=p["limit"])
+    summary = outcome.read_summary(project.stage_dir(recipe_name, p["stage"])) or {}
+    digest = dvc_digests(project, recipe_name, [p["stage"]])[p["stage"]]
+    record(project, out, benchmark=benchmark, recipe=recipe_name, checkpoint=project.stage_dir(
+        recipe_name, p["stage"]) / "model", model_id=summary.get("model_id"), plan=p,
+        source_run=summary.get("mlflow_run_id"), checkpoint_digest=digest)
+    return 0, ""
+
+
+def record(project: Project, out: Path, *, benchmark: str, recipe: str | None, checkpoint: Path, model_id: str | None,
+           plan: dict, source_run: str | None = None, checkpoint_digest: str | None = None) -> dict:
+    """Log the evaluation to MLflow and add its lineage to results.json."""
+    from .tracking import log_evaluation
+
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text())
+    run_id = log_evaluation(project, results=results, out_dir=out, benchmark=benchmark, recipe=recipe,
+                            checkpoint=Path(checkpoint).resolve(), model_id=model_id, plan=plan,
+                            source_run=source_run)
+    results["lineage"] = {"mlflow_run_id": run_id, "model_id": model_id, "tracking_uri": project.tracking_uri,
+                          "checkpoint_digest": checkpoint_digest}
+    atomic_write_text(results_path, json.dumps(results, indent=2, default=str) + "\n")
+    return results
+
+
+# --- outside the pipeline -------------------------------------------------------------------------------------------
+def score_checkpoint(project: Project | None, checkpoint: Path, benchmark: str, out: Path | None, **given) -> tuple[
+        dict, Path]:
+    """`gemctl eval BENCH --ckpt DIR`: score any checkpoint folder in this process; results under DIR/eval/BENCH
+    (or `out`); recorded in MLflow on the checkpoint's logged model when the store knows it."""
+    from gem_stages.eval.run import digest, merge_shards
+
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "gem_config.json").is_file():
+        raise InputError(f"--ckpt {checkpoint}: no GemModel checkpoint there (no gem_config.json): give a model "
+                         "folder, e.g. runs/<recipe>/stage3/model")
+    p = plan(project, None, benchmark, **given)
+    out = Path(out) if out is not None else checkpoint / "eval" / benchmark
+    ckpt_digest = digest(checkpoint)
+    for k in range(p["shards"]):
+        score(checkpoint, p, out, (k, p["shards"]), project_root=project.root if project else None,
+              record={"checkpoint_digest": ckpt_digest})
+    if p["shards"] > 1:
+        from gem_stages.eval.registry import resolve_benchmark
+
+        merge_shards(resolve_benchmark(benchmark, p["path"], project.root if project else None), out, p["shards"],
+                     limit=p["limit"])
+    if project is None:
+        return json.loads((out / "results.json").read_text()), out
+    from .tracking import find_logged_model
+
+    model_id = find_logged_model(project, checkpoint.resolve())
+    return record(project, out, benchmark=benchmark, recipe=None, checkpoint=checkpoint, model_id=model_id, plan=p,
+                  checkpoint_digest=ckpt_digest), out
+
+
+def in_dvc_stage(recipe: str, benchmark: str) -> bool:
+    from .pipeline import EVAL, eval_key
+
+    return os.environ.get("DVC_STAGE") == f"{EVAL}@{eval_key(recipe, benchmark)}"
