@@ -95,8 +95,9 @@ def print_eval(console: Console, results: dict, title: str, state: str, where) -
     from rich.text import Text
 
     counts = results.get("counts", {})
-    table = Table(title=Text(f"{results.get('benchmark')}: {title} ({state})"), title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    console.print(Text.assemble((f"{results.get('benchmark')}", "bold"), f" on {title} ({state})"), highlight=False,
+                  soft_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     table.add_column("category")
     table.add_column("items", justify="right", no_wrap=True)
     table.add_column(str(results.get("metric", "score")), justify="right", no_wrap=True)
