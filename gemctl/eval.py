@@ -127,10 +127,12 @@ def launch_eval(project: Project, recipe_name: str, benchmark: str, on_update=No
     res = replace(res, nodes=1, gpus_per_node=min(res.gpus_per_node, 1), tasks_per_node=None)
     shards = p["shards"]
     fns = [partial(eval_job, str(project.root), recipe_name, benchmark, (k, shards)) for k in range(shards)]
-    tags = [{"stage": name, "point": recipe_name, "run": f"{name}@{recipe_name}"} for _ in fns]
+    tags = [{"stage": name, "point": recipe_name if shards == 1 else f"{recipe_name}/shard-{k}-of-{shards}",
+             "run": f"{benchmark}@{recipe_name}"} for k in range(shards)]
     try:
+        # the job is named like a stage's, <what>@<recipe>: `gemctl logs cv-bench@tiny`, squeue shows cv-bench@tiny
         handles = launch_array(fns, kind=kind, resources=res, job_dir=project.jobs_dir / recipe_name / name,
-                               name=f"{name}@{recipe_name}", project=project.root, tags=tags)
+                               name=f"{benchmark}@{recipe_name}", project=project.root, tags=tags)
         results = wait_all(handles, on_update if kind != "debug" else None)
     except InputError as e:
         outcome.write_error(project.recipe_dir(recipe_name), name, str(e), 2)

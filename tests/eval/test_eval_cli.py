@@ -56,14 +56,19 @@ def project(tmp_path_factory):
     (project / "benchmarks").mkdir()
     (project / "benchmarks" / "letters.py").write_text(LETTERS_PY)
     (project / "benchmarks" / "letters.yaml").write_text("class: letters:LetterBench\n")
-    data = tmp_path_factory.mktemp("letters-data")
+    return project, write_letters(tmp_path_factory.mktemp("letters-data"))
+
+
+def write_letters(data):
+    """Six questions over random images, three per category, in the layout LetterBench reads."""
+    data.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     with open(data / "questions.jsonl", "w") as f:
         for i in range(6):
             Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / f"{i}.png")
             f.write(json.dumps({"id": f"q{i}", "q": f"Colour of {i}?", "a": "AB"[i % 2], "image": f"{i}.png",
                                 "cat": "left" if i < 3 else "right"}) + "\n")
-    return project, data
+    return data
 
 
 def _results(project):
@@ -176,3 +181,18 @@ def test_a_missing_benchmark_path_is_one_line_and_records_nothing(project, first
     assert (project / "params.yaml").read_text() == params and len(eval_runs(project)) == runs
     r = gemctl(project, "eval", "nope", "--recipe", "ci")
     assert r.returncode == 2 and "unknown benchmark 'nope'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_eval_all_and_run_score_the_recipes_eval_list(project, first):
+    project, data = project
+    listed = f"eval=[{{benchmark: letters, path: '{data}', limit: 2, batch_size: 2}}]"
+    r = gemctl(project, "eval", "all", "--recipe", "ci", "-o", listed)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "letters on stage3@ci (ran)" in r.stdout  # the limit is a new setting: scored again
+    assert _results(project)["counts"]["items"] == 2
+    r = gemctl(project, "run", "--recipe", "ci", "-o", listed)
+    assert r.returncode == 0, r.stdout + r.stderr
+    table = r.stdout[r.stdout.index("recipe ci"):]
+    assert "stage4" in table and "letters on stage3@ci (up to date)" in table  # after the stages' table
+    r = gemctl(project, "eval", "all", "--recipe", "ci")
+    assert r.returncode == 2 and "recipe 'ci' has no eval list" in r.stderr
