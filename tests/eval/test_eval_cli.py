@@ -15,6 +15,7 @@ from tests.pipeline.project_copy import gemctl, make_project
 # images listed in questions.jsonl; the answer's first letter is the model's choice.
 LETTERS_PY = '''
 import json
+from gem_stages.errors import InputError
 from gem_stages.eval.benchmark import Benchmark, EvalItem, Graded
 
 
@@ -22,7 +23,12 @@ class LetterBench(Benchmark):
     name = "letters"
 
     def items(self):
-        rows = [json.loads(line) for line in (self.root / "questions.jsonl").read_text().splitlines()]
+        rows = []
+        for n, line in enumerate((self.root / "questions.jsonl").read_text().splitlines(), 1):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise InputError(f"{self.root / 'questions.jsonl'} line {n} is not JSON: fix that record") from None
         return [EvalItem(id=r["id"], kind="choice", question=r["q"], answer=r["a"], images=[r["image"]],
                          choices=["red", "green"], category=r["cat"]) for r in rows]
 
@@ -196,3 +202,17 @@ def test_eval_all_and_run_score_the_recipes_eval_list(project, first):
     assert "stage4" in table and "letters on stage3@ci (up to date)" in table  # after the stages' table
     r = gemctl(project, "eval", "all", "--recipe", "ci")
     assert r.returncode == 2 and "recipe 'ci' has no eval list" in r.stderr
+
+
+def test_a_malformed_benchmark_file_is_one_line_and_records_nothing(project, first, tmp_path):
+    project, data = project
+    bad = write_letters(tmp_path / "bad")
+    with open(bad / "questions.jsonl", "a") as f:
+        f.write("{not json\n")
+    runs = len(eval_runs(project))
+    r = gemctl(project, "eval", "letters", "--recipe", "ci", "--path", str(bad))
+    assert r.returncode == 2, r.stdout + r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [f"error: eval-letters@ci: {bad / 'questions.jsonl'} line 7 is not JSON: fix that record"]
+    assert len(eval_runs(project)) == runs
+    assert not (project / "runs/ci/eval/letters/results.json").exists()
