@@ -7,6 +7,10 @@
 
 An item that cannot be shown to the model (EvalItem.error, or an image or video that does not decode) scores 0 with
 its note and is counted, never dropped. Nothing here knows DVC, MLflow or the executor: gemctl.eval wraps it.
+
+Depth items (kind "depth") are not answered in text: each batch's depth items go to the depth-quality hook,
+`gem_stages.eval.depth_quality.grade_depth_batch(model, bench, items, images) -> list[Graded]` (images: what
+`show` returned per item), which samples and scores them; their predictions rows have empty text.
 """
 
 from __future__ import annotations

@@ -111,3 +111,39 @@ def test_select_partitions_the_limited_items():
     assert [[it.id for it in p] for p in parts] == [["0", "3", "6"], ["1", "4"], ["2", "5"]]
     with pytest.raises(InputError, match="shard 3 of 3 does not exist"):
         select(items, None, (3, 3))
+
+
+class MixedBench(LetterBench):
+    """LetterBench with every other item asking for depth instead."""
+
+    name = "mixed"
+
+    def items(self):
+        items = super().items()
+        for it in items[::2]:
+            it.kind = "depth"
+        return items
+
+
+def test_depth_items_go_to_the_depth_hook_and_text_items_to_generate(model, bench, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    seen = []
+
+    def grade_depth_batch(model_, bench_, items, images):
+        seen.append(([it.id for it in items], [len(x) for x in images]))
+        return [Graded(it.id, None, 0.25) for it in items]
+
+    hook = types.ModuleType("gem_stages.eval.depth_quality")
+    hook.grade_depth_batch = grade_depth_batch
+    monkeypatch.setitem(sys.modules, "gem_stages.eval.depth_quality", hook)
+    mixed = MixedBench(bench.root)
+    results = evaluate(model, mixed, tmp_path, batch_size=4, max_new_tokens=2)
+    # batches of 4: q0 and q2 ask for depth in the first, q4 and q6 in the second; q3's image is broken, so it is
+    # undecodable and shown to neither the hook nor generate
+    assert seen == [(["q0", "q2"], [1, 1]), (["q4", "q6"], [1, 1])]
+    rows = {r["id"]: r for r in _rows(tmp_path / "predictions.jsonl")}
+    assert [rows[f"q{i}"]["score"] for i in (0, 2, 4, 6)] == [0.25] * 4
+    assert rows["q3"]["note"].startswith("undecodable")
+    assert results["counts"]["items"] == 7
