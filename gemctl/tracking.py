@@ -303,7 +303,7 @@ def log_evaluation(project: Project, *, results: dict, out_dir: Path, benchmark:
                    checkpoint: Path, model_id: str | None, plan: dict, source_run: str | None = None) -> str:
     """One MLflow run per evaluation: the benchmark as an evaluation dataset input (with its digest), the scores
     as metrics logged on the checkpoint's LoggedModel (when known), results.json and predictions.jsonl as
-    artifacts. Returns the run id."""
+    artifacts (and a depth benchmark's depth_sheet.png). Returns the run id."""
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
@@ -337,7 +337,7 @@ def log_evaluation(project: Project, *, results: dict, out_dir: Path, benchmark:
                     f"{key}/unparsable": float(counts.get("unparsable", 0)),
                     f"{key}/undecodable": float(counts.get("undecodable", 0))}
         mlflow.log_metrics(metrics, model_id=model_id, dataset=dataset)
-        for f in ("results.json", "predictions.jsonl"):
+        for f in ("results.json", "predictions.jsonl", "depth_sheet.png"):
             if (out_dir / f).is_file():
                 mlflow.log_artifact(str(out_dir / f))
     return run.info.run_id

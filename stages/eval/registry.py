@@ -17,15 +17,21 @@ from gem_stages.errors import InputError
 
 from .benchmark import Benchmark
 
-# name -> "module:Class" of the built-in benchmarks (imported when used: each pulls in its own readers)
+# name -> "module:Class" of the built-in benchmarks (imported when used: each pulls in its own readers). The
+# published ones live in gem_stages.eval.benchmarks; gem-synth's held-out ones in gem_stages.eval.gem_synth.
 BUILTIN: dict[str, str] = {
-    "vsi-bench": "gem_stages.eval.vsi_bench:VSIBench",
-    "cv-bench": "gem_stages.eval.cv_bench:CVBench",
-    "mmsi-bench": "gem_stages.eval.mmsi_bench:MMSIBench",
-    "embspatial-bench": "gem_stages.eval.embspatial:EmbSpatialBench",
-    "robospatial-home": "gem_stages.eval.robospatial:RoboSpatialHome",
-    "where2place": "gem_stages.eval.where2place:Where2Place",
-    "roborefit": "gem_stages.eval.roborefit:RoboRefIt",
+    "vsi-bench": "gem_stages.eval.benchmarks.vsi_bench:VSIBench",
+    "cv-bench": "gem_stages.eval.benchmarks.cv_bench:CVBench",
+    "mmsi-bench": "gem_stages.eval.benchmarks.mmsi_bench:MMSIBench",
+    "embspatial-bench": "gem_stages.eval.benchmarks.embspatial_bench:EmbSpatialBench",
+    "robospatial-home": "gem_stages.eval.benchmarks.robospatial_home:RoboSpatialHome",
+    "where2place": "gem_stages.eval.benchmarks.where2place:Where2Place",
+    "roborefit": "gem_stages.eval.benchmarks.roborefit:RoboRefIt",
+    "gem-synth-qa": "gem_stages.eval.gem_synth:GemSynthQA",
+    "gem-synth-grounding": "gem_stages.eval.gem_synth:GemSynthGrounding",
+    "gem-synth-spatial": "gem_stages.eval.gem_synth:GemSynthSpatial",
+    "gem-synth-planning": "gem_stages.eval.gem_synth:GemSynthPlanning",
+    "gem-synth-depth": "gem_stages.eval.gem_synth:GemSynthDepth",
 }
 
 
@@ -93,7 +99,11 @@ def resolve_benchmark(name: str, root: Path | str | None, project_root: Path | N
 
         raise InputError(f"unknown benchmark '{name}': {suggest(name, available(project_root), 'choose from')}, "
                          "or describe it in benchmarks/NAME.yaml")
-    cls = _import(BUILTIN[name])
+    try:
+        cls = _import(BUILTIN[name])
+    except InputError:
+        raise InputError(f"benchmark '{name}' is not part of this version of gemctl (its reader cannot be "
+                         "imported)") from None
     return cls(_data_path(name, root, Path(project_root) if project_root is not None else Path.cwd(), cls))
 
 

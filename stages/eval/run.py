@@ -8,9 +8,10 @@
 An item that cannot be shown to the model (EvalItem.error, or an image or video that does not decode) scores 0 with
 its note and is counted, never dropped. Nothing here knows DVC, MLflow or the executor: gemctl.eval wraps it.
 
-Depth items (kind "depth") are not answered in text: each batch's depth items go to the depth-quality hook,
-`gem_stages.eval.depth_quality.grade_depth_batch(model, bench, items, images) -> list[Graded]` (images: what
-`show` returned per item), which samples and scores them; their predictions rows have empty text.
+Depth items (kind "depth") are not answered in text: each batch's depth items go to the benchmark's
+`grade_batch(model, items)` (else gem_stages.eval.depth_quality.grade_depth_batch(model, items)), which samples and
+scores them; their predictions rows have empty text. The first such batch also draws depth_sheet.png (image |
+generated | ground truth) beside the results.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from .benchmark import Benchmark, EvalItem, Graded, aggregate
 
 PREDICTIONS = "predictions.jsonl"
 RESULTS = "results.json"
+SHEET = "depth_sheet.png"  # depth benchmarks: image | generated | ground truth for the first items
 
 
 def select(items: list[EvalItem], limit: int | None, shard: tuple[int, int]) -> list[EvalItem]:
@@ -100,14 +103,20 @@ def _generate(model, samples: list[dict], max_new_tokens: int) -> list[str]:
         return model.generate(batch, max_new_tokens=max_new_tokens)
 
 
-def _grade_depth(model, bench: Benchmark, items: list[EvalItem], shown: list[list]) -> list[Graded]:
-    """Depth items: sampled and scored by the depth-quality hook (stages/eval/depth_quality.py)."""
-    try:
-        from .depth_quality import grade_depth_batch
-    except ImportError:
-        raise InputError(f"benchmark {bench.name} has depth items, and depth scoring "
-                         "(gem_stages.eval.depth_quality) is not installed in this version") from None
-    return grade_depth_batch(model, bench, items, shown)
+def _grade_depth(model, bench: Benchmark, items: list[EvalItem], sheet: Path | None) -> list[Graded]:
+    """Depth items: sampled and scored by the benchmark's own `grade_batch(model, items, sheet_path=...)` when it
+    has one, else by the depth-quality hook (gem_stages.eval.depth_quality.grade_depth_batch)."""
+    grade_batch = getattr(bench, "grade_batch", None)
+    if grade_batch is None:
+        try:
+            from .depth_quality import grade_depth_batch
+        except ImportError:
+            raise InputError(f"benchmark {bench.name} has depth items, and depth scoring "
+                             "(gem_stages.eval.depth_quality) is not part of this version") from None
+        grade_batch = partial(grade_depth_batch, model)
+    else:
+        grade_batch = partial(grade_batch, model)
+    return grade_batch(items, sheet_path=sheet) if sheet is not None else grade_batch(items)
 
 
 def evaluate(model, bench: Benchmark, out_dir: Path, *, batch_size: int = 8, limit: int | None = None,
@@ -116,8 +125,11 @@ def evaluate(model, bench: Benchmark, out_dir: Path, *, batch_size: int = 8, lim
     """Score the model on `bench` (see the module doc); returns results.json's content (shard 0 of 1) or the
     shard's own aggregate. `settings` (checkpoint, data digest...) are recorded in results.json as they are."""
     out_dir = Path(out_dir)
+    k, n = shard
+    target = out_dir if n == 1 else shard_dir(out_dir, k, n)
     chosen = select(bench.items() if items is None else items, limit, shard)
     rows: list[dict] = []
+    sheet: Path | None = target / SHEET
     for start in range(0, len(chosen), batch_size):
         part = chosen[start:start + batch_size]
         prompts = [bench.prompt(it) for it in part]
@@ -136,10 +148,11 @@ def evaluate(model, bench: Benchmark, out_dir: Path, *, batch_size: int = 8, lim
             if note:
                 graded[it.id] = Graded(it.id, None, 0.0, note)
                 texts[it.id] = ""
-        depth = [(it, s) for it, s in zip(part, shown) if it.kind == "depth" and s is not None]
+        depth = [it for it, s in zip(part, shown) if it.kind == "depth" and s is not None]
         if depth:
-            for g in _grade_depth(model, bench, [it for it, _ in depth], [s for _, s in depth]):
+            for g in _grade_depth(model, bench, depth, sheet):
                 graded[g.id], texts[g.id] = g, ""
+            sheet = None  # one sheet: the first items drawn
         text_items = [(it, p, s) for it, p, s in zip(part, prompts, shown) if it.id not in graded]
         if text_items:
             samples = [{"images": s, "conversations": [{"from": "human", "value": p}]} for _, p, s in text_items]
@@ -149,8 +162,6 @@ def evaluate(model, bench: Benchmark, out_dir: Path, *, batch_size: int = 8, lim
             g = graded[it.id]
             rows.append({"id": it.id, "category": it.category, "prompt": prompt, "text": texts[it.id],
                          "parsed": g.parsed, "answer": _plain(it.answer), "score": g.score, "note": g.note})
-    k, n = shard
-    target = out_dir if n == 1 else shard_dir(out_dir, k, n)
     _write_predictions(target / PREDICTIONS, rows)
     results = _results(bench, chosen, rows, {**(settings or {}), "limit": limit, "shards": n,
                                               "batch_size": batch_size, "max_new_tokens": max_new_tokens})
@@ -189,6 +200,8 @@ def merge_shards(bench: Benchmark, out_dir: Path, shards: int, *, limit: int | N
     atomic_write_text(out_dir / RESULTS, json.dumps(results, indent=2, default=str) + "\n")
     import shutil
 
+    if (shard_dir(out_dir, 0, shards) / SHEET).is_file():  # shard 0 holds the first items: its sheet is the one
+        os.replace(shard_dir(out_dir, 0, shards) / SHEET, out_dir / SHEET)
     shutil.rmtree(out_dir / "shards", ignore_errors=True)
     return results
 

@@ -114,9 +114,10 @@ def test_select_partitions_the_limited_items():
 
 
 class MixedBench(LetterBench):
-    """LetterBench with every other item asking for depth instead."""
+    """LetterBench with every other item asking for depth instead, graded by its own grade_batch."""
 
     name = "mixed"
+    calls: list
 
     def items(self):
         items = super().items()
@@ -124,26 +125,40 @@ class MixedBench(LetterBench):
             it.kind = "depth"
         return items
 
+    def grade_batch(self, model, items, sheet_path=None):
+        self.calls.append(([it.id for it in items], sheet_path))
+        return [Graded(it.id, None, 0.25) for it in items]
 
-def test_depth_items_go_to_the_depth_hook_and_text_items_to_generate(model, bench, tmp_path, monkeypatch):
+
+def test_depth_items_go_to_grade_batch_and_text_items_to_generate(model, bench, tmp_path):
+    mixed = MixedBench(bench.root)
+    mixed.calls = []
+    results = evaluate(model, mixed, tmp_path, batch_size=4, max_new_tokens=2)
+    # batches of 4: q0 and q2 ask for depth in the first, q4 and q6 in the second (one sheet: the first batch's);
+    # q3's image is broken, so it is undecodable and shown to neither grade_batch nor generate
+    assert mixed.calls == [(["q0", "q2"], tmp_path / "depth_sheet.png"), (["q4", "q6"], None)]
+    rows = {r["id"]: r for r in _rows(tmp_path / "predictions.jsonl")}
+    assert [rows[f"q{i}"]["score"] for i in (0, 2, 4, 6)] == [0.25] * 4
+    assert [rows[f"q{i}"]["text"] for i in (0, 2, 4, 6)] == [""] * 4
+    assert rows["q3"]["note"].startswith("undecodable")
+    assert results["counts"]["items"] == 7
+
+
+def test_depth_items_without_grade_batch_use_the_depth_quality_hook(model, bench, tmp_path, monkeypatch):
     import sys
     import types
 
     seen = []
 
-    def grade_depth_batch(model_, bench_, items, images):
-        seen.append(([it.id for it in items], [len(x) for x in images]))
-        return [Graded(it.id, None, 0.25) for it in items]
+    def grade_depth_batch(model_, items, sheet_path=None):
+        seen.append([it.id for it in items])
+        return [Graded(it.id, None, 0.5) for it in items]
+
+    class Plain(MixedBench):
+        grade_batch = None
 
     hook = types.ModuleType("gem_stages.eval.depth_quality")
     hook.grade_depth_batch = grade_depth_batch
     monkeypatch.setitem(sys.modules, "gem_stages.eval.depth_quality", hook)
-    mixed = MixedBench(bench.root)
-    results = evaluate(model, mixed, tmp_path, batch_size=4, max_new_tokens=2)
-    # batches of 4: q0 and q2 ask for depth in the first, q4 and q6 in the second; q3's image is broken, so it is
-    # undecodable and shown to neither the hook nor generate
-    assert seen == [(["q0", "q2"], [1, 1]), (["q4", "q6"], [1, 1])]
-    rows = {r["id"]: r for r in _rows(tmp_path / "predictions.jsonl")}
-    assert [rows[f"q{i}"]["score"] for i in (0, 2, 4, 6)] == [0.25] * 4
-    assert rows["q3"]["note"].startswith("undecodable")
-    assert results["counts"]["items"] == 7
+    evaluate(model, Plain(bench.root), tmp_path, batch_size=8, max_new_tokens=2)
+    assert seen == [["q0", "q2", "q4", "q6"]]
