@@ -48,6 +48,8 @@ def plan(project: Project | None, recipe: Recipe | None, benchmark: str, **given
     base = (entry(recipe.eval, benchmark) if recipe is not None else None) or EvalEntry(benchmark=benchmark)
     chosen = replace(base, **{k: v for k, v in given.items() if v is not None})
     root = project.root if project is not None else None
+    if benchmark.startswith(GEM_SYNTH) and not chosen.path and recipe is not None and project is not None:
+        chosen = replace(chosen, path=str(heldout(project, recipe)))
     bench = resolve_benchmark(benchmark, chosen.path, root)
     has_data = bool(chosen.path) or getattr(bench, "needs_data", True)
     spec = root / "benchmarks" / f"{benchmark}.yaml" if root is not None else None
@@ -58,6 +60,19 @@ def plan(project: Project | None, recipe: Recipe | None, benchmark: str, **given
             "data_digest": data_digest, "stage": chosen.stage_for(getattr(bench, "closed_loop", False)),
             "limit": chosen.limit, "batch_size": chosen.batch_size, "max_new_tokens": chosen.max_new_tokens,
             "shards": chosen.shards}
+
+
+GEM_SYNTH = "gem-synth-"  # the held-out gem-synth benchmarks: their data is rendered from the recipe's data settings
+
+
+def heldout(project: Project, recipe: Recipe) -> Path:
+    """The recipe's gem-synth held-out scenes (never in training), rendered on first use and kept while the data
+    settings stay the same."""
+    from gem_stages.eval.gem_synth import ensure_heldout
+
+    root = project.recipe_dir(recipe.name) / "eval" / "gem-synth-heldout"
+    ensure_heldout(recipe.data, root)
+    return root
 
 
 def write_plan(project: Project, recipe: str, p: dict) -> None:
