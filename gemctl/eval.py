@@ -48,6 +48,12 @@ def plan(project: Project | None, recipe: Recipe | None, benchmark: str, **given
     base = (entry(recipe.eval, benchmark) if recipe is not None else None) or EvalEntry(benchmark=benchmark)
     chosen = replace(base, **{k: v for k, v in given.items() if v is not None})
     root = project.root if project is not None else None
+    if benchmark in CLOSED_LOOP:  # simulated episodes: no data to read, the policy is stage 4's
+        if recipe is None:
+            raise InputError(f"{benchmark} acts with a recipe's stage-4 settings: run it with --recipe, not --ckpt")
+        return {"benchmark": benchmark, "path": None, "data_digest": "", "stage": chosen.stage_for(True),
+                "limit": chosen.limit, "batch_size": chosen.batch_size, "max_new_tokens": chosen.max_new_tokens,
+                "shards": chosen.shards}
     if benchmark.startswith(GEM_SYNTH) and not chosen.path and recipe is not None and project is not None:
         chosen = replace(chosen, path=str(heldout(project, recipe)))
     bench = resolve_benchmark(benchmark, chosen.path, root)
@@ -62,6 +68,9 @@ def plan(project: Project | None, recipe: Recipe | None, benchmark: str, **given
             "shards": chosen.shards}
 
 
+# Closed-loop benchmarks: GEM-VLA acts in a simulated task (gem_stages.eval.closed_loop, .libero); `limit` is the
+# number of episodes (per task for LIBERO), `shards` splits the episodes
+CLOSED_LOOP = ("gem-synth-closed-loop", "libero_spatial", "libero_object", "libero_goal", "libero_10")
 GEM_SYNTH = "gem-synth-"  # the held-out gem-synth benchmarks: their data is rendered from the recipe's data settings
 
 
@@ -104,6 +113,44 @@ def score(checkpoint: Path, p: dict, out: Path, shard: tuple[int, int], *, proje
                     max_new_tokens=p["max_new_tokens"], settings=settings)
 
 
+def closed_loop_env(recipe: Recipe, benchmark: str, limit: int | None):
+    """The simulated task of a closed-loop benchmark, rendered as the recipe's stage 4 saw its episodes."""
+    samples = recipe.stages.stage4.episodes
+    if benchmark == "gem-synth-closed-loop":
+        from gem_stages.eval.closed_loop import SynthPickPlace, synth_config
+
+        return SynthPickPlace(synth_config(recipe.data, samples, **({"episodes": limit} if limit else {})))
+    from gem_stages.eval.libero import LiberoConfig, LiberoSuite
+
+    given = {"cameras": tuple(samples.cameras)} if samples.cameras else {}
+    return LiberoSuite(LiberoConfig(suite=benchmark, **given, **({"episodes_per_task": limit} if limit else {})))
+
+
+def _closed_loop(project: Project, recipe: Recipe, p: dict, shard: tuple[int, int], record: dict) -> dict:
+    from gem_stages.eval.closed_loop import load_policy, merge, run_shard
+
+    checkpoint = project.stage_dir(recipe.name, p["stage"]) / "model"
+    out = out_dir(project, recipe.name, p["benchmark"])
+    device = recipe.runtime.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy = load_policy(checkpoint, recipe.model, recipe.stages.stage4.episodes, device=device, seed=recipe.seed)
+    env = closed_loop_env(recipe, p["benchmark"], p["limit"])
+    run_shard(env, policy, out, shard[0], shard[1])
+    if shard[1] > 1:
+        return {}
+    return _settle(merge(env, out, 1), out, {"checkpoint": str(checkpoint.resolve()), **record}, p)
+
+
+def _settle(results: dict, out: Path, settings: dict, p: dict) -> dict:
+    """A closed-loop merge's results.json with the settings every evaluation records."""
+    results["settings"] = {**settings, "limit": p["limit"], "shards": p["shards"]}
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    return results
+
+
 def _stage_score(root: str, recipe_name: str, benchmark: str, shard: tuple[int, int]) -> dict:
     from .stage_runner import dvc_digests, quiet_libraries
 
@@ -115,6 +162,12 @@ def _stage_score(root: str, recipe_name: str, benchmark: str, shard: tuple[int, 
     summary = outcome.read_summary(stage_dir) or {}
     record = {"stage": p["stage"], "checkpoint_digest": dvc_digests(project, recipe_name, [p["stage"]])[p["stage"]]
               or summary.get("model_id") or "", "model_id": summary.get("model_id")}
+    if benchmark in CLOSED_LOOP:
+        if recipe.runtime.cpu_threads:
+            import torch
+
+            torch.set_num_threads(recipe.runtime.cpu_threads)
+        return {"status": "completed", "results": _closed_loop(project, recipe, p, shard, record)}
     results = score(stage_dir / "model", p, out_dir(project, recipe_name, benchmark), shard,
                     project_root=project.root, runtime=recipe.runtime, record=record)
     return {"status": "completed", "results": results}
@@ -166,14 +219,21 @@ def launch_eval(project: Project, recipe_name: str, benchmark: str, on_update=No
             outcome.write_error(project.recipe_dir(recipe_name), name, f"job {r.job_id} {r.state}", code)
             return code, f"job {r.job_id} ended {r.state}; last lines of its log:\n{r.log_tail(20)}"
     out = out_dir(project, recipe_name, benchmark)
-    if shards > 1:
+    summary = outcome.read_summary(project.stage_dir(recipe_name, p["stage"])) or {}
+    digest = dvc_digests(project, recipe_name, [p["stage"]])[p["stage"]]
+    if shards > 1 and benchmark in CLOSED_LOOP:
+        from gem_stages.eval.closed_loop import merge
+
+        checkpoint = project.stage_dir(recipe_name, p["stage"]) / "model"
+        _settle(merge(closed_loop_env(recipe, benchmark, p["limit"]), out, shards), out, {
+            "checkpoint": str(checkpoint.resolve()), "stage": p["stage"], "checkpoint_digest": digest or "",
+            "model_id": summary.get("model_id")}, p)
+    elif shards > 1:
         from gem_stages.eval.registry import resolve_benchmark
         from gem_stages.eval.run import merge_shards
 
         bench = resolve_benchmark(benchmark, p["path"], project.root)
         merge_shards(bench, out, shards, limit=p["limit"])
-    summary = outcome.read_summary(project.stage_dir(recipe_name, p["stage"])) or {}
-    digest = dvc_digests(project, recipe_name, [p["stage"]])[p["stage"]]
     record(project, out, benchmark=benchmark, recipe=recipe_name, checkpoint=project.stage_dir(
         recipe_name, p["stage"]) / "model", model_id=summary.get("model_id"), plan=p,
         source_run=summary.get("mlflow_run_id"), checkpoint_digest=digest)

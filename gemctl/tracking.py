@@ -303,7 +303,7 @@ def log_evaluation(project: Project, *, results: dict, out_dir: Path, benchmark:
                    checkpoint: Path, model_id: str | None, plan: dict, source_run: str | None = None) -> str:
     """One MLflow run per evaluation: the benchmark as an evaluation dataset input (with its digest), the scores
     as metrics logged on the checkpoint's LoggedModel (when known), results.json and predictions.jsonl as
-    artifacts (and a depth benchmark's depth_sheet.png). Returns the run id."""
+    artifacts (and a depth benchmark's depth_sheet.png, a closed loop's rollout videos). Returns the run id."""
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
@@ -340,4 +340,6 @@ def log_evaluation(project: Project, *, results: dict, out_dir: Path, benchmark:
         for f in ("results.json", "predictions.jsonl", "depth_sheet.png"):
             if (out_dir / f).is_file():
                 mlflow.log_artifact(str(out_dir / f))
+        if (out_dir / "videos").is_dir():  # closed loop: rollout videos of the first episodes
+            mlflow.log_artifacts(str(out_dir / "videos"), "videos")
     return run.info.run_id
