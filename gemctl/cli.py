@@ -312,7 +312,7 @@ def eval_cmd(
         except InputError:  # outside a gemctl project: results on disk, no MLflow store to record in
             project = None
         results, where = score_checkpoint(project, ckpt, benchmark, out, **given)
-        summary.print_eval(console, results, f"{benchmark} on {ckpt}", "ran", where)
+        summary.print_eval(console, results, str(ckpt), "ran", where)
         return
     if out is not None:
         raise InputError("--out is for --ckpt: pipeline results go to runs/<recipe>/eval/<bench>")
@@ -343,7 +343,7 @@ def _evaluate(project, recipe, names: list[str], given: dict, executor: Executor
         ran, _ = pipeline.reproduce_eval(project, recipe.name, p["benchmark"], p["stage"])
         where = out_dir(project, recipe.name, p["benchmark"])
         results = json.loads((where / "results.json").read_text())
-        summary.print_eval(console, results, f"{p['benchmark']} on {p['stage']}@{recipe.name}",
+        summary.print_eval(console, results, f"{p['stage']}@{recipe.name}",
                            "ran" if ran else "up to date", where)
 
 
