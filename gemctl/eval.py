@@ -76,10 +76,11 @@ GEM_SYNTH = "gem-synth-"  # the held-out gem-synth benchmarks: their data is ren
 
 def heldout(project: Project, recipe: Recipe) -> Path:
     """The recipe's gem-synth held-out scenes (never in training), rendered on first use and kept while the data
-    settings stay the same."""
+    settings stay the same. They live in .gemctl (not in git, not a DVC output): the same settings render the
+    same scenes, and their digest is in each evaluation's settings file."""
     from gem_stages.eval.gem_synth import ensure_heldout
 
-    root = project.recipe_dir(recipe.name) / "eval" / "gem-synth-heldout"
+    root = project.root / ".gemctl" / "heldout" / recipe.name
     ensure_heldout(recipe.data, root)
     return root
 
