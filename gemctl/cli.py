@@ -289,7 +289,8 @@ def eval_cmd(
     ckpt: Annotated[Path | None, typer.Option("--ckpt", help="Score this checkpoint folder instead, outside the "
                                                              "pipeline (no DVC).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="With --ckpt: where results go (default: "
-                                                           "CKPT/eval/BENCH).")] = None,
+                                                           "CKPT/eval/BENCH; .gemctl/eval/... for a checkpoint "
+                                                           "under runs/).")] = None,
 ) -> None:
     """Score a stage's checkpoint on a benchmark as a DVC stage (re-scored only when the checkpoint, the data or the
     settings change): a table of overall and per-category scores, runs/<recipe>/eval/<bench>/results.json and

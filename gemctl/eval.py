@@ -269,8 +269,8 @@ def score_checkpoint(project: Project | None, checkpoint: Path, benchmark: str, 
         raise InputError(f"--ckpt {checkpoint}: no GemModel checkpoint there (no gem_config.json): give a model "
                          "folder, e.g. runs/<recipe>/stage3/model")
     p = plan(project, None, benchmark, **given)
-    out = Path(out) if out is not None else checkpoint / "eval" / benchmark
-    ckpt_digest = digest(checkpoint)
+    out = Path(out) if out is not None else default_out(project, checkpoint, benchmark)
+    ckpt_digest = digest(checkpoint, skip=("eval",))
     for k in range(p["shards"]):
         score(checkpoint, p, out, (k, p["shards"]), project_root=project.root if project else None,
               record={"checkpoint_digest": ckpt_digest})
@@ -286,6 +286,15 @@ def score_checkpoint(project: Project | None, checkpoint: Path, benchmark: str, 
     model_id = find_logged_model(project, checkpoint.resolve())
     return record(project, out, benchmark=benchmark, recipe=None, checkpoint=checkpoint, model_id=model_id, plan=p,
                   checkpoint_digest=ckpt_digest), out
+
+
+def default_out(project: Project | None, checkpoint: Path, benchmark: str) -> Path:
+    """Where `--ckpt` results go without --out: CKPT/eval/BENCH, except for a checkpoint the pipeline made (under
+    runs/, a DVC output that must not change): .gemctl/eval/<its path under runs>/BENCH."""
+    ckpt = checkpoint.resolve()
+    if project is not None and ckpt.is_relative_to(project.runs_dir.resolve()):
+        return project.root / ".gemctl" / "eval" / ckpt.relative_to(project.runs_dir.resolve()) / benchmark
+    return checkpoint / "eval" / benchmark
 
 
 def in_dvc_stage(recipe: str, benchmark: str) -> bool:

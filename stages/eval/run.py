@@ -43,12 +43,13 @@ def select(items: list[EvalItem], limit: int | None, shard: tuple[int, int]) -> 
     return [it for i, it in enumerate(items[:limit] if limit else items) if i % n == k]
 
 
-def digest(path: Path) -> str:
+def digest(path: Path, skip: tuple[str, ...] = ()) -> str:
     """sha256 (first 16 hex) of a file or a folder's files (relative names and contents): the benchmark data's and
-    an out-of-pipeline checkpoint's identity."""
+    an out-of-pipeline checkpoint's identity. `skip`: top-level entries left out (a checkpoint's own eval/)."""
     path = Path(path)
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and p.relative_to(path).parts[0] not in skip)
     for f in files:
         h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
         with open(f, "rb") as fh:

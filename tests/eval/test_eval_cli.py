@@ -174,6 +174,11 @@ def test_ckpt_outside_the_pipeline(project, first, tmp_path):
     summary = json.loads((project / "runs/ci/stage3/summary.json").read_text())
     assert results["lineage"]["model_id"] == summary["model_id"]  # found by its checkpoint path
     assert len(results["settings"]["checkpoint_digest"]) == 16
+    # without --out, a pipeline checkpoint (a DVC output) is left untouched: its stages stay up to date
+    r = gemctl(project, "eval", "letters", "--ckpt", str(ckpt), "--path", str(data), "--limit", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (project / ".gemctl/eval/ci/stage3/model/letters/results.json").is_file()
+    assert not (ckpt / "eval").exists()
 
 
 def test_a_missing_benchmark_path_is_one_line_and_records_nothing(project, first):
