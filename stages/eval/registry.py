@@ -83,8 +83,10 @@ def resolve_benchmark(name: str, root: Path | str | None, project_root: Path | N
             raise InputError(f"benchmarks/{name}.yaml is not valid YAML ({e.__class__.__name__}): fix it") from None
         if isinstance(desc, dict) and "class" in desc:
             cls = _import(str(desc["class"]), spec.parent)
-            path = root or desc.get("root") or desc.get("path")
-            return cls(_data_path(name, path, spec.parent, cls))
+            if root:  # given on the command line or in the recipe: relative to the project
+                return cls(_data_path(name, root, Path(project_root), cls))
+            # the file's own root: relative to the file
+            return cls(_data_path(name, desc.get("root") or desc.get("path"), spec.parent, cls))
         try:
             from .mapping import MappingBenchmark
         except ImportError:
