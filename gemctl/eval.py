@@ -62,7 +62,10 @@ def plan(project: Project | None, recipe: Recipe | None, benchmark: str, **given
     data_digest = digest(bench.root) if has_data and bench.root.exists() else ""
     if spec is not None and spec.is_file():
         data_digest = f"{data_digest}+{digest(spec)}" if data_digest else digest(spec)
-    return {"benchmark": benchmark, "path": str(bench.root.resolve()) if has_data else None,
+    path = bench.root.resolve()
+    if root is not None and path.is_relative_to(root.resolve()):  # the settings file holds no machine's paths
+        path = path.relative_to(root.resolve())
+    return {"benchmark": benchmark, "path": str(path) if has_data else None,
             "data_digest": data_digest, "stage": chosen.stage_for(getattr(bench, "closed_loop", False)),
             "limit": chosen.limit, "batch_size": chosen.batch_size, "max_new_tokens": chosen.max_new_tokens,
             "shards": chosen.shards}

@@ -326,7 +326,7 @@ def log_evaluation(project: Project, *, results: dict, out_dir: Path, benchmark:
         if plan.get("path"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                source = resolve_dataset_source(Path(plan["path"]).resolve().as_uri())
+                source = resolve_dataset_source((project.root / plan["path"]).resolve().as_uri())
             dataset = MetaDataset(source, name=benchmark, digest=plan.get("data_digest") or None)
             mlflow.log_input(dataset, context="evaluation")
         key = _metric_key(benchmark)
