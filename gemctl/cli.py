@@ -313,7 +313,7 @@ def eval_cmd(
         except InputError:  # outside a gemctl project: results on disk, no MLflow store to record in
             project = None
         results, where = score_checkpoint(project, ckpt, benchmark, out, **given)
-        summary.print_eval(console, results, str(ckpt), "ran", where)
+        summary.print_eval(console, results, str(ckpt), "ran", where, benchmark)
         return
     if out is not None:
         raise InputError("--out is for --ckpt: pipeline results go to runs/<recipe>/eval/<bench>")
@@ -340,12 +340,16 @@ def _evaluate(project, recipe, names: list[str], given: dict, executor: Executor
         pipeline.list_eval(project, recipe.name, p["benchmark"], p["stage"])
     import json
 
+    done = []
     for p in plans:
         ran, _ = pipeline.reproduce_eval(project, recipe.name, p["benchmark"], p["stage"])
         where = out_dir(project, recipe.name, p["benchmark"])
         results = json.loads((where / "results.json").read_text())
-        summary.print_eval(console, results, f"{p['stage']}@{recipe.name}",
-                           "ran" if ran else "up to date", where)
+        state = "ran" if ran else "up to date"
+        summary.print_eval(console, results, f"{p['stage']}@{recipe.name}", state, where, p["benchmark"])
+        done.append((p["benchmark"], p["stage"], state, results))
+    if len(done) > 1:
+        summary.print_evals(console, recipe, done)
 
 
 @stage_app.command("eval")

@@ -205,6 +205,16 @@ def test_eval_all_and_run_score_the_recipes_eval_list(project, first):
     assert r.returncode == 0, r.stdout + r.stderr
     table = r.stdout[r.stdout.index("recipe ci"):]
     assert "stage4" in table and "letters on stage3@ci (up to date)" in table  # after the stages' table
+    two = f"eval=[{{benchmark: letters, path: '{data}', limit: 2, batch_size: 2}}, {{benchmark: ltrs, path: '{data}'}}]"
+    (project / "benchmarks" / "ltrs.yaml").write_text("class: letters:LetterBench\n")
+    r = gemctl(project, "eval", "all", "--recipe", "ci", "-o", two)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = r.stdout[r.stdout.index("evaluations of recipe ci"):].splitlines()
+    letters = next(x.split() for x in rows if x.split()[:1] == ["letters"])
+    ltrs = next(x.split() for x in rows if x.split()[:1] == ["ltrs"])
+    assert letters == ["letters", "stage3", "up", "to", "date", "accuracy", f"{_results(project)['overall']:.4f}",
+                       "2"]
+    assert ltrs[:3] == ["ltrs", "stage3", "ran"] and ltrs[-1] == "6"
     r = gemctl(project, "eval", "all", "--recipe", "ci")
     assert r.returncode == 2 and "recipe 'ci' has no eval list" in r.stderr
 
