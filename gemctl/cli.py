@@ -206,8 +206,11 @@ def train(
 @app.command("run")
 def run_all(recipe: RecipeOpt = "tiny", override: OverrideOpt = None, executor: ExecutorOpt = Executor.LOCAL,
             tracking_uri: TrackingOpt = None) -> None:
-    """Run the whole recipe: data and stages 1-4 (each skipped when up to date)."""
+    """Run the whole recipe: data and stages 1-4 (each skipped when up to date), then its eval list."""
     _train("stage4", recipe, override, executor, False, tracking_uri)
+    project, r = _resolve(recipe, override)
+    if r.eval:
+        _evaluate(project, r, [e.benchmark for e in r.eval], {}, executor, tracking_uri, prepared=True)
 
 
 @stage_app.command("run")
@@ -266,6 +269,110 @@ def _show_job(stage: str, update) -> None:
         console.print(f"[dim]job {update.job_id}: {update.state}[/dim]", highlight=False)
     elif update.line is not None and update.task == 0 and not update.line.startswith("submitit "):
         print(update.line, file=sys.stderr if update.stream == "stderr" else sys.stdout, flush=True)
+
+
+# --- evaluation ----------------------------------------------------------------------------------------------------
+@app.command("eval")
+def eval_cmd(
+    benchmark: Annotated[str, typer.Argument(help="A benchmark name (built in, or benchmarks/NAME.yaml), or `all`: "
+                                                  "the recipe's eval list.")],
+    recipe: RecipeOpt = "tiny",
+    override: OverrideOpt = None,
+    stage: Annotated[str | None, typer.Option("--stage", help="The stage whose checkpoint is scored (default: "
+                                                              "stage3; stage4 for closed loop).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Score only the first N items.")] = None,
+    shards: Annotated[int | None, typer.Option("--shards", min=1, help="Split the items over K jobs.")] = None,
+    path: Annotated[str | None, typer.Option("--path", help="The benchmark's data folder or file.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Items per generation batch.")] = None,
+    executor: ExecutorOpt = Executor.LOCAL,
+    tracking_uri: TrackingOpt = None,
+    ckpt: Annotated[Path | None, typer.Option("--ckpt", help="Score this checkpoint folder instead, outside the "
+                                                             "pipeline (no DVC).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="With --ckpt: where results go (default: "
+                                                           "CKPT/eval/BENCH; .gemctl/eval/... for a checkpoint "
+                                                           "under runs/).")] = None,
+) -> None:
+    """Score a stage's checkpoint on a benchmark as a DVC stage (re-scored only when the checkpoint, the data or the
+    settings change): a table of overall and per-category scores, runs/<recipe>/eval/<bench>/results.json and
+    predictions.jsonl, and an MLflow evaluation run on the checkpoint's logged model."""
+    from . import summary
+
+    given = {"stage": stage, "limit": limit, "shards": shards, "path": path, "batch_size": batch_size}
+    if ckpt is not None:
+        from .eval import score_checkpoint
+        from .project import find_project
+
+        if benchmark == "all":
+            raise InputError("--ckpt scores one benchmark: name it instead of `all`")
+        if tracking_uri:
+            import os
+
+            os.environ["GEMCTL_TRACKING_URI"] = tracking_uri
+        try:
+            project = find_project()
+        except InputError:  # outside a gemctl project: results on disk, no MLflow store to record in
+            project = None
+        results, where = score_checkpoint(project, ckpt, benchmark, out, **given)
+        summary.print_eval(console, results, str(ckpt), "ran", where, benchmark)
+        return
+    if out is not None:
+        raise InputError("--out is for --ckpt: pipeline results go to runs/<recipe>/eval/<bench>")
+    project, r = _resolve(recipe, override)
+    names = [e.benchmark for e in r.eval] if benchmark == "all" else [benchmark]
+    if not names:
+        raise InputError(f"recipe '{r.name}' has no eval list: add `eval: [{{benchmark: NAME, path: DIR}}]` to it, "
+                         "or name a benchmark")
+    _evaluate(project, r, names, given, executor, tracking_uri)
+
+
+def _evaluate(project, recipe, names: list[str], given: dict, executor: Executor, tracking_uri: str | None,
+              prepared: bool = False) -> None:
+    """Plan every benchmark first (a missing path refuses them all before anything runs), then score each."""
+    from . import pipeline, summary
+    from .eval import out_dir, plan, write_plan
+
+    plans = [plan(project, recipe, name, **given) for name in names]
+    if not prepared:
+        stages = sorted({s for p in plans for s in pipeline.upstream(p["stage"])}, key=pipeline.PIPELINE.index)
+        pipeline.prepare_launch(project, recipe, executor.value, tracking_uri, stages)
+    for p in plans:
+        write_plan(project, recipe.name, p)
+        pipeline.list_eval(project, recipe.name, p["benchmark"], p["stage"])
+    import json
+
+    done = []
+    for p in plans:
+        ran, _ = pipeline.reproduce_eval(project, recipe.name, p["benchmark"], p["stage"])
+        where = out_dir(project, recipe.name, p["benchmark"])
+        results = json.loads((where / "results.json").read_text())
+        state = "ran" if ran else "up to date"
+        summary.print_eval(console, results, f"{p['stage']}@{recipe.name}", state, where, p["benchmark"])
+        done.append((p["benchmark"], p["stage"], state, results))
+    if len(done) > 1:
+        summary.print_evals(console, recipe, done)
+
+
+@stage_app.command("eval")
+def stage_eval(benchmark: str, recipe: RecipeOpt) -> None:
+    """Score one benchmark on a recipe's checkpoint (the command dvc.yaml's eval stages run; `gemctl eval` plans it
+    first: runs/<recipe>/eval/<bench>.json). The executor comes from $GEMCTL_EXECUTOR. Blocks until it ends."""
+    from functools import partial
+
+    from .eval import in_dvc_stage, launch_eval, settings_file
+    from .pipeline import note_executed
+
+    project = _project()
+    if not settings_file(project, recipe, benchmark).is_file():
+        raise InputError(f"eval of {benchmark} on {recipe} is not planned: run `gemctl eval {benchmark} --recipe "
+                         f"{recipe}`")
+    if in_dvc_stage(recipe, benchmark):
+        note_executed(f"eval-{benchmark}")
+    code, message = launch_eval(project, recipe, benchmark, on_update=partial(_show_job, "eval"))
+    if message:
+        err.print(Text.assemble(("error:", "red"), f" eval-{benchmark}@{recipe}: {message}"), highlight=False,
+                  emoji=False)
+    if code:
+        raise typer.Exit(code)
 
 
 # --- sweeps --------------------------------------------------------------------------------------------------------

@@ -29,7 +29,9 @@ from .project import Project
 from .recipe import Recipe, write_params
 
 PIPELINE = ("data", *STAGES)
-INDEX_HEADER = "# Recipes whose pipelines this repo builds (dvc.yaml's `foreach`). gemctl adds a recipe the first time you run it.\n"
+INDEX_HEADER = ("# Recipes whose pipelines this repo builds, and the benchmarks that score them (dvc.yaml's `foreach`).\n"
+                "# gemctl adds a recipe the first time you run it, and a benchmark the first time you evaluate it.\n")
+EVAL = "eval"  # the evaluation stage: one per recipe x benchmark, eval@<recipe>__<benchmark>
 
 
 def previous_stage(stage: str) -> str:
@@ -55,10 +57,29 @@ def render(project: Project, recipe: Recipe) -> Path:
         fcntl.flock(held, fcntl.LOCK_EX)
         data = (yaml.safe_load(index.read_text()) if index.is_file() else None) or {}
         names = list(data.get("recipes") or [])
-        if recipe.name not in names:
-            data["recipes"] = [*names, recipe.name]
+        if recipe.name not in names or "evals" not in data:  # dvc.yaml's eval stages need the key, empty or not
+            data["recipes"] = list(dict.fromkeys([*names, recipe.name]))
+            data.setdefault("evals", {})
             atomic_write_text(index, INDEX_HEADER + yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def eval_key(recipe: str, benchmark: str) -> str:
+    return f"{recipe}__{benchmark}"
+
+
+def list_eval(project: Project, recipe: str, benchmark: str, stage: str) -> None:
+    """Declare the DVC stage eval@<recipe>__<benchmark> (params.yaml's `evals`), scoring `stage`'s checkpoint."""
+    index = project.root / "params.yaml"
+    entry = {"recipe": recipe, "benchmark": benchmark, "stage": stage}
+    with open(project.root / ".gemctl" / "params.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        data = (yaml.safe_load(index.read_text()) if index.is_file() else None) or {}
+        evals = dict(data.get("evals") or {})
+        if evals.get(eval_key(recipe, benchmark)) != entry:
+            evals[eval_key(recipe, benchmark)] = entry
+            data["evals"] = evals
+            atomic_write_text(index, INDEX_HEADER + yaml.safe_dump(data, sort_keys=False))
 
 
 def unlist(project: Project, name: str) -> None:
@@ -144,12 +165,40 @@ def reproduce(project: Project, recipe: str, stage: str, force: bool = False) ->
     finally:
         os.environ.pop(EXECUTED_ENV, None)
         executed.unlink(missing_ok=True)
-    done = [s.addressing.split("@")[0] for s in stages]
+    done = [s.addressing.split("@")[0] for s in stages if s.addressing.split("@")[0] != EVAL]
     return ReproResult(ran=[s for s in done if s in ran_now], restored=[s for s in done if s not in ran_now],
                        skipped=[s for s in wanted if s not in done])
 
 
-def _dvc_reproduce(project: Project, recipe: str, stage: str, wanted: list[str], force: bool) -> list:
+def reproduce_eval(project: Project, recipe: str, benchmark: str, stage: str) -> tuple[bool, ReproResult]:
+    """Bring eval@<recipe>__<benchmark> (and the stages it scores) up to date. Returns whether the evaluation ran
+    now (False: its results were current, or restored from the run-cache) and what happened upstream."""
+    name = f"{EVAL}-{benchmark}"  # its error file, beside the training stages'
+    wanted = upstream(stage)
+    recipe_dir = project.recipe_dir(recipe)
+    for s in [*wanted, name]:
+        outcome.clear_error(recipe_dir, s)
+    _stage_on_path()
+    executed = project.root / ".gemctl" / f"executed-{os.getpid()}"
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    executed.write_text("")
+    os.environ[EXECUTED_ENV] = str(executed)
+    try:
+        stages = _dvc_reproduce(project, recipe, stage, [*wanted, name], False,
+                                target=f"{EVAL}@{eval_key(recipe, benchmark)}")
+        ran_now = set(executed.read_text().split())
+    finally:
+        os.environ.pop(EXECUTED_ENV, None)
+        executed.unlink(missing_ok=True)
+    done = [s.addressing.split("@")[0] for s in stages]
+    train = [s for s in done if s != EVAL]
+    result = ReproResult(ran=[s for s in train if s in ran_now], restored=[s for s in train if s not in ran_now],
+                         skipped=[s for s in wanted if s not in train])
+    return name in ran_now, result
+
+
+def _dvc_reproduce(project: Project, recipe: str, stage: str, wanted: list[str], force: bool,
+                   target: str | None = None) -> list:
     from dvc.repo import Repo
     from dvc.stage.exceptions import StageCmdFailedError
 
@@ -164,7 +213,7 @@ def _dvc_reproduce(project: Project, recipe: str, stage: str, wanted: list[str],
                     # Re-run just this stage; upstream is still brought up to date first.
                     done = repo.reproduce(f"{wanted[-2]}@{recipe}") if len(wanted) > 1 else []
                     return done + repo.reproduce(f"{stage}@{recipe}", force=True, single_item=True)
-                return repo.reproduce(f"{stage}@{recipe}")
+                return repo.reproduce(target or f"{stage}@{recipe}")
 
             # a SIGINT to this process alone (DVC ignores it while a stage command runs) stops the stage's job
             stages = forwarding_interrupts(project.root, run)

@@ -32,6 +32,7 @@ from gem_models.config import GemModelConfig, Int, Str, setting
 from gem_stages.config import RuntimeConfig, StagesConfig, settings
 from gem_stages.data.config import DataConfig
 from gem_stages.errors import InputError
+from gem_stages.eval.config import EvalEntry, check_unique
 from gem_stages.files import atomic_write_text
 
 from .launch.resources import Resources, StageResources, merge_stage_resources
@@ -52,6 +53,8 @@ class Recipe:
     resources: Resources = setting(Resources, "Cluster resources for `--executor slurm`.")
     stage_resources: StageResources = setting(
         StageResources, "A training stage's own resources, merged over `resources:` (e.g. stage4: {nodes: 1}).")
+    eval: list[EvalEntry] = setting(
+        list, "Benchmarks that score this recipe's checkpoints (`gemctl eval all`, and `gemctl run` after stage 4).")
 
     @model_validator(mode="before")
     @classmethod
@@ -59,6 +62,11 @@ class Recipe:
         if isinstance(data, ArgsKwargs):
             return ArgsKwargs(data.args, merge_stage_resources(data.kwargs or {}))
         return merge_stage_resources(data) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _one_entry_per_benchmark(self):
+        check_unique(self.eval)
+        return self
 
     def resources_for(self, stage: str) -> Resources:
         """What `stage` asks the cluster for: its stage_resources entry, else the recipe's resources."""
@@ -69,9 +77,11 @@ class Recipe:
 
     @property
     def content_hash(self) -> str:
-        """sha256 (first 12 hex) of the resolved settings; the description does not count."""
+        """sha256 (first 12 hex) of the resolved settings; the description (and an empty eval list) does not count."""
         d = self.to_dict()
         d.pop("description", None)
+        if not d.get("eval"):  # recipes from before the eval list keep their hash
+            d.pop("eval", None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -87,3 +87,45 @@ def print_sweep(console: Console, project: Project, sweep) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table, highlight=False)
+
+
+def print_eval(console: Console, results: dict, title: str, state: str, where, name: str | None = None) -> None:
+    """An evaluation's scores: overall (by the benchmark's rule) and per category, with item counts. `name`: the
+    benchmark as the user named it (default: results.json's)."""
+    from rich import box
+    from rich.text import Text
+
+    counts = results.get("counts", {})
+    console.print(Text.assemble((name or str(results.get("benchmark")), "bold"), f" on {title} ({state})"), highlight=False,
+                  soft_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("category")
+    table.add_column("items", justify="right", no_wrap=True)
+    table.add_column(str(results.get("metric", "score")), justify="right", no_wrap=True)
+    per = counts.get("per_category", {})
+    for c, v in results.get("categories", {}).items():
+        table.add_row(Text(c), str(per.get(c, "")), f"{v:.4f}")
+    table.add_row(Text("overall", "bold"), str(counts.get("items", "")), Text(f"{results.get('overall', 0):.4f}",
+                                                                              "bold"))
+    console.print(table, highlight=False)
+    console.print(f"unparsable answers: {counts.get('unparsable', 0)}, undecodable items: "
+                  f"{counts.get('undecodable', 0)} (both scored 0)", highlight=False, markup=False)
+    run = (results.get("lineage") or {}).get("mlflow_run_id")
+    console.print(f"results: {where}/results.json, predictions.jsonl" + (f"; mlflow run {run}" if run else ""),
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+def print_evals(console: Console, recipe: Recipe, done: list[tuple[str, str, str, dict]]) -> None:
+    """One row per evaluation of a recipe (gemctl eval all, gemctl run): what scored which checkpoint, how well."""
+    from rich import box
+    from rich.text import Text
+
+    table = Table(title=Text(f"evaluations of recipe {recipe.name}"), title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=(0, 1, 0, 0))
+    for col in ("benchmark", "checkpoint", "this call", "metric", "overall", "items"):
+        table.add_column(col, no_wrap=True, justify="right" if col in ("overall", "items") else "left")
+    for name, stage, state, results in done:  # name: as the recipe lists it (results.json has the class's name)
+        table.add_row(Text(name), stage, Text(state, "yellow" if state == "ran" else "dim"),
+                      str(results.get("metric", "")), f"{results.get('overall', 0):.4f}",
+                      str(results.get("counts", {}).get("items", "")))
+    console.print(table, highlight=False)

@@ -280,3 +280,66 @@ class StageRun:
         else:
             mlflow.end_run("FAILED")
         return False
+
+
+# --- evaluation ------------------------------------------------------------------------------------------------------
+def _metric_key(text: str) -> str:
+    """A benchmark or category name as an MLflow metric key (letters, digits, _ - . / and spaces)."""
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in text)
+
+
+def find_logged_model(project: Project, checkpoint: Path) -> str | None:
+    """The logged model a stage recorded for this checkpoint folder (the newest), or None."""
+    import mlflow
+
+    exp = setup(project)
+    found = mlflow.search_logged_models(experiment_ids=[exp], output_format="list", order_by=[
+        {"field_name": "creation_time", "ascending": False}],
+        filter_string=f"tags.`gemctl.checkpoint` = '{checkpoint}'")
+    return found[0].model_id if found else None
+
+
+def log_evaluation(project: Project, *, results: dict, out_dir: Path, benchmark: str, recipe: str | None,
+                   checkpoint: Path, model_id: str | None, plan: dict, source_run: str | None = None) -> str:
+    """One MLflow run per evaluation: the benchmark as an evaluation dataset input (with its digest), the scores
+    as metrics logged on the checkpoint's LoggedModel (when known), results.json and predictions.jsonl as
+    artifacts (and a depth benchmark's depth_sheet.png, a closed loop's rollout videos). Returns the run id."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    exp = setup(project)
+    tags = {"gemctl.eval.benchmark": benchmark, "gemctl.checkpoint": str(checkpoint),
+            "gemctl.eval.metric": str(results.get("metric", "")), **code_version(project.root), **package_versions()}
+    if recipe:
+        tags["gemctl.recipe"] = recipe
+    if model_id:
+        tags["gemctl.model_id"] = model_id
+    if source_run:
+        tags["gemctl.checkpoint_run_id"] = source_run
+    if os.environ.get(LAUNCH_ENV):
+        tags[LAUNCH_TAG] = os.environ[LAUNCH_ENV]
+    name = f"eval {benchmark}@{recipe}" if recipe else f"eval {benchmark}"
+    with mlflow.start_run(experiment_id=exp, run_name=name, tags=tags) as run:
+        mlflow.log_params({k: str(v) for k, v in plan.items() if k not in ("path",)})
+        dataset = None
+        if plan.get("path"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                source = resolve_dataset_source((project.root / plan["path"]).resolve().as_uri())
+            dataset = MetaDataset(source, name=benchmark, digest=plan.get("data_digest") or None)
+            mlflow.log_input(dataset, context="evaluation")
+        key = _metric_key(benchmark)
+        metrics = {f"{key}/{_metric_key(str(results.get('metric', 'score')))}": float(results["overall"])}
+        metrics |= {f"{key}/{_metric_key(c)}": float(v) for c, v in results.get("categories", {}).items()}
+        counts = results.get("counts", {})
+        metrics |= {f"{key}/items": float(counts.get("items", 0)),
+                    f"{key}/unparsable": float(counts.get("unparsable", 0)),
+                    f"{key}/undecodable": float(counts.get("undecodable", 0))}
+        mlflow.log_metrics(metrics, model_id=model_id, dataset=dataset)
+        for f in ("results.json", "predictions.jsonl", "depth_sheet.png"):
+            if (out_dir / f).is_file():
+                mlflow.log_artifact(str(out_dir / f))
+        if (out_dir / "videos").is_dir():  # closed loop: rollout videos of the first episodes
+            mlflow.log_artifacts(str(out_dir / "videos"), "videos")
+    return run.info.run_id
