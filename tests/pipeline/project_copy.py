@@ -19,6 +19,7 @@ stages:
   stage2: {steps: 3, batch_size: 2}
   stage3: {steps: 3, batch_size: 2}
   stage4: {steps: 3, batch_size: 2}
+eval: []  # tiny's evaluations run where a test asks for them (-o eval=...), not after every pipeline test
 """
 
 
