@@ -336,6 +336,8 @@ def log_evaluation(project: Project, *, results: dict, out_dir: Path, benchmark:
         metrics |= {f"{key}/items": float(counts.get("items", 0)),
                     f"{key}/unparsable": float(counts.get("unparsable", 0)),
                     f"{key}/undecodable": float(counts.get("undecodable", 0))}
+        metrics |= {f"{key}/{k}": float(v) for k, v in (results.get("depth") or {}).items()
+                    if k != "scored" and v is not None}  # AbsRel, delta1, RMSE of depth items
         mlflow.log_metrics(metrics, model_id=model_id, dataset=dataset)
         for f in ("results.json", "predictions.jsonl", "depth_sheet.png"):
             if (out_dir / f).is_file():

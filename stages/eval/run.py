@@ -209,7 +209,13 @@ def merge_shards(bench: Benchmark, out_dir: Path, shards: int, *, limit: int | N
 
 def _results(bench: Benchmark, items: list[EvalItem], rows: list[dict], settings: dict) -> dict:
     graded = [Graded(r["id"], r["parsed"], float(r["score"]), r["note"]) for r in rows]
-    return {**aggregate(bench, items, graded), "settings": settings}
+    out = aggregate(bench, items, graded)
+    depth = [g for g, item in zip(graded, items) if item.kind == "depth"]
+    if depth:  # all three depth metrics, not only the per-item score (delta1)
+        from .depth_quality import depth_summary
+
+        out["depth"] = depth_summary([g for g in depth if isinstance(g.parsed, dict)])
+    return {**out, "settings": settings}
 
 
 def _write_predictions(path: Path, rows: list[dict]) -> None:
