@@ -145,9 +145,6 @@ def test_depth_items_go_to_grade_batch_and_text_items_to_generate(model, bench, 
 
 
 def test_depth_items_without_grade_batch_use_the_depth_quality_hook(model, bench, tmp_path, monkeypatch):
-    import sys
-    import types
-
     seen = []
 
     def grade_depth_batch(model_, items, sheet_path=None):
@@ -157,8 +154,8 @@ def test_depth_items_without_grade_batch_use_the_depth_quality_hook(model, bench
     class Plain(MixedBench):
         grade_batch = None
 
-    hook = types.ModuleType("gem_stages.eval.depth_quality")
-    hook.grade_depth_batch = grade_depth_batch
-    monkeypatch.setitem(sys.modules, "gem_stages.eval.depth_quality", hook)
+    from gem_stages.eval import depth_quality
+
+    monkeypatch.setattr(depth_quality, "grade_depth_batch", grade_depth_batch)
     evaluate(model, Plain(bench.root), tmp_path, batch_size=8, max_new_tokens=2)
     assert seen == [["q0", "q2", "q4", "q6"]]
