@@ -16,7 +16,7 @@ from rich.text import Text
 from gem_stages.errors import InputError
 
 from .launch import Executor
-from .outcome import StageFailed
+from .outcome import CANCELLED_EXIT, StageFailed
 
 app = typer.Typer(help="Train GEM-style embodied VLMs reproducibly: recipes -> DVC stages -> checkpoints -> MLflow.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -237,9 +237,9 @@ def stage_run(stage: str, recipe: RecipeOpt, override: OverrideOpt = None) -> No
     else:
         _render_by_hand(project, recipe, override or [])
     code, message = launch_stage(project, recipe, stage, on_update=partial(_show_job, stage))
-    if message:  # may hold the job's log lines: printed as they are, not read as rich markup or emoji codes
-        from .stage_runner import CANCELLED_EXIT
-
+    under_dvc = os.environ.get("DVC_STAGE") == f"{stage}@{recipe}"
+    if message and not (code == CANCELLED_EXIT and under_dvc):  # a cancel under DVC: `gemctl train` says it
+        # may hold the job's log lines: printed as they are, not read as rich markup or emoji codes
         label = () if code == CANCELLED_EXIT else (("error:", "red"), " ")  # a cancel is what the user asked for
         err.print(Text.assemble(*label, f"{stage}@{recipe}: {message}"), highlight=False, emoji=False)
     if code:
@@ -368,7 +368,7 @@ def stage_eval(benchmark: str, recipe: RecipeOpt) -> None:
     if in_dvc_stage(recipe, benchmark):
         note_executed(f"eval-{benchmark}")
     code, message = launch_eval(project, recipe, benchmark, on_update=partial(_show_job, "eval"))
-    if message:
+    if message and not (code == CANCELLED_EXIT and in_dvc_stage(recipe, benchmark)):  # then `gemctl eval` says it
         err.print(Text.assemble(("error:", "red"), f" eval-{benchmark}@{recipe}: {message}"), highlight=False,
                   emoji=False)
     if code:
@@ -471,7 +471,9 @@ def main() -> None:
         err.print(Text.assemble(("error:", "red"), f" {e}"), highlight=False)
         sys.exit(2)
     except StageFailed as e:  # a stage that failed printed its reason (one line, or its job's log) itself
-        if not e.reported:
+        if e.cancelled:  # what the user asked for, said in this process (a stage's own process may be gone)
+            err.print(Text(str(e)), highlight=False, emoji=False)
+        elif not e.reported:
             err.print(Text.assemble(("error:", "red"), f" {e}"), highlight=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:

@@ -214,7 +214,7 @@ def launch_eval(project: Project, recipe_name: str, benchmark: str, on_update=No
             outcome.write_error(project.recipe_dir(recipe_name), name, r.value.message, 2)
             return 2, r.value.message
         if not r.ok and r.state == "CANCELLED":  # `gemctl cancel`, or Ctrl-C here: what the user asked for
-            from .stage_runner import CANCELLED_EXIT
+            from .outcome import CANCELLED_EXIT
 
             outcome.write_error(project.recipe_dir(recipe_name), name, "cancelled", CANCELLED_EXIT)
             return CANCELLED_EXIT, f"cancelled (job {r.job_id}): nothing recorded; run it again to score"

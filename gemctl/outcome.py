@@ -61,11 +61,16 @@ def clear_error(recipe_dir: Path, stage: str) -> None:
     error_file(recipe_dir, stage).unlink(missing_ok=True)
 
 
+CANCELLED_EXIT = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
+
+
 class StageFailed(RuntimeError):
     """A stage command exited non-zero under DVC; nothing was recorded in dvc.lock for it. `exit_code` is the
     one to leave with; `reported`: the stage printed why already (else print this error)."""
 
-    def __init__(self, recipe: str, stage: str, detail: str, exit_code: int = 1, reported: bool = False):
-        super().__init__(f"{stage}@{recipe} failed: {detail}")
+    def __init__(self, recipe: str, stage: str, detail: str, exit_code: int = 1, reported: bool = False,
+                 cancelled: bool = False):
+        # a cancel is what the user asked for: said as it is, not as a failure
+        super().__init__(f"{stage}@{recipe}: {detail}" if cancelled else f"{stage}@{recipe} failed: {detail}")
         self.recipe, self.stage, self.detail = recipe, stage, detail
-        self.exit_code, self.reported = exit_code, reported
+        self.exit_code, self.reported, self.cancelled = exit_code, reported, cancelled

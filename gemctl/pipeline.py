@@ -24,7 +24,7 @@ from gem_stages.files import atomic_write_text
 
 from . import outcome
 from .launch import Resources
-from .outcome import StageFailed
+from .outcome import CANCELLED_EXIT, StageFailed
 from .project import Project
 from .recipe import Recipe, write_params
 
@@ -226,6 +226,10 @@ def _dvc_reproduce(project: Project, recipe: str, stage: str, wanted: list[str],
             code = failed[0].get("exit_code", 1) if failed else 1
             if not any(recorded_stages(project, recipe)):  # a first run that recorded nothing: not listed
                 unlist(project, recipe)
+            if failed and code == CANCELLED_EXIT:  # the user stopped it: this process says so, in one line
+                which = next((s for s in wanted if outcome.read_error(recipe_dir, s)), stage)
+                raise StageFailed(recipe, which, failed[0].get("message", "cancelled"), exit_code=code,
+                                  cancelled=True) from e
             raise StageFailed(recipe, stage, str(cause), exit_code=code, reported=bool(failed)) from e
     return stages
 

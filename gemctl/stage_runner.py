@@ -21,7 +21,7 @@ from gem_stages.config import STAGES
 from gem_stages.errors import InputError
 
 from . import outcome
-from .outcome import StageOutcome
+from .outcome import CANCELLED_EXIT, StageOutcome
 from .pipeline import previous_stage
 from .project import Project
 from .recipe import Recipe, from_params
@@ -260,7 +260,6 @@ def launch_stage(project: Project, recipe_name: str, stage: str, on_update=None)
     return code, f"{why}; last lines of its log:\n{tail}\nfull log: {result.stdout}"
 
 
-CANCELLED_EXIT = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
 
 
 def _work_dir(project: Project, recipe: Recipe, recipe_name: str, stage: str) -> Path | None:

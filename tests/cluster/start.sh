@@ -187,12 +187,15 @@ if ! alive "$RUN/slurmctld.pid" slurmctld; then need_port "$CTLD_PORT" slurmctld
 waitfor 60 scontrol ping
 if [ -z "$NODES" ]; then
   if ! alive "$RUN/slurmd-$H.pid" slurmd; then need_port "$SLURMD_PORT" slurmd; say "starting slurmd"; slurmd 9>&-; fi
+  waitfor 30 alive "$RUN/slurmd-$H.pid" slurmd
 else
   for n in $NODES; do
     if ! alive "$RUN/slurmd-$n.pid" slurmd; then
       say "starting slurmd $n"; nsenter -t "$(cat "$RUN/ns-$n.pid")" -n -m -u slurmd -N "$n" 9>&-
     fi
   done
+  # the daemon writes its pid file once it runs; until then the controller may still list a node's old slurmd idle
+  for n in $NODES; do waitfor 30 alive "$RUN/slurmd-$n.pid" slurmd; done
 fi
 
 # 6. wait for every node to be idle (resume one that came up down/drained)
