@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import re
-import string
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import ClassVar
@@ -44,6 +42,8 @@ from ..errors import InputError
 from ..files import atomic_dir
 from .benchmark import Benchmark, EvalItem, Graded
 from .depth_quality import DepthBenchmark
+from .metrics import box_iou, token_f1
+from .metrics import normalize_answer as normalise
 
 HELDOUT_FILE = "heldout.json"
 ITEMS_FILE = "items.jsonl"
@@ -140,32 +140,6 @@ def _read_heldout(root: Path) -> dict:
 # ----- parsing and scoring -----
 def _numbers(text: str) -> list[float]:
     return [float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", text)]
-
-
-def normalise(text: str) -> str:
-    """Lower case, no punctuation, no articles, single spaces (SQuAD's answer normalisation)."""
-    text = "".join(c for c in text.lower() if c not in string.punctuation)
-    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
-
-
-def token_f1(pred: str, gold: str) -> float:
-    """SQuAD token F1 between normalised texts (1.0 when both are empty)."""
-    p, g = normalise(pred).split(), normalise(gold).split()
-    if not p or not g:
-        return float(p == g)
-    common = sum((Counter(p) & Counter(g)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(p), common / len(g)
-    return 2 * precision * recall / (precision + recall)
-
-
-def box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _first_group(text: str, opening: str, closing: str, count: int) -> list[float] | None:
