@@ -154,17 +154,7 @@ def reproduce(project: Project, recipe: str, stage: str, force: bool = False) ->
     recipe_dir = project.recipe_dir(recipe)
     for s in wanted:
         outcome.clear_error(recipe_dir, s)
-    _stage_on_path()
-    executed = project.root / ".gemctl" / f"executed-{os.getpid()}"
-    executed.parent.mkdir(parents=True, exist_ok=True)
-    executed.write_text("")
-    os.environ[EXECUTED_ENV] = str(executed)
-    try:
-        stages = _dvc_reproduce(project, recipe, stage, wanted, force)
-        ran_now = set(executed.read_text().split())
-    finally:
-        os.environ.pop(EXECUTED_ENV, None)
-        executed.unlink(missing_ok=True)
+    stages, ran_now = _reproduce_noting(project, lambda: _dvc_reproduce(project, recipe, stage, wanted, force))
     done = [s.addressing.split("@")[0] for s in stages if s.addressing.split("@")[0] != EVAL]
     return ReproResult(ran=[s for s in done if s in ran_now], restored=[s for s in done if s not in ran_now],
                        skipped=[s for s in wanted if s not in done])
@@ -178,23 +168,29 @@ def reproduce_eval(project: Project, recipe: str, benchmark: str, stage: str) ->
     recipe_dir = project.recipe_dir(recipe)
     for s in [*wanted, name]:
         outcome.clear_error(recipe_dir, s)
+    stages, ran_now = _reproduce_noting(project, lambda: _dvc_reproduce(
+        project, recipe, stage, [*wanted, name], False, target=f"{EVAL}@{eval_key(recipe, benchmark)}"))
+    done = [s.addressing.split("@")[0] for s in stages]
+    train = [s for s in done if s != EVAL]
+    result = ReproResult(ran=[s for s in train if s in ran_now], restored=[s for s in train if s not in ran_now],
+                         skipped=[s for s in wanted if s not in train])
+    return name in ran_now, result
+
+
+def _reproduce_noting(project: Project, reproduce) -> tuple[list, set[str]]:
+    """reproduce() (DVC) with a file the stage commands it executes note themselves in (note_executed): DVC's
+    result alone cannot tell a stage that ran from one restored from its run-cache."""
     _stage_on_path()
     executed = project.root / ".gemctl" / f"executed-{os.getpid()}"
     executed.parent.mkdir(parents=True, exist_ok=True)
     executed.write_text("")
     os.environ[EXECUTED_ENV] = str(executed)
     try:
-        stages = _dvc_reproduce(project, recipe, stage, [*wanted, name], False,
-                                target=f"{EVAL}@{eval_key(recipe, benchmark)}")
-        ran_now = set(executed.read_text().split())
+        stages = reproduce()
+        return stages, set(executed.read_text().split())
     finally:
         os.environ.pop(EXECUTED_ENV, None)
         executed.unlink(missing_ok=True)
-    done = [s.addressing.split("@")[0] for s in stages]
-    train = [s for s in done if s != EVAL]
-    result = ReproResult(ran=[s for s in train if s in ran_now], restored=[s for s in train if s not in ran_now],
-                         skipped=[s for s in wanted if s not in train])
-    return name in ran_now, result
 
 
 def _dvc_reproduce(project: Project, recipe: str, stage: str, wanted: list[str], force: bool,
