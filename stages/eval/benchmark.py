@@ -76,6 +76,11 @@ class Benchmark:
         the runner passes as per_category["__items__"]. VSI-Bench and RoboSpatial-Home average the categories."""
         return per_category["__items__"]
 
+    def overall_of_items(self, items: list[EvalItem], scores: list[float]) -> float | None:
+        """An overall score that per-category means cannot give (CV-Bench's mean over sources), or None to use
+        overall()."""
+        return None
+
 
 def aggregate(bench: Benchmark, items: list[EvalItem], graded: list[Graded]) -> dict[str, Any]:
     """results.json's scores: overall (the benchmark's rule), per category, and counts (incl. unparsable and
@@ -86,7 +91,9 @@ def aggregate(bench: Benchmark, items: list[EvalItem], graded: list[Graded]) -> 
         per[item.category].append(by_id[item.id].score)
     categories = {c: sum(v) / len(v) for c, v in sorted(per.items())}
     scores = [by_id[i.id].score for i in items]
-    overall = bench.overall({**categories, "__items__": sum(scores) / len(scores) if scores else 0.0})
+    overall = bench.overall_of_items(items, scores)
+    if overall is None:
+        overall = bench.overall({**categories, "__items__": sum(scores) / len(scores) if scores else 0.0})
     return {
         "benchmark": bench.name,
         "metric": bench.metric,

@@ -107,7 +107,7 @@ def cv_fixture(root: Path) -> Path:
             "question": [f"{t} question?" for t in tasks],
             "choices": [["1", "2", "3"] for _ in tasks],
             "answer": answers,
-            "source": ["COCO" if kind == "2D" else "Omni3D"] * len(tasks),
+            "source": ["ADE20K", "COCO"][: len(tasks)] if kind == "2D" else ["Omni3D"] * len(tasks),
         })
     pq.write_table(rows("2D", ["Count", "Relation"], ["(A)", "(C)"]), root / "test_2d.parquet")
     pq.write_table(rows("3D", ["Depth", "Distance", "Depth"], ["(B)", "(B)", "(A)"]), root / "test_3d.parquet")
@@ -123,7 +123,10 @@ def test_cv_bench_reads_both_parquets(tmp_path):
     assert [g.score for g in graded] == [1, 0, 1, 0, 1]
     assert graded[3].note == "unparsable"
     assert results["categories"] == {"Count": 1.0, "Depth": 1.0, "Distance": 0.0, "Relation": 0.0}
-    assert results["overall"] == pytest.approx(3 / 5) and results["counts"]["unparsable"] == 1
+    # combined accuracy: 2D = mean(ADE20K 1/1, COCO 0/1) = 0.5, 3D = Omni3D 2/3; overall = mean(0.5, 2/3), not the
+    # item mean 3/5
+    assert results["overall"] == pytest.approx((0.5 + 2 / 3) / 2) and results["counts"]["unparsable"] == 1
+    assert results["metric"] == "combined accuracy"
     assert bench.prompt(items[0]).splitlines()[1:4] == ["Options:", "A. 1", "B. 2"]
 
 

@@ -4,12 +4,14 @@ Layout (the Hugging Face dataset nyu-visionx/CV-Bench, downloaded as it is):
     <root>/test_2d.parquet, <root>/test_3d.parquet    rows {idx, type, task, image {bytes, path}, question,
                                                       choices (list), answer "(B)", source, ...}
 Prompt: the multiple-choice template (common.choice_prompt). Score: accuracy of the letter, per task. The overall
-score here is the mean over items; the CV-Bench README's "combined" score instead averages the ADE20K and COCO
-accuracies for 2D and Omni3D for 3D, so this is named "accuracy" and not called that score (each item's source
-is kept in predictions for it).
+score is the README's combined accuracy: 2D = the mean of the ADE20K and COCO accuracies, 3D = the Omni3D accuracy,
+combined = the mean of 2D and 3D. Each source's accuracy is over its own items, so a limited run (--limit) that lacks
+a source averages the sources it has.
 """
 
 from __future__ import annotations
+
+from collections import defaultdict
 
 from gem_stages.errors import InputError
 
@@ -19,7 +21,7 @@ from .common import LETTERS, choice_prompt, field, grade, image_bytes, image_err
 
 class CVBench(Benchmark):
     name = "cv-bench"
-    metric = "accuracy"
+    metric = "combined accuracy"
 
     def items(self) -> list[EvalItem]:
         need(self.root, "the CV-Bench folder (test_2d.parquet, test_3d.parquet)")
@@ -37,7 +39,7 @@ class CVBench(Benchmark):
                 items.append(EvalItem(
                     id=f"{split}/{r.get('idx', n)}", kind="choice", question=field(r, "question", where, str),
                     answer=answer, images=[image], choices=choices, category=field(r, "task", where, str),
-                    meta={"source": r.get("source")}, error=image_error(image)))
+                    meta={"source": r.get("source"), "split": split}, error=image_error(image)))
         return items
 
     def prompt(self, item: EvalItem) -> str:
@@ -45,3 +47,13 @@ class CVBench(Benchmark):
 
     def grade(self, item: EvalItem, text: str) -> Graded:
         return grade(item, text)
+
+    def overall_of_items(self, items: list[EvalItem], scores: list[float]) -> float | None:
+        by_source: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for item, score in zip(items, scores, strict=True):
+            by_source[item.meta["split"], str(item.meta.get("source"))].append(score)
+        per_split: dict[str, list[float]] = defaultdict(list)
+        for (split, _), source_scores in sorted(by_source.items()):
+            per_split[split].append(sum(source_scores) / len(source_scores))
+        split_means = [sum(v) / len(v) for v in per_split.values()]
+        return sum(split_means) / len(split_means) if split_means else 0.0
