@@ -250,6 +250,7 @@ class Trainer:
         acc.wait_for_everyone()
         found = checkpoints(self.work_dir)
         if found:
+            refuse_unsafe_pickles(found[-1])
             acc.load_state(str(found[-1]))
 
     def save_checkpoint(self) -> None:
@@ -289,6 +290,29 @@ def train(model: torch.nn.Module, groups: dict[str, torch.nn.Module], cfg: Train
 TRASH = ".trash-"  # prefix of a checkpoint being deleted
 # accelerate names a registered object's state by its registration index: the scheduler is 0, the trainer 1
 STATE_FILE = "custom_checkpoint_1.pkl"
+
+
+def refuse_unsafe_pickles(checkpoint: Path) -> None:
+    """Refuse a resume checkpoint whose pickles hold more than tensors and plain data, before accelerate reads it.
+
+    accelerate unpickles the registered objects' states (custom_checkpoint_*.pkl) with weights_only=False, which would
+    run whatever code a planted file names. Every pickle here is first read by torch's weights-only unpickler with
+    accelerate's own allow-list (numpy RNG state): what this trainer writes passes, anything else is refused.
+    """
+    import pickle
+
+    from accelerate.utils.other import load as weights_only_load
+
+    from .errors import InputError
+
+    for path in sorted([*checkpoint.glob("*.pkl"), *checkpoint.glob("*.bin")]):
+        try:
+            weights_only_load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ModuleNotFoundError) as err:
+            why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise InputError(f"{path}: refused to load this resume checkpoint: it is not plain tensors and data as "
+                             f"gemctl writes them ({why[:160]}); delete {checkpoint} to resume from an earlier "
+                             "checkpoint or start the stage over") from None
 
 
 def checkpoint_step(checkpoint: Path) -> int:

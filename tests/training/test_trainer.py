@@ -1,13 +1,15 @@
 """The trainer on a small stand-in model: schedule, accumulation, freezing, and exact resume."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from gem_stages.config import LossWeights, RuntimeConfig, TrainStageConfig
+from gem_stages.errors import InputError
 from gem_stages.tracker import ListTracker
-from gem_stages.trainer import MicroBatches, lr_lambda, step_seed, train
+from gem_stages.trainer import MicroBatches, lr_lambda, refuse_unsafe_pickles, step_seed, train
 
 
 class Toy(torch.nn.Module):
@@ -216,3 +218,33 @@ def test_a_micro_batch_with_nothing_to_learn_is_not_logged_as_a_zero_loss(tmp_pa
     assert all(m["loss"] > 100.0 for _, m in tracker.points if "loss" in m)  # zeros never pull a mean down
     assert result.losses["loss"] > 100.0
     assert result.losses["loss"] == pytest.approx(100.0 + result.losses["depth"])
+
+
+class _Planted:
+    """What a malicious pickle does: names a callable the unpickler would call (here one that leaves a mark)."""
+
+    def __init__(self, mark):
+        self.mark = mark
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.mark),))
+
+
+def test_a_planted_pickle_in_a_resume_checkpoint_is_refused_and_never_run(tmp_path):
+    _, first, _ = run(tmp_path, cfg(), stop_after=3)
+    ckpt = tmp_path / "w" / "ckpt-00000003"
+    # every pickle this trainer writes passes the weights-only check (else resume would refuse our own files)
+    refuse_unsafe_pickles(ckpt)
+    mark = tmp_path / "pwned"
+    import pickle
+
+    state_file = ckpt / "custom_checkpoint_1.pkl"
+    state_file.write_bytes(pickle.dumps({"step": 3, "x": _Planted(mark)}))
+    with pytest.raises(InputError, match=r"custom_checkpoint_1.pkl: refused to load this resume checkpoint.*delete"):
+        run(tmp_path, cfg())
+    assert not mark.exists()  # the planted callable never ran
+    # torch.save'd tensors of a planted kind (a torch.load of an arbitrary object) are refused the same way
+    torch.save({"obj": _Planted(mark)}, state_file)
+    with pytest.raises(InputError, match="refused to load"):
+        refuse_unsafe_pickles(ckpt)
+    assert not mark.exists()
