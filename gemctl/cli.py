@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from gem_stages.errors import InputError
+from gem_stages.files import never_world_writable
 
 from .launch import Executor
 from .outcome import CANCELLED_EXIT, StageFailed
@@ -464,6 +465,7 @@ def cancel(key: Annotated[str, typer.Argument(help="Job id, array id, run (e.g. 
 
 
 def main() -> None:
+    never_world_writable()
     try:
         app()
     except InputError as e:

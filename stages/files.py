@@ -15,7 +15,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the permissions open() would
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600: give the file the permissions open() would
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -27,10 +27,17 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def never_world_writable() -> None:
+    """Add "others may not write" to this process's umask (inherited by the jobs it starts): on a shared cluster
+    nothing gemctl creates (code snapshots, job folders, checkpoints) may be changed by other users, whatever the
+    user's umask allows; the rest of the umask is kept as the user set it."""
+    os.umask(current_umask() | 0o002)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from gem_stages.files import current_umask
+
 PROJECT_PACKAGES = ("gemctl", "gem_models", "gem_stages")
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 _SKIP_SUFFIXES = (".pyc", ".pyo", ".egg-info")
@@ -66,11 +68,21 @@ def take(job_dir: Path, packages: Mapping[str, Path] | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
     for name, src in packages.items():
         shutil.copytree(src, tmp / name, ignore=_ignore)
+    _apply_umask(tmp)
     try:
         tmp.rename(dest)
     except OSError:  # someone else made the same snapshot first
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _apply_umask(folder: Path) -> None:
+    """Permissions as the user's umask gives new files, never world-writable: mkdtemp makes 0700 and copytree
+    copies the sources' modes (a checkout may be group- or world-writable)."""
+    mask = current_umask() | 0o002
+    for path in [folder, *folder.rglob("*")]:
+        full = 0o777 if path.is_dir() or path.stat().st_mode & 0o111 else 0o666
+        os.chmod(path, full & ~mask)
 
 
 def setup_lines(code_dir: Path) -> list[str]:

@@ -62,3 +62,35 @@ def test_a_requeued_job_runs_the_code_of_submit_time(job_kind, tmp_path):
     assert r.ok, r.error
     assert r.requeues == 1 and r.value["restarts"] == 1
     assert r.value["value"] == 1 and r.value["pkg_file"].startswith(str(tmp_path / "jobs" / "code"))
+
+
+def _modes(folder):
+    return {p.relative_to(folder).as_posix(): p.stat().st_mode & 0o777 for p in [folder, *folder.rglob("*")]}
+
+
+def test_a_snapshot_has_the_users_umask_and_is_never_world_writable(tmp_path):
+    import os
+    import stat
+
+    src = tmp_path / "pkg"
+    (src / "sub").mkdir(parents=True)
+    (src / "__init__.py").write_text("")
+    (src / "sub" / "run.sh").write_text("#!/bin/sh\n")
+    for p in (src, src / "sub", src / "__init__.py"):
+        os.chmod(p, 0o777 if p.is_dir() else 0o666)  # a world-writable checkout
+    os.chmod(src / "sub" / "run.sh", 0o777)
+    old = os.umask(0o000)  # even a user whose umask lets everyone write
+    try:
+        open_dir = snapshot.take(tmp_path / "a", {"pkg": src})
+    finally:
+        os.umask(old)
+    modes = _modes(open_dir)
+    assert not any(m & stat.S_IWOTH for m in modes.values()), modes
+    assert modes["pkg/__init__.py"] == 0o664 and modes["pkg/sub/run.sh"] == 0o775 and modes["pkg"] == 0o775
+    old = os.umask(0o077)  # a private umask is kept: nothing for group or others
+    try:
+        private = snapshot.take(tmp_path / "b", {"pkg": src})
+    finally:
+        os.umask(old)
+    modes = _modes(private)
+    assert modes["pkg/__init__.py"] == 0o600 and modes["pkg/sub/run.sh"] == 0o700 and modes["."] == 0o700, modes
