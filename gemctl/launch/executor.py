@@ -385,6 +385,10 @@ def _submit(fns: Sequence[Callable[[], Any]], *, kind: str, resources: Resources
         raise InputError(f"unknown executor '{kind}' (one of: {', '.join(KINDS)})")
     kind = Executor(kind).value  # the plain string, in job records and job ids
     job_dir = Path(job_dir).absolute()
+    for what, text in (("job name", name), ("job folder", str(job_dir))):
+        # both reach the job script (quoted); a line break in either would begin a line the shell runs
+        if not text.isprintable():
+            raise InputError(f"{what} {text!r} holds a line break or control character; use a one-line name")
     job_dir.mkdir(parents=True, exist_ok=True)
     if kind == "slurm":
         cluster.check(resources)

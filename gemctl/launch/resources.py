@@ -9,11 +9,14 @@ against its partition before submitting, and names them. `local` and `debug` run
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from pydantic import model_validator
 
 from gem_models.config import Float, Int, Str, setting
 from gem_stages.config import settings
+
+SBATCH_FLAG = re.compile(r"-{0,2}[A-Za-z][A-Za-z0-9-]*")
 
 
 @settings
@@ -41,6 +44,18 @@ class Resources:
 
     @model_validator(mode="after")
     def _consistent(self):
+        # values become `#SBATCH --key=value` lines of the job script: shell-quoted by submitit, but a line break
+        # would start a line the shell runs, and a key is not quoted at all
+        for key in ("partition", "account", "qos", "constraint"):
+            if (value := getattr(self, key)) is not None and not value.isprintable():
+                raise ValueError(f"{key}={value!r} holds a line break or control character; give it on one line")
+        for flag, value in self.extra_sbatch.items():
+            if not SBATCH_FLAG.fullmatch(flag):
+                raise ValueError(f"extra_sbatch flag {flag!r} is not an sbatch option name (letters, digits and "
+                                 "dashes, e.g. mail-type)")
+            if not value.isprintable():
+                raise ValueError(f"extra_sbatch {flag}={value!r} holds a line break or control character; give it on "
+                                 "one line")
         if self.gpus_per_node and self.tasks_per_node not in (None, self.gpus_per_node):
             raise ValueError(f"tasks_per_node={self.tasks_per_node} with gpus_per_node={self.gpus_per_node}: "
                              "gemctl runs one task per GPU; leave tasks_per_node unset")

@@ -177,3 +177,43 @@ def test_executor_kind_from_env(monkeypatch):
     monkeypatch.setenv("GEMCTL_EXECUTOR", "kubernetes")
     with pytest.raises(InputError, match="GEMCTL_EXECUTOR='kubernetes' is not an executor"):
         kind_from_env()
+
+
+HOSTILE = "we ird 'q' \"dq\" ;$(touch {mark}) `touch {mark}` & | > <"
+
+
+@needs_slurm
+def test_names_paths_and_sbatch_values_with_shell_syntax_run_nothing(tmp_path):
+    """Job name, job folder and sbatch values full of shell syntax reach SLURM as plain text: the job runs as
+    asked and none of the embedded commands does."""
+    mark = tmp_path / "ran"
+    hostile = HOSTILE.format(mark=mark)
+    job_dir = tmp_path / f"jobs {hostile}".replace("/", "_").replace(">", "_").replace("<", "_")
+    res = Resources(time_min=5, signal_delay_s=30, extra_sbatch={"comment": hostile})
+    r = launch(functools.partial(jobfns.add, 2, 3), kind="slurm", resources=res, job_dir=job_dir,
+               name=TEST_PREFIX + hostile)
+    assert r.ok and r.value["sum"] == 5, r.error
+    script = next(job_dir.glob("*_submission.sh")).read_text()
+    assert "$(touch" in script  # the text is there, as quoted data
+    assert not mark.exists() and not list(tmp_path.rglob("ran"))
+    out = subprocess.run(["sacct", "-j", r.job_id, "-X", "-n", "-o", "JobName%200"], capture_output=True, text=True)
+    # SLURM keeps the name as text (it shows a double quote as a backquote)
+    assert out.stdout.strip() == (TEST_PREFIX + hostile).replace('"', "`")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"partition": "debug\ntouch /tmp/x #"}, "partition=.* holds a line break"),
+    ({"extra_sbatch": {"comment": "a\rb"}}, "extra_sbatch comment=.* holds a line break"),
+    ({"extra_sbatch": {"x\ntouch /tmp/x\n#": "1"}}, "is not an sbatch option name"),
+    ({"extra_sbatch": {"mail type": "END"}}, "is not an sbatch option name"),
+])
+def test_a_resource_value_that_would_break_the_job_script_is_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        Resources(**settings)
+
+
+def test_a_job_name_with_a_line_break_is_refused_before_anything_is_submitted(tmp_path):
+    with pytest.raises(InputError, match="job name .* holds a line break"):
+        submit(functools.partial(jobfns.add, 1, 1), kind="local", resources=SMALL, job_dir=tmp_path / "jobs",
+               name=TEST_PREFIX + "a\nb")
+    assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())
