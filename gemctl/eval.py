@@ -210,9 +210,10 @@ def launch_eval(project: Project, recipe_name: str, benchmark: str, on_update=No
         outcome.write_error(project.recipe_dir(recipe_name), name, str(e), 2)
         return 2, str(e)
     for r in results:
-        if r.ok and r.value.status == "input_error":
-            outcome.write_error(project.recipe_dir(recipe_name), name, r.value.message, 2)
-            return 2, r.value.message
+        if r.ok and r.value.status in ("input_error", "no_space"):
+            code = 2 if r.value.status == "input_error" else 1
+            outcome.write_error(project.recipe_dir(recipe_name), name, r.value.message, code)
+            return code, r.value.message
         if not r.ok and r.state == "CANCELLED":  # `gemctl cancel`, or Ctrl-C here: what the user asked for
             from .outcome import CANCELLED_EXIT
 

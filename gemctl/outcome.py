@@ -24,9 +24,10 @@ class StageOutcome:
 
     # completed: output written; preempted: checkpointed on the stop signal, run again to finish (the launcher
     # requeues it); input_error: the user's input is wrong, `message` says what and how to fix it (exit 2)
-    status: Literal["completed", "preempted", "input_error"]
+    # no_space: a filesystem filled up mid-write (complete checkpoints kept; `message` names it; exit 1)
+    status: Literal["completed", "preempted", "input_error", "no_space"]
     summary: dict = field(default_factory=dict)  # the stage's summary.json content ({} for an input error)
-    message: str = ""  # an input error's one line
+    message: str = ""  # an input error's (or a full disk's) one line
 
     @property
     def ok(self) -> bool:

@@ -8,6 +8,7 @@ nothing of DVC, MLflow or SLURM.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -199,6 +200,11 @@ def job_outcome(run: Callable[[], dict]) -> StageOutcome:
         summary = run()
     except InputError as e:
         return StageOutcome("input_error", message=str(e))
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        return StageOutcome("no_space", message=f"no space left on the filesystem of {e.filename or 'the output'}: "
+                            "free some and run again (complete checkpoints were kept: it resumes from the newest)")
     return StageOutcome(summary.get("status", "completed"), summary)
 
 
@@ -239,9 +245,10 @@ def launch_stage(project: Project, recipe_name: str, stage: str, on_update=None)
     except KeyboardInterrupt:  # a debug job (in this process: no checkpoint), or a third Ctrl-C
         outcome.write_error(recipe_dir, stage, "interrupted", CANCELLED_EXIT)
         return CANCELLED_EXIT, "interrupted"
-    if result.ok and result.value.status == "input_error":
-        outcome.write_error(recipe_dir, stage, result.value.message, 2)
-        return 2, result.value.message
+    if result.ok and result.value.status in ("input_error", "no_space"):
+        code = 2 if result.value.status == "input_error" else 1
+        outcome.write_error(recipe_dir, stage, result.value.message, code)
+        return code, result.value.message
     if result.ok:
         return 0, ""
     work = _work_dir(project, recipe, recipe_name, stage)

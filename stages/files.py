@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import socket
@@ -40,6 +41,28 @@ def never_world_writable() -> None:
     os.umask(current_umask() | 0o002)
 
 
+FULL_BELOW_BYTES = 4 << 20  # a filesystem with less free space than this after a failed write was full
+
+
+def as_disk_full(err: BaseException, path: Path) -> BaseException:
+    """`err` as OSError(ENOSPC) naming `path` when the write failed because its filesystem is full, else `err`.
+    Libraries say "no space" in their own ways (torch.save: "unexpected pos 576 vs 534"; safetensors: an I/O error
+    text), so the filesystem's free space after the failure decides. Call it before removing what was written."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return err
+    if not isinstance(err, Exception):
+        return err  # KeyboardInterrupt, SystemExit: never a full disk
+    try:
+        free = shutil.disk_usage(path if path.exists() else path.parent).free
+    except OSError:
+        return err
+    if free >= FULL_BELOW_BYTES:
+        return err
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    full.__cause__ = err
+    return full
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a hidden sibling folder to fill; on success it replaces `path` whole (renames, atomic on one
@@ -53,8 +76,11 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
-    except BaseException:
+    except BaseException as err:
+        reported = as_disk_full(err, staging)
         shutil.rmtree(staging, ignore_errors=True)
+        if reported is not err:
+            raise reported from err
         raise
     if not path.exists():
         os.replace(staging, path)
