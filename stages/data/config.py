@@ -54,7 +54,28 @@ class DataConfig:
 
     # --- user files (source: files) ---
     files: list[AnnotationSet] = setting(list, "Annotation sets with image and depth roots.")
-    episodes_dir: Str = setting("", 'Folder searched recursively for *.hdf5 episodes; "" = no episodes.')
+    episodes_dir: Str = setting(
+        "", 'Folder of action episodes: *.hdf5 files anywhere below it (rdt, robomimic) or a LeRobot dataset '
+        '(meta/info.json at its top); "" = no episodes.')
+    episode_format: Literal["auto", "rdt", "robomimic", "lerobot"] = setting(
+        "auto", "How the episodes are stored: rdt (GEM-VLA/RDT HDF5, one episode per file), robomimic (LIBERO/"
+        "robomimic HDF5, data/demo_N per file), lerobot (LeRobot v2.x/v3.0 parquet + mp4 folder); auto: "
+        "lerobot when meta/info.json exists, else robomimic when the HDF5 files have a 'data' group, else rdt.")
+    episode_cameras: dict[Str, Str] = setting(
+        dict, 'Camera name -> the key holding its frames (robomimic: an obs key such as "agentview_rgb"; '
+        'lerobot: a feature such as "observation.images.top"); {} = every camera in the files, named by the key '
+        'without its "_rgb"/"_image" suffix (robomimic) or "observation.images." prefix (lerobot). rdt: unused.')
+    episode_state_keys: list[Str] = setting(
+        list, "Keys concatenated, in this order, into the state (robomimic: obs keys; lerobot: features); [] = "
+        "the format's default: rdt observations/state; robomimic LIBERO's ee_pos, ee_ori, gripper_states, else "
+        "robomimic's robot0_eef_pos, robot0_eef_quat, robot0_gripper_qpos; lerobot observation.state.")
+    episode_action_key: Str = setting(
+        "", 'The actions\' key; "" = the format\'s: "action" (rdt, lerobot), "actions" (robomimic).')
+    episode_filter: Str = setting(
+        "", 'robomimic: train only on the demos listed under mask/<episode_filter> (e.g. "train"); "" = all.')
+    episode_image_flip: Literal["none", "vertical", "rotate180"] = setting(
+        "none", "Turn every episode frame: robosuite (LIBERO, robomimic) stores images bottom row first, so "
+        "vertical shows them upright as the LIBERO evaluator does (rotate180: OpenVLA's regenerated LIBERO).")
     check_images: Literal["header", "decode"] = setting(
         "header", 'How hard prepare checks each image: "header" reads image sizes only (fast); "decode" also '
         "decodes every pixel (finds truncated files).")

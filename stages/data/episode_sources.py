@@ -1,0 +1,167 @@
+"""Action episodes in the formats users have, behind one reader: rdt (episode_format.py), robomimic / LIBERO
+(episodes_robomimic.py) and LeRobot (episodes_lerobot.py).
+
+Ingest (`scan_episodes`) checks a folder and returns the manifest's `episodes` entry: per episode its file, its
+locator inside that file (a demo name, a LeRobot row range and video spans), length and instruction; the keys read
+(`keys`) and the action/state statistics, computed here once over every step. Training opens an episode with
+`open_episode` and reads windows through the EpisodeReader methods, whatever the format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import InputError
+from .config import DataConfig
+
+
+@dataclass(frozen=True)
+class Scanned:
+    """One episode found at ingest."""
+
+    file: Path  # the file the episode's steps are in (HDF5 or parquet)
+    locator: dict | None  # where in that file, format-specific (None: the whole file)
+    length: int
+    instruction: str
+    cameras: list[str]
+    depth_cameras: list[str]
+    state_dim: int
+    action_dim: int
+    image_size: tuple[int, int]  # (H, W) of the first camera
+
+
+class EpisodeReader(Protocol):
+    """One open episode. Steps are 0..length-1; out-of-range steps are the caller's bug."""
+
+    def actions(self) -> np.ndarray: ...  # float32 (N, action_dim), every step (small: no images)
+
+    def states(self) -> np.ndarray: ...  # float32 (N, state_dim)
+
+    def frames(self, camera: str, steps: list[int]) -> list[np.ndarray]: ...  # uint8 (H, W, 3) per step
+
+    def depth(self, camera: str, step: int) -> np.ndarray | None: ...  # float32 (H, W) metres, None: no depth
+
+    def close(self) -> None: ...
+
+
+def flip(image: np.ndarray, how: str) -> np.ndarray:
+    if how == "vertical":
+        return np.ascontiguousarray(image[::-1])
+    if how == "rotate180":
+        return np.ascontiguousarray(image[::-1, ::-1])
+    return image
+
+
+def detect_format(folder: Path) -> str:
+    """lerobot when meta/info.json exists, else robomimic when the first HDF5 file has a 'data' group, else rdt."""
+    import h5py
+
+    if (folder / "meta" / "info.json").is_file():
+        return "lerobot"
+    files = hdf5_files(folder)
+    if not files:
+        return "rdt"  # the rdt scan says what is missing
+    try:
+        with h5py.File(files[0], "r") as f:
+            return "robomimic" if isinstance(f.get("data"), h5py.Group) else "rdt"
+    except OSError as e:
+        raise InputError(f"episode file '{files[0]}' cannot be opened as HDF5 ({str(e).split(';')[0]}): "
+                         "re-export it") from None
+
+
+def hdf5_files(folder: Path) -> list[Path]:
+    return sorted(p for pattern in ("*.hdf5", "*.h5") for p in folder.rglob(pattern))
+
+
+def _module(fmt: str):
+    if fmt == "rdt":
+        from . import episode_format as module
+    elif fmt == "robomimic":
+        from . import episodes_robomimic as module
+    elif fmt == "lerobot":
+        from . import episodes_lerobot as module
+    else:
+        raise InputError(f"unknown episode format '{fmt}': use rdt, robomimic or lerobot")
+    return module
+
+
+def scan_episodes(cfg: DataConfig, folder: Path) -> tuple[dict, list[Path]]:
+    """(the manifest's `episodes` entry, every file it reads: for files.md5). InputError names file and fix."""
+    fmt = detect_format(folder) if cfg.episode_format == "auto" else cfg.episode_format
+    module = _module(fmt)
+    keys = module.resolve_keys(cfg)
+    found, files = module.scan(folder, keys)
+    if not found:
+        what = "*.hdf5 files" if fmt == "rdt" else f"{fmt} episodes"
+        raise InputError(f"episodes directory '{cfg.episodes_dir}' (data.episodes_dir) has no {what}: export "
+                         "episodes there, set data.episode_format, or leave it empty")
+    first = found[0]
+    for ep in found:
+        if (ep.state_dim, ep.action_dim) != (first.state_dim, first.action_dim):
+            raise InputError(
+                f"episode '{_where(ep)}' has state/action dims {ep.state_dim}/{ep.action_dim} but "
+                f"'{_where(first)}' has {first.state_dim}/{first.action_dim}: keep one robot's episodes per dataset")
+    cameras = sorted(set.intersection(*(set(ep.cameras) for ep in found)))
+    if not cameras:
+        raise InputError(f"the episodes in '{cfg.episodes_dir}' share no camera name: export the same cameras for "
+                         "every episode")
+    meta = {
+        "format": fmt,
+        "keys": keys,
+        "files": [str(ep.file) for ep in found],
+        "locators": [ep.locator for ep in found],
+        "lengths": [ep.length for ep in found],
+        "instructions": [ep.instruction for ep in found],
+        "cameras": cameras,
+        "depth_cameras": sorted(set.intersection(*(set(ep.depth_cameras) for ep in found))),
+        "state_dim": first.state_dim,
+        "action_dim": first.action_dim,
+        "state_names": None,
+        "action_names": None,
+        "units": None,
+        "image_size": list(first.image_size),
+    }
+    meta["statistics"] = statistics(Path("/"), meta)  # files are absolute: the dataset folder does not matter
+    return meta, files
+
+
+def _where(ep: Scanned) -> str:
+    return f"{ep.file}" + (f" {ep.locator['name']}" if ep.locator and "name" in ep.locator else "")
+
+
+def episode_name(meta: dict, episode: int) -> str:
+    """How messages name an episode: its file, and the demo or episode index inside it."""
+    locator = (meta.get("locators") or [None] * (episode + 1))[episode]
+    name = f" {locator['name']}" if locator and "name" in locator else ""
+    return f"'{meta['files'][episode]}'{name}"
+
+
+def open_episode(dataset_dir: Path, meta: dict, episode: int) -> EpisodeReader:
+    """The reader of episode `episode` of a manifest's `episodes` entry (manifests before formats: rdt)."""
+    module = _module(meta.get("format", "rdt"))
+    locator = (meta.get("locators") or [None] * len(meta["files"]))[episode]
+    return module.open_reader(Path(dataset_dir) / meta["files"][episode], locator, meta.get("keys") or {},
+                              episode_name(meta, episode))
+
+
+def statistics(dataset_dir: Path, meta: dict) -> dict:
+    """{"action": {"mean", "std", "min", "max"}, "state": {...}, "count": steps}: per-dimension float lists over all
+    steps of all episodes (std is the population std, as the reference's action_stats.json)."""
+    actions, states = [], []
+    for i in range(len(meta["files"])):
+        reader = open_episode(dataset_dir, meta, i)
+        try:
+            actions.append(np.asarray(reader.actions(), dtype=np.float64))
+            states.append(np.asarray(reader.states(), dtype=np.float64))
+        finally:
+            reader.close()
+    stats: dict = {"count": int(sum(len(a) for a in actions))}
+    for key, arrays in (("action", actions), ("state", states)):
+        x = np.concatenate(arrays)
+        stats[key] = {"mean": x.mean(axis=0).tolist(), "std": x.std(axis=0).tolist(),
+                      "min": x.min(axis=0).tolist(), "max": x.max(axis=0).tolist()}
+    return stats
