@@ -24,6 +24,14 @@ class AnnotationSet:
         '"" = none.')
 
 
+@settings
+class EpisodeCamera:
+    name: Str = setting("", "The camera's name in stage 4's episodes.cameras and in the LIBERO evaluator.")
+    key: Str = setting(
+        "", 'Where its frames are: a robomimic obs key ("agentview_rgb") or a LeRobot feature '
+        '("observation.images.top").')
+
+
 def _side(default: int, description: str):
     # image sides: the depth VAE downsamples by 32
     return setting(default, description, ge=32, le=1024, multiple_of=32)
@@ -61,10 +69,10 @@ class DataConfig:
         "auto", "How the episodes are stored: rdt (GEM-VLA/RDT HDF5, one episode per file), robomimic (LIBERO/"
         "robomimic HDF5, data/demo_N per file), lerobot (LeRobot v2.x/v3.0 parquet + mp4 folder); auto: "
         "lerobot when meta/info.json exists, else robomimic when the HDF5 files have a 'data' group, else rdt.")
-    episode_cameras: dict[Str, Str] = setting(
-        dict, 'Camera name -> the key holding its frames (robomimic: an obs key such as "agentview_rgb"; '
-        'lerobot: a feature such as "observation.images.top"); {} = every camera in the files, named by the key '
-        'without its "_rgb"/"_image" suffix (robomimic) or "observation.images." prefix (lerobot). rdt: unused.')
+    episode_cameras: list[EpisodeCamera] = setting(
+        list, 'Cameras to read and their names, e.g. [{name: wrist, key: eye_in_hand_rgb}]; [] = every camera in '
+        'the files, named by its key without the "_rgb"/"_image" suffix (robomimic) or the "observation.images." '
+        "prefix (lerobot). rdt: unused.")
     episode_state_keys: list[Str] = setting(
         list, "Keys concatenated, in this order, into the state (robomimic: obs keys; lerobot: features); [] = "
         "the format's default: rdt observations/state; robomimic LIBERO's ee_pos, ee_ori, gripper_states, else "
@@ -95,6 +103,10 @@ class DataConfig:
                 raise ValueError(f"cameras lists a camera twice ({self.cameras}): list each camera once")
             if self.num_scenes == 0 and self.num_episodes == 0:
                 raise ValueError("num_scenes and num_episodes are both 0: set at least one of them above 0")
+        names = [c.name for c in self.episode_cameras]
+        if any(not c.name or not c.key for c in self.episode_cameras) or len(set(names)) != len(names):
+            raise ValueError(f"episode_cameras {[(c.name, c.key) for c in self.episode_cameras]} needs a name and a "
+                             "key for each camera, each name once")
         if self.source == "files" and not self.files and not self.episodes_dir:
             raise ValueError("source is 'files' but files is empty and episodes_dir is unset: "
                              "list at least one annotation set or give an episodes directory")

@@ -34,7 +34,8 @@ IMAGE_PREFIXES = ("observation.images.", "observation.")
 def resolve_keys(cfg) -> dict:
     if cfg.episode_filter:
         raise InputError("data.episode_filter is robomimic's mask: leave it empty for a LeRobot dataset")
-    return {"cameras": dict(cfg.episode_cameras), "state": list(cfg.episode_state_keys) or ["observation.state"],
+    return {"cameras": {c.name: c.key for c in cfg.episode_cameras},
+            "state": list(cfg.episode_state_keys) or ["observation.state"],
             "action": cfg.episode_action_key or "action", "image_flip": cfg.episode_image_flip}
 
 

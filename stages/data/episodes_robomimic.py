@@ -31,12 +31,13 @@ from .episode_format import _fallback_instruction
 from .episode_sources import Scanned, flip, hdf5_files
 
 # LIBERO's 8-dim state (the LIBERO evaluator's: eef position, axis-angle, gripper joints), then robomimic's
-DEFAULT_STATE_KEYS = (["ee_pos", "ee_ori", "gripper_states"], ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"])
+DEFAULT_STATE_KEYS = (["ee_pos", "ee_ori", "gripper_states"],
+                      ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"])
 IMAGE_SUFFIXES = ("_rgb", "_image")
 
 
 def resolve_keys(cfg) -> dict:
-    return {"cameras": dict(cfg.episode_cameras), "state": list(cfg.episode_state_keys),
+    return {"cameras": {c.name: c.key for c in cfg.episode_cameras}, "state": list(cfg.episode_state_keys),
             "action": cfg.episode_action_key or "actions", "filter": cfg.episode_filter,
             "image_flip": cfg.episode_image_flip}
 

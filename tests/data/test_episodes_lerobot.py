@@ -86,14 +86,15 @@ def test_statistics_cover_every_row(lerobot):
 def test_camera_and_key_mapping(tmp_path):
     write_lerobot_v2(tmp_path / "ds", [3, 3], ["a", "b"])
     prepare_dataset(DataConfig(source="files", episodes_dir=str(tmp_path / "ds"), episode_format="lerobot",
-                               episode_cameras={"ego": "observation.images.wrist"},
+                               episode_cameras=[{"name": "ego", "key": "observation.images.wrist"}],
                                episode_state_keys=["observation.state", "action"]), tmp_path / "out")
     w = EpisodeWindows(tmp_path / "out", chunk_size=1, cameras=["ego"])[4]
     assert abs(grey(w["image"]) - shade(1, 1, 1)) < 4
     assert np.allclose(w["state"], np.concatenate([states_of(1, 3, 4)[1], actions_of(1, 3, 4)[1]]))
     with pytest.raises(InputError, match="'observation.images.side', which is not a video or image feature"):
-        prepare_dataset(DataConfig(source="files", episodes_dir=str(tmp_path / "ds"),
-                                   episode_cameras={"side": "observation.images.side"}), tmp_path / "bad")
+        cameras = [{"name": "side", "key": "observation.images.side"}]
+        prepare_dataset(DataConfig(source="files", episodes_dir=str(tmp_path / "ds"), episode_cameras=cameras),
+                        tmp_path / "bad")
 
 
 def test_missing_and_truncated_files_name_the_file_and_episode(tmp_path):

@@ -77,7 +77,7 @@ def test_statistics_are_computed_at_ingest_over_every_step(libero_dir, tmp_path)
 def test_camera_names_state_keys_mask_and_flip_are_settings(libero_dir, tmp_path):
     with h5py.File(libero_dir / "drawer_demo.hdf5", "a") as f:
         f.create_dataset("mask/train", data=np.array([], dtype="S8"))  # no training demo in this file
-    prepare(libero_dir, tmp_path / "out", episode_cameras={"wrist": "eye_in_hand_rgb"},
+    prepare(libero_dir, tmp_path / "out", episode_cameras=[{"name": "wrist", "key": "eye_in_hand_rgb"}],
             episode_state_keys=["ee_pos", "gripper_states"], episode_filter="train", episode_image_flip="vertical")
     windows = EpisodeWindows(tmp_path / "out", chunk_size=2, cameras=["wrist"])
     assert windows.meta["lengths"] == [7]  # mask/train lists bowl demo_1 only
@@ -115,3 +115,36 @@ def test_truncated_file_at_ingest_and_after_it(libero_dir, tmp_path):
         windows[6]
     with pytest.raises(InputError, match=r"bowl_demo.hdf5'.*cannot be (opened|read)"):
         prepare(libero_dir, tmp_path / "again")
+
+
+def test_robomimic_naming_and_an_instructions_file(tmp_path):
+    """robomimic's own keys (<camera>_image, robot0_eef_pos/quat, robot0_gripper_qpos), no language in the file."""
+    eps = tmp_path / "lift"
+    eps.mkdir()
+    with h5py.File(eps / "low_dim.hdf5", "w") as f:
+        demo = f.create_group("data/demo_0")
+        demo.create_dataset("actions", data=actions_of(0, 4, 7))
+        obs = demo.create_group("obs")
+        obs.create_dataset("agentview_image", data=np.stack([ramp_frame(0, t, 0, (32, 32)) for t in range(4)]))
+        obs.create_dataset("robot0_eye_in_hand_image", data=np.zeros((4, 32, 32, 3), np.uint8))
+        state = states_of(0, 4, 9)
+        for key, (a, b) in {"robot0_eef_pos": (0, 3), "robot0_eef_quat": (3, 7), "robot0_gripper_qpos": (7, 9)}.items():
+            obs.create_dataset(key, data=state[:, a:b])
+        obs.create_dataset("object", data=np.zeros((4, 10)))
+    (eps / "instructions.json").write_text('["lift the cube"]')
+    manifest = prepare(eps, tmp_path / "out")
+    episodes = manifest["episodes"]
+    assert episodes["cameras"] == ["agentview", "robot0_eye_in_hand"] and episodes["state_dim"] == 9
+    assert episodes["instructions"] == ["lift the cube"]
+    w = EpisodeWindows(tmp_path / "out", chunk_size=2)[2]
+    assert np.array_equal(w["state"], state[2]) and np.array_equal(np.asarray(w["image"]), ramp_frame(0, 2, 0, (32, 32)))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"episode_format": "rdt", "episode_filter": "train"}, "do not apply to rdt episodes"),
+    ({"episode_cameras": [{"name": "a", "key": "x_rgb"}, {"name": "a", "key": "y_rgb"}]}, "each name once"),
+    ({"episode_format": "lerobot"}, "has no meta/info.json, so it is not a LeRobot dataset"),
+])
+def test_settings_that_do_not_fit_are_one_line(libero_dir, tmp_path, changes, message):
+    with pytest.raises(InputError, match=message):
+        prepare(libero_dir, tmp_path / "out", **changes)

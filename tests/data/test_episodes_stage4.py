@@ -17,7 +17,14 @@ from gem_stages.errors import InputError
 from gem_stages.train import ACTION_STATS_FILE, stage_samples, train_stage
 from gemctl.recipe import resolve
 
-from .episode_writers import actions_of, ramp_frame, states_of, write_lerobot_v2, write_lerobot_v3, write_libero
+from .episode_writers import (
+    actions_of,
+    ramp_frame,
+    states_of,
+    write_lerobot_v2,
+    write_lerobot_v3,
+    write_libero,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
