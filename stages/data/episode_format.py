@@ -161,16 +161,21 @@ def resolve_keys(cfg) -> dict:
     return {"image_flip": cfg.episode_image_flip}
 
 
-def scan(folder: Path, keys: dict):
+def scan(folder: Path, keys: dict, bad):
+    """(the episodes, the files read); an unreadable episode goes to `bad` (episode_sources.BadEpisodes)."""
     from .episode_sources import Scanned, hdf5_files
 
     files = [p for p in hdf5_files(folder) if p.suffix == ".hdf5"]
     found = []
     for path in files:
-        info = inspect_episode(path)
+        try:
+            info = inspect_episode(path)
+        except InputError as e:
+            bad(e)
+            continue
         found.append(Scanned(path, None, info.length, info.instruction, info.cameras, info.depth_cameras,
                              info.state_dim, info.action_dim, info.image_size))
-    return found, files
+    return found, [ep.file for ep in found]
 
 
 class RdtEpisode:

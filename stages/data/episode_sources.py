@@ -9,6 +9,7 @@ locator inside that file (a demo name, a LeRobot row range and video spans), len
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -89,12 +90,52 @@ def _module(fmt: str):
     return module
 
 
-def scan_episodes(cfg: DataConfig, folder: Path) -> tuple[dict, list[Path]]:
-    """(the manifest's `episodes` entry, every file it reads: for files.md5). InputError names file and fix."""
+class BadEpisodes:
+    """What ingest does with an episode it cannot read (data.on_error): "stop" raises its InputError; "skip"
+    leaves it out and counts it. Formats call it with each episode's error (or a whole file's, counted once)."""
+
+    def __init__(self, on_error: str = "stop"):
+        self.on_error, self.count, self.first = on_error, 0, None
+
+    def __call__(self, error: InputError) -> None:
+        if self.on_error == "stop":
+            raise error
+        self.count += 1
+        self.first = self.first or str(error)
+
+
+def scan_episodes(cfg: DataConfig, folder: Path, on_error: str = "stop",
+                  max_skipped: float = 0.0) -> tuple[dict, list[Path]]:
+    """(the manifest's `episodes` entry, every file it reads: for files.md5). InputError names file and fix.
+
+    Each episode's actions and states are read here (the statistics need them; images are not decoded), so a
+    truncated file is met at ingest: it stops, or under on_error "skip" is left out and counted, failing when
+    more than max_skipped of the episodes are."""
     fmt = detect_format(folder) if cfg.episode_format == "auto" else cfg.episode_format
     module = _module(fmt)
     keys = module.resolve_keys(cfg)
-    found, files = module.scan(folder, keys)
+    bad = BadEpisodes(on_error)
+    candidates, files = module.scan(folder, keys, bad)
+    found, actions, states, dropped = [], [], [], []
+    for ep in candidates:
+        try:
+            a, s = _low_dim(module, ep, keys)
+        except InputError as e:
+            bad(e)
+            dropped.append(ep)
+            continue
+        found.append(ep)
+        actions.append(a)
+        states.append(s)
+    unused = set().union(*map(_files_of, dropped)) - set().union(*map(_files_of, found))
+    files = [f for f in files if f not in unused]
+    if bad.count:
+        total = bad.count + len(found)
+        print(f"[data] episodes: {bad.count} of {total} skipped (data.on_error: skip); the first: {bad.first}",
+              file=sys.stderr, flush=True)
+        if bad.count > max_skipped * total:
+            raise InputError(f"{bad.count} of {total} episodes cannot be read (more than data.max_skipped "
+                             f"{max_skipped:.1%}); the first: {bad.first} -- fix them or raise data.max_skipped")
     if not found:
         what = "*.hdf5 files" if fmt == "rdt" else f"{fmt} episodes"
         raise InputError(f"episodes directory '{cfg.episodes_dir}' (data.episodes_dir) has no {what}: export "
@@ -124,9 +165,30 @@ def scan_episodes(cfg: DataConfig, folder: Path) -> tuple[dict, list[Path]]:
         "action_names": None,
         "units": None,
         "image_size": list(first.image_size),
+        "skipped": bad.count,
+        "first_skipped": bad.first,
+        "statistics": _statistics(actions, states),
     }
-    meta["statistics"] = statistics(Path("/"), meta)  # files are absolute: the dataset folder does not matter
     return meta, files
+
+
+def _files_of(ep: Scanned) -> set[Path]:
+    videos = (ep.locator or {}).get("videos", {})
+    return {Path(ep.file), *(Path(path) for path, _ in videos.values())}
+
+
+def _low_dim(module, ep: Scanned, keys: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The episode's actions and states, read in full and checked against its length."""
+    name = f"'{_where(ep)}'"
+    reader = module.open_reader(ep.file, ep.locator, keys, name)
+    try:
+        actions, states = reader.actions(), reader.states()
+    finally:
+        reader.close()
+    if len(actions) != ep.length or len(states) != ep.length:
+        raise InputError(f"episode {name} has {len(actions)} actions and {len(states)} states for {ep.length} "
+                         "steps: re-export it")
+    return actions, states
 
 
 def _where(ep: Scanned) -> str:
@@ -155,13 +217,17 @@ def statistics(dataset_dir: Path, meta: dict) -> dict:
     for i in range(len(meta["files"])):
         reader = open_episode(dataset_dir, meta, i)
         try:
-            actions.append(np.asarray(reader.actions(), dtype=np.float64))
-            states.append(np.asarray(reader.states(), dtype=np.float64))
+            actions.append(reader.actions())
+            states.append(reader.states())
         finally:
             reader.close()
+    return _statistics(actions, states)
+
+
+def _statistics(actions: list[np.ndarray], states: list[np.ndarray]) -> dict:
     stats: dict = {"count": int(sum(len(a) for a in actions))}
     for key, arrays in (("action", actions), ("state", states)):
-        x = np.concatenate(arrays)
+        x = np.concatenate(arrays).astype(np.float64)
         stats[key] = {"mean": x.mean(axis=0).tolist(), "std": x.std(axis=0).tolist(),
                       "min": x.min(axis=0).tolist(), "max": x.max(axis=0).tolist()}
     return stats

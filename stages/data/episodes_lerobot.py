@@ -73,8 +73,8 @@ def _read_table(path: Path, what: str, **kwargs):
     try:
         return _pq().read_table(path, **kwargs)
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise InputError(f"{what} '{path}' cannot be read as parquet ({str(e).splitlines()[0]}): restore "
-                         "it") from None
+        reason = str(e).splitlines()[0].split(". ")[0]
+        raise InputError(f"{what} '{path}' cannot be read as parquet ({reason}): restore it") from None
 
 
 def _episodes_meta(root: Path, info: dict) -> list[dict]:
@@ -138,7 +138,9 @@ def _dim(info: dict, key: str, setting: str) -> int:
     return int(np.prod(feature.get("shape") or [1]))
 
 
-def scan(folder: Path, keys: dict) -> tuple[list[Scanned], list[Path]]:
+def scan(folder: Path, keys: dict, bad) -> tuple[list[Scanned], list[Path]]:
+    """(the episodes, the files read); an episode whose files are missing or unreadable goes to `bad`
+    (episode_sources.BadEpisodes); problems with the dataset's metadata always stop."""
     info_path = folder / "meta" / "info.json"
     if not info_path.is_file():
         raise InputError(f"'{folder}' has no meta/info.json, so it is not a LeRobot dataset: give the dataset's "
@@ -155,40 +157,76 @@ def scan(folder: Path, keys: dict) -> tuple[list[Scanned], list[Path]]:
     found = []
     probed: dict[str, tuple[int, int]] = {}
     for ep in _episodes_meta(folder, info):
-        name = f"episode {ep['episode_index']}"
-        data = folder / ep["data"]
-        table = _read_table(data, f"{name}'s data file", columns=["episode_index", "timestamp"])
-        rows = int(np.sum(table.column("episode_index").to_numpy() == ep["episode_index"]))
-        if rows != ep["length"] or rows == 0:
-            raise InputError(f"LeRobot {name}: its data file '{data}' has {rows} rows but the metadata says "
-                             f"{ep['length']} steps: restore the dataset")
-        for camera, key in cameras.items():
-            if key in ep["videos"]:
-                video = folder / ep["videos"][key][0]
-                if not video.is_file():
-                    raise InputError(f"LeRobot {name}: video '{video}' of camera '{camera}' does not exist: restore "
-                                     "the dataset")
-                if str(video) not in probed:
-                    try:
-                        width, height = video_size(video, decode=False)
-                    except VideoError as e:
-                        raise InputError(f"LeRobot {name}: video '{video}' cannot be read ({e}): re-encode it or "
-                                         "restore the dataset") from None
-                    probed[str(video)] = (height, width)
-                files.add(video)
-        files.add(data)
-        instruction = next((t for t in ep["tasks"] if isinstance(t, str) and t), None)
-        if instruction is None:
-            raise InputError(f"LeRobot {name} has no task: give each episode a task (its instruction)")
-        first = cameras[sorted(cameras)[0]]
-        shape = info["features"][first].get("shape") or [0, 0, 3]
-        size = probed.get(str(folder / ep["videos"][first][0])) if first in ep["videos"] else tuple(shape[:2])
-        locator = {"name": name, "episode_index": ep["episode_index"], "cameras": cameras,
-                   "videos": {k: [str(folder / p), t] for k, (p, t) in ep["videos"].items() if k in cameras.values()},
-                   "fps": float(info["fps"])}
-        found.append(Scanned(data, locator, ep["length"], instruction, sorted(cameras), [], state_dim, action_dim,
-                             tuple(int(s) for s in size)))
+        try:
+            found.append(_check_episode(folder, info, keys, ep, cameras, state_dim, action_dim, files, probed))
+        except InputError as e:
+            bad(e)
     return found, sorted(files)
+
+
+def _check_episode(folder: Path, info: dict, keys: dict, ep: dict, cameras: dict[str, str], state_dim: int,
+                   action_dim: int, files: set, probed: dict) -> Scanned:
+    name = f"episode {ep['episode_index']}"
+    data = folder / ep["data"]
+    rows = _episode_rows(data, ep["episode_index"], _low_dim_columns(info, keys), f"LeRobot {name}").num_rows
+    if rows != ep["length"] or rows == 0:
+        raise InputError(f"LeRobot {name}: its data file '{data}' has {rows} rows but the metadata says "
+                         f"{ep['length']} steps: restore the dataset")
+    used = [data]  # listed in files.md5 only when the episode is kept
+    for camera, key in cameras.items():
+        if key in ep["videos"]:
+            video = folder / ep["videos"][key][0]
+            if not video.is_file():
+                raise InputError(f"LeRobot {name}: video '{video}' of camera '{camera}' does not exist: restore "
+                                 "the dataset")
+            if str(video) not in probed:
+                try:
+                    width, height = video_size(video, decode=False)
+                except VideoError as e:
+                    raise InputError(f"LeRobot {name}: video '{video}' cannot be read ({e}): re-encode it or "
+                                     "restore the dataset") from None
+                probed[str(video)] = (height, width)
+            used.append(video)
+    instruction = next((t for t in ep["tasks"] if isinstance(t, str) and t), None)
+    if instruction is None:
+        raise InputError(f"LeRobot {name} has no task: give each episode a task (its instruction)")
+    first = cameras[sorted(cameras)[0]]
+    shape = info["features"][first].get("shape") or [0, 0, 3]
+    size = probed.get(str(folder / ep["videos"][first][0])) if first in ep["videos"] else tuple(shape[:2])
+    locator = {"name": name, "episode_index": ep["episode_index"], "cameras": cameras,
+               "columns": _low_dim_columns(info, keys),
+               "videos": {k: [str(folder / p), t] for k, (p, t) in ep["videos"].items() if k in cameras.values()},
+               "fps": float(info["fps"])}
+    files.update(used)
+    return Scanned(data, locator, ep["length"], instruction, sorted(cameras), [], state_dim, action_dim,
+                   tuple(int(s) for s in size))
+
+
+def _low_dim_columns(info: dict, keys: dict) -> tuple[str, ...]:
+    wanted = ["episode_index", "frame_index", "timestamp", keys["action"], *keys["state"]]
+    return tuple(k for k in dict.fromkeys(wanted) if k in info["features"])
+
+
+@functools.lru_cache(maxsize=1)
+def _data_file(path: str, stamp: tuple[int, int], columns: tuple[str, ...]):
+    """A data file's low-dimensional columns. One file is kept: ingest walks episodes file by file (v3.0 files
+    hold many episodes), and an episode reader keeps its own rows."""
+    return _read_table(Path(path), "data file", columns=list(columns))
+
+
+def _episode_rows(path: Path, episode_index: int, columns: tuple[str, ...], who: str):
+    """The episode's rows of its data file, in frame order; `who` names the episode in errors."""
+    import pyarrow.compute as pc
+
+    try:
+        stat = path.stat()
+        table = _data_file(str(path), (stat.st_mtime_ns, stat.st_size), tuple(columns))
+    except OSError:
+        raise InputError(f"{who}: data file '{path}' does not exist: restore the dataset") from None
+    except InputError as e:
+        raise InputError(f"{who}: {e}") from None
+    rows = table.filter(pc.equal(table.column("episode_index"), episode_index))
+    return rows.sort_by("frame_index") if "frame_index" in rows.column_names else rows
 
 
 class LeRobotEpisode:
@@ -198,14 +236,9 @@ class LeRobotEpisode:
 
     @functools.cached_property
     def _table(self):
-        """The episode's rows, in frame order."""
-        import pyarrow.compute as pc
-
-        table = _read_table(self.path, f"episode {self.name}'s data file",
-                            filters=[("episode_index", "=", self.locator["episode_index"])])
-        if "frame_index" in table.column_names:
-            table = table.take(pc.sort_indices(table, sort_keys=[("frame_index", "ascending")]))
-        return table
+        """The episode's low-dimensional rows (actions, states, timestamps), in frame order."""
+        return _episode_rows(self.path, self.locator["episode_index"], tuple(self.locator["columns"]),
+                             f"episode {self.name}")
 
     def _column(self, key: str) -> np.ndarray:
         if key not in self._table.column_names:
@@ -231,7 +264,9 @@ class LeRobotEpisode:
         if key not in self.locator["videos"]:  # an "image" feature: encoded bytes in the parquet
             from PIL import Image
 
-            column = self._table.column(key)
+            column = _read_table(self.path, f"episode {self.name}'s data file", columns=[key, "frame_index"],
+                                 filters=[("episode_index", "=", self.locator["episode_index"])]
+                                 ).sort_by("frame_index").column(key)
             images = []
             for t in steps:
                 cell = column[t].as_py()

@@ -147,20 +147,29 @@ def _check_demo(path: Path, name: str, f: h5py.File, keys: dict) -> Scanned:
                    sorted(cameras), [], state_dim, int(actions.shape[1]), tuple(int(s) for s in first.shape[1:3]))
 
 
-def scan(folder: Path, keys: dict) -> tuple[list[Scanned], list[Path]]:
+def scan(folder: Path, keys: dict, bad) -> tuple[list[Scanned], list[Path]]:
+    """(the demos, the files read); an unreadable demo, or file, goes to `bad` (episode_sources.BadEpisodes)."""
     files = hdf5_files(folder)
     found = []
     for path in files:
-        with _open(path) as f:
+        try:
+            f = _open(path)
+        except InputError as e:
+            bad(e)
+            continue
+        with f:
             if not isinstance(f.get("data"), h5py.Group):
                 raise InputError(f"'{path}' has no 'data' group, so it is not a robomimic/LIBERO file: keep one format "
                                  "per episodes_dir or set data.episode_format")
-            try:
-                found += [_check_demo(path, name, f, keys) for name in _demo_names(path, f, keys)]
-            except OSError as e:  # a truncated file opens, then fails on the dataset that is cut
-                raise InputError(f"demonstration file '{path}' cannot be read ({str(e).split(';')[0]}): re-export "
-                                 "it") from None
-    return found, files
+            for name in _demo_names(path, f, keys):
+                try:
+                    found.append(_check_demo(path, name, f, keys))
+                except InputError as e:
+                    bad(e)
+                except OSError as e:  # a truncated file opens, then fails on the dataset that is cut
+                    bad(InputError(f"demonstration file '{path}' {name} cannot be read ({str(e).split(';')[0]}): "
+                                   "re-export it"))
+    return found, sorted({ep.file for ep in found})
 
 
 class RobomimicEpisode:
