@@ -70,13 +70,18 @@ def write_libero(path: Path, lengths: list[int], instruction: str = "put the bow
             f.create_dataset(f"mask/{split}", data=np.array([f"demo_{d}".encode() for d in demos]))
 
 
-def _encode(path: Path, shades: list[int], size: tuple[int, int]) -> None:
+# PyAV encoder -> options: H.264, and SVT-AV1 (LeRobot's default vcodec; it needs frames of 64 pixels or more)
+CODECS = {"h264": ("libx264", {"crf": "10", "g": "4"}), "av1": ("libsvtav1", {"crf": "20", "g": "4", "preset": "12"})}
+
+
+def _encode(path: Path, shades: list[int], size: tuple[int, int], codec: str = "h264") -> None:
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = size
+    encoder, options = CODECS[codec]
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS, options={"crf": "10", "g": "4"})
+        stream = container.add_stream(encoder, rate=FPS, options=options)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         for value in shades:
             frame = av.VideoFrame.from_ndarray(np.full((h, w, 3), value, np.uint8), format="rgb24")
@@ -146,7 +151,7 @@ def write_lerobot_v2(root: Path, lengths: list[int], tasks: list[str], size=(32,
 
 
 def write_lerobot_v3(root: Path, lengths: list[int], tasks: list[str], size=(32, 32), action_dim=4,
-                     state_dim=4) -> None:
+                     state_dim=4, codec: str = "h264") -> None:
     """LeRobot v3.0: every episode in one data parquet and one mp4 per camera (episodes back to back, found by
     from/to timestamps); episodes and tasks as parquet."""
     import pyarrow as pa
@@ -184,4 +189,4 @@ def write_lerobot_v3(root: Path, lengths: list[int], tasks: list[str], size=(32,
     pq.write_table(pa.table(episodes), root / "meta/episodes/chunk-000/file-000.parquet")
     for c, key in enumerate(LEROBOT_CAMERAS):
         _encode(root / f"videos/{key}/chunk-000/file-000.mp4",
-                [shade(e, t, c) for e, n in enumerate(lengths) for t in range(n)], size)
+                [shade(e, t, c) for e, n in enumerate(lengths) for t in range(n)], size, codec)

@@ -122,3 +122,13 @@ def test_unknown_versions_are_refused(tmp_path):
     (tmp_path / "ds/meta/info.json").write_text(json.dumps({**info, "codebase_version": "v1.6"}))
     with pytest.raises(InputError, match="codebase_version 'v1.6': this reads LeRobot v2.x and v3.0"):
         prepare_dataset(DataConfig(source="files", episodes_dir=str(tmp_path / "ds")), tmp_path / "out")
+
+
+def test_av1_videos_as_lerobot_encodes_them(tmp_path):
+    """LeRobot's default encoder is SVT-AV1; its timestamps are not whole frames of the stream's time base."""
+    write_lerobot_v3(tmp_path / "ds", [4, 5], ["a", "b"], size=(64, 64), codec="av1")
+    prepare_dataset(DataConfig(source="files", episodes_dir=str(tmp_path / "ds")), tmp_path / "out")
+    windows = EpisodeWindows(tmp_path / "out", chunk_size=1, cameras=["top"])
+    got = [grey(windows[i]["image"]) for i in range(len(windows))]
+    want = [shade(e, t, 0) for e, n in enumerate([4, 5]) for t in range(n)]
+    assert np.abs(np.array(got) - np.array(want)).max() < 6, (got, want)
