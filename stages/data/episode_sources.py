@@ -144,8 +144,8 @@ def scan_episodes(cfg: DataConfig, folder: Path, on_error: str = "stop",
     for ep in found:
         if (ep.state_dim, ep.action_dim) != (first.state_dim, first.action_dim):
             raise InputError(
-                f"episode '{_where(ep)}' has state/action dims {ep.state_dim}/{ep.action_dim} but "
-                f"'{_where(first)}' has {first.state_dim}/{first.action_dim}: keep one robot's episodes per dataset")
+                f"episode {_where(ep)} has state/action dims {ep.state_dim}/{ep.action_dim} but "
+                f"{_where(first)} has {first.state_dim}/{first.action_dim}: keep one robot's episodes per dataset")
     cameras = sorted(set.intersection(*(set(ep.cameras) for ep in found)))
     if not cameras:
         raise InputError(f"the episodes in '{cfg.episodes_dir}' share no camera name: export the same cameras for "
@@ -179,7 +179,7 @@ def _files_of(ep: Scanned) -> set[Path]:
 
 def _low_dim(module, ep: Scanned, keys: dict) -> tuple[np.ndarray, np.ndarray]:
     """The episode's actions and states, read in full and checked against its length."""
-    name = f"'{_where(ep)}'"
+    name = _where(ep)
     reader = module.open_reader(ep.file, ep.locator, keys, name)
     try:
         actions, states = reader.actions(), reader.states()
@@ -191,15 +191,13 @@ def _low_dim(module, ep: Scanned, keys: dict) -> tuple[np.ndarray, np.ndarray]:
     return actions, states
 
 
-def _where(ep: Scanned) -> str:
-    return f"{ep.file}" + (f" {ep.locator['name']}" if ep.locator and "name" in ep.locator else "")
-
-
-def episode_name(meta: dict, episode: int) -> str:
+def _name(file, locator: dict | None) -> str:
     """How messages name an episode: its file, and the demo or episode index inside it."""
-    locator = (meta.get("locators") or [None] * (episode + 1))[episode]
-    name = f" {locator['name']}" if locator and "name" in locator else ""
-    return f"'{meta['files'][episode]}'{name}"
+    return f"'{file}'" + (f" {locator['name']}" if locator and "name" in locator else "")
+
+
+def _where(ep: Scanned) -> str:
+    return _name(ep.file, ep.locator)
 
 
 def open_episode(dataset_dir: Path, meta: dict, episode: int) -> EpisodeReader:
@@ -207,7 +205,7 @@ def open_episode(dataset_dir: Path, meta: dict, episode: int) -> EpisodeReader:
     module = _module(meta.get("format", "rdt"))
     locator = (meta.get("locators") or [None] * len(meta["files"]))[episode]
     return module.open_reader(Path(dataset_dir) / meta["files"][episode], locator, meta.get("keys") or {},
-                              episode_name(meta, episode))
+                              _name(meta["files"][episode], locator))
 
 
 def statistics(dataset_dir: Path, meta: dict) -> dict:

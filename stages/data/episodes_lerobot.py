@@ -84,7 +84,9 @@ def _episodes_meta(root: Path, info: dict) -> list[dict]:
     out = []
     if version.startswith("v2"):
         chunks = int(info.get("chunks_size", 1000))
-        for row in _read_jsonl(root / "meta" / "episodes.jsonl"):
+        path = root / "meta" / "episodes.jsonl"
+        for row in _read_jsonl(path):
+            _require(row, ["episode_index", "length"], path)
             ep = int(row["episode_index"])
             fields = {"episode_chunk": ep // chunks, "episode_index": ep}
             out.append({"episode_index": ep, "tasks": row.get("tasks") or [], "length": int(row["length"]),
@@ -94,8 +96,16 @@ def _episodes_meta(root: Path, info: dict) -> list[dict]:
         files = sorted((root / "meta" / "episodes").rglob("*.parquet"))
         if not files:
             raise InputError(f"LeRobot v3 dataset '{root}' has no meta/episodes/*/*.parquet: restore its metadata")
+        needed = ["episode_index", "tasks", "length", "data/chunk_index", "data/file_index",
+                  *(f"videos/{k}/{c}" for k in videos for c in ("chunk_index", "file_index", "from_timestamp"))]
         for path in files:
-            for row in _read_table(path, "episode metadata").to_pylist():
+            try:
+                names = _pq().read_schema(path).names
+            except (OSError, ValueError) as e:
+                raise InputError(f"episode metadata '{path}' cannot be read as parquet "
+                                 f"({str(e).splitlines()[0].split('. ')[0]}): restore it") from None
+            _require(names, needed, path)
+            for row in _read_table(path, "episode metadata", columns=needed).to_pylist():
                 data = info["data_path"].format(chunk_index=row["data/chunk_index"],
                                                 file_index=row["data/file_index"])
                 out.append({"episode_index": int(row["episode_index"]), "tasks": row.get("tasks") or [],
@@ -108,6 +118,12 @@ def _episodes_meta(root: Path, info: dict) -> list[dict]:
         raise InputError(f"'{root / 'meta' / 'info.json'}' has codebase_version {version!r}: this reads LeRobot v2.x "
                          "and v3.0 datasets; convert it with LeRobot's converter")
     return sorted(out, key=lambda e: e["episode_index"])
+
+
+def _require(have, fields: list[str], path: Path) -> None:
+    missing = [f for f in fields if f not in have]
+    if missing:
+        raise InputError(f"LeRobot metadata '{path}' has no {', '.join(missing)}: restore the dataset's metadata")
 
 
 def _cameras(info: dict, keys: dict) -> dict[str, str]:

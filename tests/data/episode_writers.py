@@ -122,9 +122,22 @@ def _table(columns: dict):
     return pa.table({k: pa.array(v, type=types.get(k, pa.int64())) for k, v in columns.items()})
 
 
+def _png(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+
 def write_lerobot_v2(root: Path, lengths: list[int], tasks: list[str], size=(32, 32), action_dim=4,
-                     state_dim=4) -> None:
-    """LeRobot v2.1: one parquet and one mp4 per camera per episode; episodes/tasks as JSON lines."""
+                     state_dim=4, images: bool = False) -> None:
+    """LeRobot v2.1: one parquet and one mp4 per camera per episode; episodes/tasks as JSON lines. images=True:
+    the cameras are "image" features instead, PNG bytes in the parquet ({"bytes", "path"} structs) with the
+    ramp frames."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     (root / "meta").mkdir(parents=True)
@@ -134,6 +147,11 @@ def write_lerobot_v2(root: Path, lengths: list[int], tasks: list[str], size=(32,
             "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
             "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
             "features": _features(size, action_dim, state_dim)}
+    if images:
+        for key in LEROBOT_CAMERAS:
+            info["features"][key] = {**info["features"][key], "dtype": "image"}
+            del info["features"][key]["info"]
+        info["total_videos"] = 0
     (root / "meta" / "info.json").write_text(json.dumps(info, indent=4))
     task_ids = {t: i for i, t in enumerate(dict.fromkeys(tasks))}
     (root / "meta" / "tasks.jsonl").write_text("".join(json.dumps({"task_index": i, "task": t}) + "\n"
@@ -144,9 +162,16 @@ def write_lerobot_v2(root: Path, lengths: list[int], tasks: list[str], size=(32,
     for e, n in enumerate(lengths):
         path = root / f"data/chunk-000/episode_{e:06d}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(_table(_rows(e, n, start, task_ids[tasks[e]], action_dim, state_dim)), path)
+        table = _table(_rows(e, n, start, task_ids[tasks[e]], action_dim, state_dim))
         for c, key in enumerate(LEROBOT_CAMERAS):
-            _encode(root / f"videos/chunk-000/{key}/episode_{e:06d}.mp4", [shade(e, t, c) for t in range(n)], size)
+            if images:
+                cells = [{"bytes": _png(ramp_frame(e, t, c, size)), "path": f"frame_{t:06d}.png"} for t in range(n)]
+                table = table.append_column(key, pa.array(cells, pa.struct([("bytes", pa.binary()),
+                                                                            ("path", pa.string())])))
+            else:
+                _encode(root / f"videos/chunk-000/{key}/episode_{e:06d}.mp4", [shade(e, t, c) for t in range(n)],
+                        size)
+        pq.write_table(table, path)
         start += n
 
 

@@ -132,3 +132,25 @@ def test_av1_videos_as_lerobot_encodes_them(tmp_path):
     got = [grey(windows[i]["image"]) for i in range(len(windows))]
     want = [shade(e, t, 0) for e, n in enumerate([4, 5]) for t in range(n)]
     assert np.abs(np.array(got) - np.array(want)).max() < 6, (got, want)
+
+
+def test_image_features_are_decoded_from_the_parquet(tmp_path):
+    from .episode_writers import ramp_frame
+
+    write_lerobot_v2(tmp_path / "ds", [3, 4], ["a", "b"], images=True)
+    manifest = prepare_dataset(DataConfig(source="files", episodes_dir=str(tmp_path / "ds")), tmp_path / "out")
+    assert manifest["episodes"]["cameras"] == ["top", "wrist"] and manifest["episodes"]["image_size"] == [32, 32]
+    w = EpisodeWindows(tmp_path / "out", chunk_size=2, cameras=["wrist", "top"], history=2)[3 + 2]
+    want = [ramp_frame(1, t, c, (32, 32)) for t in (1, 2) for c in (1, 0)]  # exact: PNG is lossless
+    assert all(np.array_equal(np.asarray(im), exp) for im, exp in zip(w["images"], want, strict=True))
+
+
+def test_v3_metadata_without_a_needed_column_is_one_line(tmp_path):
+    import pyarrow.parquet as pq
+
+    write_lerobot_v3(tmp_path / "ds", [3], ["a"])
+    path = tmp_path / "ds/meta/episodes/chunk-000/file-000.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["videos/observation.images.top/from_timestamp"]), path)
+    with pytest.raises(InputError, match=r"LeRobot metadata '.*file-000.parquet' has no "
+                                         r"videos/observation.images.top/from_timestamp: restore"):
+        prepare_dataset(DataConfig(source="files", episodes_dir=str(tmp_path / "ds")), tmp_path / "out")
