@@ -60,11 +60,14 @@ def _instruction(path: Path, f: h5py.File, demo: h5py.Group) -> str | None:
     problem = _text(f["data"].attrs.get("problem_info"))
     if problem:
         try:
-            text = _text(json.loads(problem).get("language_instruction"))
+            value = json.loads(problem).get("language_instruction")
         except (json.JSONDecodeError, AttributeError):
-            text = None
-        if text:
-            return text.strip()
+            value = None
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = "".join(value)  # some LIBERO exports store it split up (readers join it, as here)
+        text = _text(value)
+        if text and text.strip().strip('"'):
+            return text.strip().strip('"')
     return _text(demo.attrs.get("instruction")) or _text(f["data"].attrs.get("instruction")) \
         or _fallback_instruction(path)
 

@@ -148,3 +148,14 @@ def test_robomimic_naming_and_an_instructions_file(tmp_path):
 def test_settings_that_do_not_fit_are_one_line(libero_dir, tmp_path, changes, message):
     with pytest.raises(InputError, match=message):
         prepare(libero_dir, tmp_path / "out", **changes)
+
+
+def test_libero_instruction_stored_split_up_and_quoted(tmp_path):
+    import json
+
+    eps = tmp_path / "eps"
+    eps.mkdir()
+    write_libero(eps / "a.hdf5", [3])
+    with h5py.File(eps / "a.hdf5", "a") as f:
+        f["data"].attrs["problem_info"] = json.dumps({"language_instruction": list('"open the drawer"')})
+    assert prepare(eps, tmp_path / "out")["episodes"]["instructions"] == ["open the drawer"]
