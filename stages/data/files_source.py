@@ -210,6 +210,7 @@ def ingest_files(cfg: DataConfig, root: Path) -> dict:
             "tasks": dict(sorted(tasks.items())),
             "episodes": len(episodes["files"]) if episodes else 0,
             "episode_steps": sum(episodes["lengths"]) if episodes else 0,
+            "episodes_skipped": episodes["skipped"] if episodes else 0,
         },
         "annotation_sets": sets,
         "episodes": episodes,

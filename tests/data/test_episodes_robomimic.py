@@ -37,6 +37,7 @@ def test_libero_files_are_detected_and_indexed_per_demo(libero_dir, tmp_path):
     assert (episodes["state_dim"], episodes["action_dim"]) == (8, 7)  # LIBERO's ee_pos + ee_ori + gripper_states
     assert episodes["image_size"] == [32, 32]
     assert manifest["counts"]["episodes"] == 3 and manifest["counts"]["episode_steps"] == 18
+    assert manifest["counts"]["episodes_skipped"] == 0
     listed = (tmp_path / "out" / "files.md5").read_text()
     assert "bowl_demo.hdf5" in listed and "drawer_demo.hdf5" in listed
 
