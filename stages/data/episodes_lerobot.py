@@ -165,6 +165,8 @@ def scan(folder: Path, keys: dict, bad) -> tuple[list[Scanned], list[Path]]:
     if not isinstance(info, dict) or not isinstance(info.get("features"), dict) or "fps" not in info:
         raise InputError(f"'{info_path}' has no features or fps: restore the dataset's metadata")
     cameras = _cameras(info, keys)
+    # dataset-wide, kept once in the manifest's keys (episode locators stay small for many episodes)
+    keys.update(cameras=cameras, columns=list(_low_dim_columns(info, keys)), fps=float(info["fps"]))
     if not cameras:
         raise InputError(f"the LeRobot dataset '{folder}' has no video or image feature: stage 4 needs camera frames")
     action_dim = _dim(info, keys["action"], "data.episode_action_key")
@@ -209,10 +211,8 @@ def _check_episode(folder: Path, info: dict, keys: dict, ep: dict, cameras: dict
     first = cameras[sorted(cameras)[0]]
     shape = info["features"][first].get("shape") or [0, 0, 3]
     size = probed.get(str(folder / ep["videos"][first][0])) if first in ep["videos"] else tuple(shape[:2])
-    locator = {"name": name, "episode_index": ep["episode_index"], "cameras": cameras,
-               "columns": _low_dim_columns(info, keys),
-               "videos": {k: [str(folder / p), t] for k, (p, t) in ep["videos"].items() if k in cameras.values()},
-               "fps": float(info["fps"])}
+    locator = {"name": name, "episode_index": ep["episode_index"],
+               "videos": {k: [str(folder / p), t] for k, (p, t) in ep["videos"].items() if k in cameras.values()}}
     files.update(used)
     return Scanned(data, locator, ep["length"], instruction, sorted(cameras), [], state_dim, action_dim,
                    tuple(int(s) for s in size))
@@ -253,7 +253,7 @@ class LeRobotEpisode:
     @functools.cached_property
     def _table(self):
         """The episode's low-dimensional rows (actions, states, timestamps), in frame order."""
-        return _episode_rows(self.path, self.locator["episode_index"], tuple(self.locator["columns"]),
+        return _episode_rows(self.path, self.locator["episode_index"], tuple(self.keys["columns"]),
                              f"episode {self.name}")
 
     def _column(self, key: str) -> np.ndarray:
@@ -276,7 +276,7 @@ class LeRobotEpisode:
         return self._states
 
     def frames(self, camera: str, steps: list[int]) -> list[np.ndarray]:
-        key = self.locator["cameras"][camera]
+        key = self.keys["cameras"][camera]
         if key not in self.locator["videos"]:  # an "image" feature: encoded bytes in the parquet
             from PIL import Image
 
@@ -302,7 +302,7 @@ class LeRobotEpisode:
         """The frames nearest to each time in `wanted` (seconds), within half a frame period."""
         import av
 
-        tolerance = 0.5 / self.locator["fps"]
+        tolerance = 0.5 / self.keys["fps"]
         first, last = min(wanted), max(wanted)
         got: list[tuple[float, np.ndarray]] = []
         try:
