@@ -229,3 +229,29 @@ def _statistics(actions: list[np.ndarray], states: list[np.ndarray]) -> dict:
         stats[key] = {"mean": x.mean(axis=0).tolist(), "std": x.std(axis=0).tolist(),
                       "min": x.min(axis=0).tolist(), "max": x.max(axis=0).tolist()}
     return stats
+
+
+class ReadPolicy:
+    """data.on_error when training reads a window (a frame that does not decode, a file cut since ingest): "stop"
+    raises the InputError naming file and episode; "skip" counts it, says so in one line and reads the next
+    window instead, until more than max_skipped of the windows failed in this process."""
+
+    def __init__(self, config: dict):
+        self.on_error = config.get("on_error", "stop")
+        self.max_skipped = float(config.get("max_skipped", 0.0))
+        self.skipped = 0
+
+    def read(self, read, index: int, total: int):
+        if self.on_error == "stop":
+            return read(index)
+        for attempt in range(total):
+            try:
+                return read((index + attempt) % total)
+            except InputError as e:
+                self.skipped += 1
+                print(f"[data] skipped an episode window (data.on_error: skip): {e}", file=sys.stderr, flush=True)
+                if self.skipped > self.max_skipped * total:
+                    raise InputError(f"{self.skipped} of the {total} episode windows could not be read (more than "
+                                     f"data.max_skipped {self.max_skipped:.1%}); the last: {e} -- fix the episodes "
+                                     "or raise data.max_skipped") from None
+        raise InputError("no episode window can be read: fix the episodes and prepare the dataset again")
