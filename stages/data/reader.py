@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
 from .depth_png import load_depth_m
-from .episode_sources import EpisodeReader, open_episode
+from .episode_sources import EpisodeReader, ReadPolicy, open_episode
 from .episode_sources import statistics as episode_statistics
 from .manifest import load_manifest, md5_file, resolve
 from .sample_format import check_sample, expand_video_tag, find_depth, parse_sample, scan_jsonl
@@ -188,6 +188,7 @@ class EpisodeWindows(Sequence):
         self.history = history
         self.chunk_size = chunk_size
         self.meta = meta
+        self.policy = ReadPolicy(load_manifest(self.dataset_dir).get("config") or {})
         self.instructions = meta["instructions"]
         self.with_depth = self.camera in meta["depth_cameras"]
         self._starts = np.cumsum([0] + list(meta["lengths"])).tolist()
@@ -219,6 +220,9 @@ class EpisodeWindows(Sequence):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"window {index} out of range ({len(self)} windows)")
+        return self.policy.read(self._read, index, len(self))
+
+    def _read(self, index: int) -> dict:
         episode = bisect.bisect_right(self._starts, index) - 1
         step = index - self._starts[episode]
         length = self._starts[episode + 1] - self._starts[episode]

@@ -96,3 +96,29 @@ def test_an_episode_whose_actions_cannot_be_read_is_left_out_of_the_file_list(tm
     meta, files = scan_episodes(cfg_for(tmp_path / "eps"), tmp_path / "eps", on_error="skip", max_skipped=0.5)
     assert meta["skipped"] == 1 and len(meta["files"]) == 2
     assert sorted(f.name for f in files) == ["episode_0.hdf5", "episode_2.hdf5"]
+
+
+def test_a_window_that_cannot_be_read_stops_or_is_skipped_by_the_datasets_policy(tmp_path, capsys):
+    """A video cut after ingest: training's read stops naming the episode, or under on_error "skip" (kept in the
+    dataset's manifest) reads the next window, until more than max_skipped of the windows failed."""
+    import json
+
+    from gem_stages.data.generate import prepare_dataset
+    from gem_stages.data.reader import EpisodeWindows
+
+    write_lerobot_v2(tmp_path / "ds", [3, 3], ["a", "b"])
+    prepare_dataset(cfg_for(tmp_path / "ds"), tmp_path / "out")
+    cut(tmp_path / "ds/videos/chunk-000/observation.images.top/episode_000001.mp4", 0.3)
+    with pytest.raises(InputError, match=r"episode 1: video '.*episode_000001.mp4' cannot be decoded"):
+        EpisodeWindows(tmp_path / "out", chunk_size=1, cameras=["top"])[4]
+    manifest_path = tmp_path / "out" / "dataset.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["config"].update(on_error="skip", max_skipped=0.5)
+    manifest_path.write_text(json.dumps(manifest))
+    windows = EpisodeWindows(tmp_path / "out", chunk_size=1, cameras=["top"])
+    w = windows[4]  # episode 1 steps 1 and 2 fail; the next window is episode 0's first
+    assert (w["episode"], w["step"]) == (0, 0) and windows.policy.skipped == 2
+    assert "skipped an episode window (data.on_error: skip)" in capsys.readouterr().err
+    with pytest.raises(InputError, match=r"4 of the 6 episode windows could not be read \(more than "
+                                         r"data.max_skipped 50.0%\)"):
+        windows[3]  # episode 1 step 0, then step 1 again: past half of the windows
