@@ -34,6 +34,9 @@ from .tracker import Tracker
 from .trainer import train
 
 ACTION_QUESTION = "What action should the robot take to {instruction}?"
+# Beside a stage-4 checkpoint's weights: the action/state statistics it was trained with (the reference's name).
+# The model's normaliser holds the same numbers as buffers, so loading the checkpoint restores them.
+ACTION_STATS_FILE = "action_stats.json"
 
 
 class EpisodeSamples:
@@ -46,6 +49,8 @@ class EpisodeSamples:
     augmentation, state noise. A left-out image is gone from the prompt, and with the first camera's current
     frame goes the sample's depth target.
     """
+
+    statistics: dict | None = None  # the dataset's action/state statistics the model normalises with
 
     def __init__(self, windows: EpisodeWindows, cfg: EpisodeSamplesConfig | None = None,
                  state_std: Sequence[float] | None = None):
@@ -151,9 +156,16 @@ def stage_samples(stage: str, model: GemModel, model_cfg: GemModelConfig, data_d
     if len(windows) == 0:
         raise InputError(f"stage4 needs action episodes but {data_dir} has none: raise data.num_episodes "
                          "or set data.episodes_dir")
+    for what in ("action", "state"):
+        have, want = windows.meta[f"{what}_dim"], getattr(model_cfg.action, f"{what}_dim")
+        if have != want:
+            raise InputError(f"the episodes' {what}s have {have} dimensions but model.action.{what}_dim is {want}: "
+                             f"set -o model.action.{what}_dim={have}")
     stats = action_statistics(data_dir)
     model.set_action_statistics(stats)
-    return EpisodeSamples(windows, episodes, stats["state"]["std"])
+    samples = EpisodeSamples(windows, episodes, stats["state"]["std"])
+    samples.statistics = stats  # written beside the checkpoint: what inference normalises with
+    return samples
 
 
 def rank_nodes() -> list[str]:
@@ -203,5 +215,7 @@ def train_stage(stage: str, *, model_cfg: GemModelConfig, stage_cfg: TrainStageC
         return summary  # one rank writes the checkpoint (the trainer's last barrier has passed)
     with atomic_dir(out_dir) as tmp:
         model.save(tmp / "model")
+        if isinstance(samples, EpisodeSamples):
+            (tmp / "model" / ACTION_STATS_FILE).write_text(json.dumps(samples.statistics, indent=2) + "\n")
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

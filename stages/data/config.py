@@ -24,6 +24,14 @@ class AnnotationSet:
         '"" = none.')
 
 
+@settings
+class EpisodeCamera:
+    name: Str = setting("", "The camera's name in stage 4's episodes.cameras and in the LIBERO evaluator.")
+    key: Str = setting(
+        "", 'Where its frames are: a robomimic obs key ("agentview_rgb") or a LeRobot feature '
+        '("observation.images.top").')
+
+
 def _side(default: int, description: str):
     # image sides: the depth VAE downsamples by 32
     return setting(default, description, ge=32, le=1024, multiple_of=32)
@@ -54,7 +62,28 @@ class DataConfig:
 
     # --- user files (source: files) ---
     files: list[AnnotationSet] = setting(list, "Annotation sets with image and depth roots.")
-    episodes_dir: Str = setting("", 'Folder searched recursively for *.hdf5 episodes; "" = no episodes.')
+    episodes_dir: Str = setting(
+        "", 'Folder of action episodes: *.hdf5 files anywhere below it (rdt, robomimic) or a LeRobot dataset '
+        '(meta/info.json at its top); "" = no episodes.')
+    episode_format: Literal["auto", "rdt", "robomimic", "lerobot"] = setting(
+        "auto", "How the episodes are stored: rdt (GEM-VLA/RDT HDF5, one episode per file), robomimic (LIBERO/"
+        "robomimic HDF5, data/demo_N per file), lerobot (LeRobot v2.x/v3.0 parquet + mp4 folder); auto: "
+        "lerobot when meta/info.json exists, else robomimic when the HDF5 files have a 'data' group, else rdt.")
+    episode_cameras: list[EpisodeCamera] = setting(
+        list, 'Cameras to read and their names, e.g. [{name: wrist, key: eye_in_hand_rgb}]; [] = every camera in '
+        'the files, named by its key without the "_rgb"/"_image" suffix (robomimic) or the "observation.images." '
+        "prefix (lerobot). rdt: unused.")
+    episode_state_keys: list[Str] = setting(
+        list, "Keys concatenated, in this order, into the state (robomimic: obs keys; lerobot: features); [] = "
+        "the format's default: rdt observations/state; robomimic LIBERO's ee_pos, ee_ori, gripper_states, else "
+        "robomimic's robot0_eef_pos, robot0_eef_quat, robot0_gripper_qpos; lerobot observation.state.")
+    episode_action_key: Str = setting(
+        "", 'The actions\' key; "" = the format\'s: "action" (rdt, lerobot), "actions" (robomimic).')
+    episode_filter: Str = setting(
+        "", 'robomimic: train only on the demos listed under mask/<episode_filter> (e.g. "train"); "" = all.')
+    episode_image_flip: Literal["none", "vertical", "rotate180"] = setting(
+        "none", "Turn every episode frame: robosuite (LIBERO, robomimic) stores images bottom row first, so "
+        "vertical shows them upright as the LIBERO evaluator does (rotate180: OpenVLA's regenerated LIBERO).")
     check_images: Literal["header", "decode"] = setting(
         "header", 'How hard prepare checks each image: "header" reads image sizes only (fast); "decode" also '
         "decodes every pixel (finds truncated files).")
@@ -74,6 +103,10 @@ class DataConfig:
                 raise ValueError(f"cameras lists a camera twice ({self.cameras}): list each camera once")
             if self.num_scenes == 0 and self.num_episodes == 0:
                 raise ValueError("num_scenes and num_episodes are both 0: set at least one of them above 0")
+        names = [c.name for c in self.episode_cameras]
+        if any(not c.name or not c.key for c in self.episode_cameras) or len(set(names)) != len(names):
+            raise ValueError(f"episode_cameras {[(c.name, c.key) for c in self.episode_cameras]} needs a name and a "
+                             "key for each camera, each name once")
         if self.source == "files" and not self.files and not self.episodes_dir:
             raise ValueError("source is 'files' but files is empty and episodes_dir is unset: "
                              "list at least one annotation set or give an episodes directory")

@@ -10,6 +10,7 @@ The reference keeps instructions in a per-folder instructions.json (a list, firs
 the `instruction` attribute fall back to it.
 """
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,3 +148,82 @@ def inspect_episode(path: Path) -> EpisodeInfo:
             instruction=instruction,
             success=None if success is None else bool(success),
         )
+
+
+# --- the format's side of episode_sources: settings, scan, reader ---------------------------------------------
+
+
+def resolve_keys(cfg) -> dict:
+    """rdt files name their arrays themselves; only the image turn applies."""
+    if cfg.episode_cameras or cfg.episode_state_keys or cfg.episode_action_key or cfg.episode_filter:
+        raise InputError("data.episode_cameras / episode_state_keys / episode_action_key / episode_filter do not "
+                         "apply to rdt episodes (their layout is fixed): leave them unset")
+    return {"image_flip": cfg.episode_image_flip}
+
+
+def scan(folder: Path, keys: dict, bad):
+    """(the episodes, the files read); an unreadable episode goes to `bad` (episode_sources.BadEpisodes)."""
+    from .episode_sources import Scanned, hdf5_files
+
+    files = [p for p in hdf5_files(folder) if p.suffix == ".hdf5"]
+    found = []
+    for path in files:
+        try:
+            info = inspect_episode(path)
+        except InputError as e:
+            bad(e)
+            continue
+        found.append(Scanned(path, None, info.length, info.instruction, info.cameras, info.depth_cameras,
+                             info.state_dim, info.action_dim, info.image_size))
+    return found, [ep.file for ep in found]
+
+
+class RdtEpisode:
+    def __init__(self, path: Path, keys: dict, name: str):
+        self.name, self.image_flip = name, keys.get("image_flip", "none")
+        try:
+            self.file = h5py.File(path, "r")
+        except OSError as e:
+            raise InputError(f"episode {name} cannot be opened ({str(e).split(';')[0]}): restore it or prepare "
+                             "again") from None
+
+    def _read(self, key: str, index=()):
+        try:
+            return self.file[key][index]
+        except (OSError, KeyError) as e:  # truncated or rewritten since prepare
+            raise InputError(f"episode {self.name}: '{key}' cannot be read ({str(e).split(';')[0]}): restore "
+                             "the file or prepare again") from None
+
+    @functools.cached_property
+    def _actions(self) -> np.ndarray:
+        return np.asarray(self._read("action"), dtype=np.float32)
+
+    @functools.cached_property
+    def _states(self) -> np.ndarray:
+        return np.asarray(self._read("observations/state"), dtype=np.float32)
+
+    def actions(self) -> np.ndarray:
+        return self._actions
+
+    def states(self) -> np.ndarray:
+        return self._states
+
+    def frames(self, camera: str, steps: list[int]) -> list[np.ndarray]:
+        from .episode_sources import flip
+
+        return [flip(self._read(f"observations/images/{camera}", t), self.image_flip) for t in steps]
+
+    def depth(self, camera: str, step: int) -> np.ndarray | None:
+        from .episode_sources import flip
+
+        key = f"observations/depth_images/{camera}"
+        if key not in self.file:
+            return None
+        return flip(self._read(key, step).astype(np.float32) / 1000.0, self.image_flip)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def open_reader(path: Path, locator, keys: dict, name: str) -> RdtEpisode:
+    return RdtEpisode(path, keys, name)

@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import InputError
 from .config import AnnotationSet, DataConfig
 from .depth_png import DEPTH_MODES
-from .episode_format import inspect_episode
+from .episode_sources import scan_episodes
 from .manifest import FORMAT, md5_file, write_file_list
 from .sample_format import check_sample, depth_candidates, parse_sample, scan_jsonl
 from .sampling import parse_set_name, select_indices
@@ -176,37 +176,10 @@ def _ingest_episodes(cfg: DataConfig, md5s: dict[str, str]) -> dict:
         raise InputError(
             f"episodes directory '{cfg.episodes_dir}' (data.episodes_dir) does not exist: fix the path or leave it empty"
         )
-    files = sorted(folder.rglob("*.hdf5"))
-    if not files:
-        raise InputError(
-            f"episodes directory '{cfg.episodes_dir}' (data.episodes_dir) has no *.hdf5 files: export episodes there or leave it empty"
-        )
-    infos = [inspect_episode(p) for p in files]
-    for path, info in zip(files, infos):
-        if (info.state_dim, info.action_dim) != (infos[0].state_dim, infos[0].action_dim):
-            raise InputError(
-                f"episode '{path}' has state/action dims {info.state_dim}/{info.action_dim} but '{files[0]}' has "
-                f"{infos[0].state_dim}/{infos[0].action_dim}: keep one robot's episodes per dataset"
-            )
+    episodes, files = scan_episodes(cfg, folder)
+    for path in files:
         md5s[str(path)] = md5_file(path)
-    cameras = sorted(set.intersection(*(set(i.cameras) for i in infos)))
-    if not cameras:
-        raise InputError(
-            f"the episodes in '{cfg.episodes_dir}' share no camera name: export the same cameras for every episode"
-        )
-    return {
-        "files": [str(p) for p in files],
-        "lengths": [i.length for i in infos],
-        "instructions": [i.instruction for i in infos],
-        "cameras": cameras,
-        "depth_cameras": sorted(set.intersection(*(set(i.depth_cameras) for i in infos))),
-        "state_dim": infos[0].state_dim,
-        "action_dim": infos[0].action_dim,
-        "state_names": None,
-        "action_names": None,
-        "units": None,
-        "image_size": list(infos[0].image_size),
-    }
+    return episodes
 
 
 def ingest_files(cfg: DataConfig, root: Path) -> dict:
@@ -237,6 +210,7 @@ def ingest_files(cfg: DataConfig, root: Path) -> dict:
             "tasks": dict(sorted(tasks.items())),
             "episodes": len(episodes["files"]) if episodes else 0,
             "episode_steps": sum(episodes["lengths"]) if episodes else 0,
+            "episodes_skipped": episodes["skipped"] if episodes else 0,
         },
         "annotation_sets": sets,
         "episodes": episodes,

@@ -11,12 +11,13 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
 from .depth_png import load_depth_m
+from .episode_sources import EpisodeReader, ReadPolicy, open_episode
+from .episode_sources import statistics as episode_statistics
 from .manifest import load_manifest, md5_file, resolve
 from .sample_format import check_sample, expand_video_tag, find_depth, parse_sample, scan_jsonl
 from .sampling import select_indices
@@ -186,11 +187,12 @@ class EpisodeWindows(Sequence):
         self.camera = self.cameras[0]
         self.history = history
         self.chunk_size = chunk_size
-        self.files = [resolve(self.dataset_dir, p) for p in meta["files"]]
+        self.meta = meta
+        self.policy = ReadPolicy(load_manifest(self.dataset_dir).get("config") or {})
         self.instructions = meta["instructions"]
         self.with_depth = self.camera in meta["depth_cameras"]
         self._starts = np.cumsum([0] + list(meta["lengths"])).tolist()
-        self._handles: OrderedDict[int, h5py.File] = OrderedDict()
+        self._handles: OrderedDict[int, EpisodeReader] = OrderedDict()
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -201,19 +203,13 @@ class EpisodeWindows(Sequence):
         state["_handles"] = OrderedDict()
         return state
 
-    def _open(self, episode: int) -> h5py.File:
+    def _open(self, episode: int) -> EpisodeReader:
         if self._pid != os.getpid():  # forked: the parent's handles are not ours to use
             self._handles, self._pid = OrderedDict(), os.getpid()
         if episode in self._handles:
             self._handles.move_to_end(episode)
             return self._handles[episode]
-        path = self.files[episode]
-        try:
-            handle = h5py.File(path, "r")
-        except OSError as e:
-            raise InputError(
-                f"episode '{path}' cannot be opened ({str(e).split(';')[0]}): restore it or prepare again"
-            ) from None
+        handle = open_episode(self.dataset_dir, self.meta, episode)
         self._handles[episode] = handle
         if len(self._handles) > MAX_OPEN_EPISODES:
             self._handles.popitem(last=False)[1].close()
@@ -224,28 +220,28 @@ class EpisodeWindows(Sequence):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"window {index} out of range ({len(self)} windows)")
+        return self.policy.read(self._read, index, len(self))
+
+    def _read(self, index: int) -> dict:
         episode = bisect.bisect_right(self._starts, index) - 1
         step = index - self._starts[episode]
         length = self._starts[episode + 1] - self._starts[episode]
         f = self._open(episode)
-        actions = np.asarray(f["action"][step : step + self.chunk_size], dtype=np.float32)
+        all_actions = f.actions()
+        actions = all_actions[step : step + self.chunk_size]
         valid = len(actions)
         if valid < self.chunk_size:
-            last = np.asarray(f["action"][length - 1], dtype=np.float32)
-            actions = np.concatenate([actions, np.repeat(last[None], self.chunk_size - valid, axis=0)])
-        depth = None
-        if self.with_depth:
-            depth = (f[f"observations/depth_images/{self.camera}"][step].astype(np.float32) / 1000.0).astype(
-                np.float32
-            )
+            actions = np.concatenate([actions, np.repeat(all_actions[length - 1][None], self.chunk_size - valid, 0)])
+        depth = f.depth(self.camera, step) if self.with_depth else None
         frames = [max(step - k, 0) for k in reversed(range(self.history))]
-        images = [Image.fromarray(f[f"observations/images/{c}"][t]) for t in frames for c in self.cameras]
+        per_camera = {c: f.frames(c, frames) for c in self.cameras}
+        images = [Image.fromarray(per_camera[c][k]) for k in range(len(frames)) for c in self.cameras]
         return {
             "images": images,
             "image": images[-len(self.cameras)],
             "depth": depth,
-            "state": np.asarray(f["observations/state"][step], dtype=np.float32),
-            "actions": actions,
+            "state": np.asarray(f.states()[step], dtype=np.float32),
+            "actions": np.asarray(actions, dtype=np.float32),
             "action_mask": np.arange(self.chunk_size) < valid,
             "instruction": self.instructions[episode],
             "episode": episode,
@@ -255,24 +251,10 @@ class EpisodeWindows(Sequence):
 
 def action_statistics(dataset_dir: Path) -> dict:
     """{"action": {"mean", "std", "min", "max"}, "state": {...}, "count": steps}: per-dimension float lists over all
-    steps of all episodes (std is the population std, as the reference's action_stats.json)."""
-    dataset_dir = Path(dataset_dir)
-    meta = _episodes(dataset_dir)
-    actions, states = [], []
-    for rel in meta["files"]:
-        with h5py.File(resolve(dataset_dir, rel), "r") as f:
-            actions.append(np.asarray(f["action"], dtype=np.float64))
-            states.append(np.asarray(f["observations/state"], dtype=np.float64))
-    stats = {"count": int(sum(len(a) for a in actions))}
-    for key, arrays in (("action", actions), ("state", states)):
-        x = np.concatenate(arrays)
-        stats[key] = {
-            "mean": x.mean(axis=0).tolist(),
-            "std": x.std(axis=0).tolist(),
-            "min": x.min(axis=0).tolist(),
-            "max": x.max(axis=0).tolist(),
-        }
-    return stats
+    steps of all episodes (std is the population std, as the reference's action_stats.json). Computed once at
+    ingest for the user's episodes (kept in the manifest), else here."""
+    meta = _episodes(Path(dataset_dir))
+    return meta.get("statistics") or episode_statistics(Path(dataset_dir), meta)
 
 
 def text_corpus(dataset_dir: Path) -> Iterator[str]:

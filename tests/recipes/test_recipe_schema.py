@@ -27,8 +27,9 @@ def test_cli_writes_the_schema(tmp_path):
 def test_every_key_is_described_and_unknown_keys_are_refused():
     s = schema()
     objects = [("recipe", s), *s["$defs"].items()]
-    # Recipe + 15 sections (model x5, data x2, runtime, stages x4: stages, stage, loss, episodes; resources x2; eval)
-    assert len(objects) == 16
+    # Recipe + 16 sections (model x5, data x3: data, annotation set, episode camera; runtime, stages x4: stages,
+    # stage, loss, episodes; resources x2; eval)
+    assert len(objects) == 17
     for name, obj in objects:
         assert obj["additionalProperties"] is False, name
         for key, prop in obj["properties"].items():
