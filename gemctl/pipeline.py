@@ -130,10 +130,11 @@ def prepare_launch(project: Project, recipe: Recipe, executor: str, tracking_uri
     resources) before anything is written, point jobs at the tracking store and executor, render the recipe's
     params and pin the code version the jobs record. `stages`: those that may run (their resources are checked);
     `resources`: what will be asked for, when not the stage's own (a sweep's --parallel)."""
-    from . import preflight
+    from . import preflight, project_lock
     from .tracking import pin_code_version
 
     preflight.check(project, recipe, executor, tracking_uri, stages, resources)
+    project_lock.hold(project)  # from here on this command writes: another one on the project waits
     if tracking_uri:
         os.environ["GEMCTL_TRACKING_URI"] = tracking_uri
     # where stages run is not a DVC parameter (it does not change what they compute): it travels in the env
