@@ -464,6 +464,34 @@ def cancel(key: Annotated[str, typer.Argument(help="Job id, array id, run (e.g. 
     console.print(f"cancelled {len(ids)} job(s): {' '.join(ids)}" if ids else f"no unfinished job matches {key}")
 
 
+@app.command("doctor")
+def doctor(fix: Annotated[bool, typer.Option("--fix", help="Apply the safe fixes, listing each.")] = False) -> None:
+    """Check that dvc.lock, the stage outputs, the MLflow runs, the job registry and temporary files agree."""
+    from . import doctor as checks
+    from . import project_lock
+
+    project = _project()
+    if fix:
+        project_lock.hold(project)  # no command may write while doctor repairs
+    findings = checks.diagnose(project)
+    if fix:
+        for f in findings:
+            if f.fix is not None:
+                console.print(f"fixed: {f.fix()}", highlight=False, soft_wrap=True)
+        findings = checks.diagnose(project)
+    if not findings:
+        console.print("ok: dvc.lock, outputs, MLflow runs, job registry and temporary files agree")
+        return
+    # one line each, like a linter's: greppable, never wrapped into a table's cells
+    for f in findings:
+        how = " [--fix]" if f.fix else ""
+        console.print(Text.assemble((f"{f.check:<9} ", "bold"), f"{f.where}: {f.problem}", (how, "cyan")),
+                      highlight=False, soft_wrap=True)
+    fixable = sum(f.fix is not None for f in findings)
+    console.print(f"{len(findings)} disagreement(s); {fixable} fixable with `gemctl doctor --fix`", highlight=False)
+    raise typer.Exit(1)
+
+
 def main() -> None:
     never_world_writable()
     try:
