@@ -1,0 +1,95 @@
+"""Sequence packing: a micro-batch's samples flattened into one sequence (the release's data_flatten) trains exactly
+as the padded batch of the same samples: same hidden states, same LM, depth and total loss, same gradients."""
+
+import pytest
+import torch
+
+from gem_models.config import tiny_config
+from gem_models.gem import GemModel
+from gem_models.processor import IGNORE_INDEX
+
+WEIGHTS = {"lm": 1.0, "depth": 0.1}  # stage 3
+
+
+@pytest.fixture(scope="module", params=["qwen3_vl", "qwen2_5_vl"])
+def model(request) -> GemModel:
+    return GemModel.build(tiny_config(request.param), seed=0)
+
+
+@pytest.fixture
+def samples(sample_a, sample_b):
+    """Three lengths, one to two images of two sizes, one image without depth, one sample without any image."""
+    text_only = {"conversations": [{"from": "human", "value": "Name a colour."}, {"from": "gpt", "value": "Red."}]}
+    b = sample_b()
+    b["depths"][1] = None
+    return [sample_a(), b, text_only]
+
+
+def test_packed_batch_is_the_samples_back_to_back(model, samples):
+    padded, packed = model.processor(samples), model.processor.pack(samples)
+    lengths = padded["attention_mask"].sum(1)
+    assert packed["input_ids"].shape == (1, int(lengths.sum()))
+    assert packed["cu_seqlens"].tolist() == [0, *lengths.cumsum(0).tolist()]
+    assert "attention_mask" not in packed  # a mask would hide the sample boundaries from transformers
+    assert torch.equal(packed["input_ids"][0], padded["input_ids"][padded["attention_mask"].bool()])
+    assert torch.equal(packed["mm_token_type_ids"][0], padded["mm_token_type_ids"][padded["attention_mask"].bool()])
+    # a sample's first token is never a target of the previous sample's last one
+    assert (packed["labels"][0, packed["cu_seqlens"][:-1]] == IGNORE_INDEX).all()
+    for key in ("pixel_values", "image_grid_thw", "image_sample_index", "depth_sizes", "depth_image_index"):
+        assert torch.equal(packed[key], padded[key]), key
+    assert all(torch.equal(x, y) for x, y in zip(packed["depth_pixel_values"], padded["depth_pixel_values"]))
+
+
+def test_position_ids_restart_per_sample(model, samples):
+    padded, packed = model.processor(samples), model.processor.pack(samples)
+    mask = padded["attention_mask"].bool()
+    rope, _ = model.backbone.model.get_rope_index(
+        padded["input_ids"], padded["mm_token_type_ids"], image_grid_thw=padded["image_grid_thw"],
+        attention_mask=padded["attention_mask"])
+    positions = model.packed_position_ids(packed)
+    assert positions.shape == (4, 1, packed["input_ids"].shape[1])
+    text = torch.cat([torch.arange(int(n)) for n in mask.sum(1)])
+    assert torch.equal(positions[0, 0], text)
+    assert torch.equal(positions[1:, 0], rope[:, mask])
+    # the images really move M-RoPE off the text positions, so the check above is not just arange == arange
+    assert not torch.equal(positions[1, 0], text)
+
+
+def test_attention_does_not_cross_samples(model, samples):
+    padded, packed = model.processor(samples), model.processor.pack(samples)
+    with torch.no_grad():
+        ref = model.backbone_states(padded).last_hidden_state[padded["attention_mask"].bool()]
+        ours = model.backbone_states(packed).last_hidden_state[0]
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_loss_and_gradients_equal_the_padded_batch(model, samples):
+    def run(batch):
+        model.zero_grad(set_to_none=True)
+        out = model(batch, WEIGHTS, torch.Generator().manual_seed(7), per_image=True)
+        out["loss"].backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out, grads
+
+    ref, ref_grads = run(model.processor(samples))
+    ours, our_grads = run(model.processor.pack(samples))
+    assert set(ours) == set(ref) == {"loss", "lm", "depth", "depth_per_image"}
+    assert ours["depth_per_image"].shape == (2,)  # sample_a's image and sample_b's first: the ones with depth
+    for part in ("lm", "depth", "depth_per_image"):
+        torch.testing.assert_close(ours[part], ref[part], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours["loss"].detach(), ref["loss"].detach(), rtol=1e-5, atol=1e-6)
+    assert our_grads.keys() == ref_grads.keys()
+    groups = model.module_groups()
+    for name in ("vision", "merger", "language", "connector", "depth_generator"):  # every part got a gradient
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in groups[name].parameters()), name
+    for n in ref_grads:
+        torch.testing.assert_close(our_grads[n], ref_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+    model.zero_grad(set_to_none=True)
+
+
+def test_packing_refuses_the_action_loss(sample_a):
+    model = GemModel.build(tiny_config("qwen3_vl", action="flow"), seed=0)
+    batch = model.processor.pack([sample_a(), sample_a()])
+    batch["state"], batch["actions"] = torch.zeros(2, 8), torch.zeros(2, 8, 7)
+    with pytest.raises(ValueError, match="packed"):
+        model(batch, {"action": 1.0}, torch.Generator())
