@@ -55,11 +55,16 @@ def test_position_ids_restart_per_sample(model, samples):
     assert not torch.equal(positions[1, 0], text)
 
 
-def test_attention_does_not_cross_samples(model, samples):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # the CPU implementations (flash-attention: bench/gpu_step)
+def test_attention_does_not_cross_samples(model, samples, attention):
     padded, packed = model.processor(samples), model.processor.pack(samples)
-    with torch.no_grad():
-        ref = model.backbone_states(padded).last_hidden_state[padded["attention_mask"].bool()]
-        ours = model.backbone_states(packed).last_hidden_state[0]
+    model.backbone.set_attn_implementation(attention)
+    try:
+        with torch.no_grad():
+            ref = model.backbone_states(padded).last_hidden_state[padded["attention_mask"].bool()]
+            ours = model.backbone_states(packed).last_hidden_state[0]
+    finally:
+        model.backbone.set_attn_implementation("sdpa")
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
