@@ -94,11 +94,11 @@ class EpisodeSamples:
                 "generation_prompt": generation_prompt, "state": state, "actions": w["actions"]}
 
 
-def make_collate(model: GemModel) -> Callable[[list[dict]], dict]:
+def make_collate(model: GemModel, packing: bool = False) -> Callable[[list[dict]], dict]:
     processor = model.processor
 
     def collate(samples: list[dict]) -> dict:
-        batch = processor(samples)
+        batch = processor.pack(samples) if packing else processor(samples)
         if "actions" in samples[0]:
             batch["state"] = torch.as_tensor(torch.stack([torch.as_tensor(s["state"]) for s in samples]))
             batch["actions"] = torch.stack([torch.as_tensor(s["actions"]) for s in samples])
@@ -191,7 +191,8 @@ def train_stage(stage: str, *, model_cfg: GemModelConfig, stage_cfg: TrainStageC
 
         progress = RichProgress(stage)
     with progress:
-        result = train(model, model.module_groups(), stage_cfg, runtime, samples, make_collate(model), seed=seed,
+        collate = make_collate(model, stage_cfg.packing)
+        result = train(model, model.module_groups(), stage_cfg, runtime, samples, collate, seed=seed,
                        work_dir=work_dir, tracker=tracker, should_stop=should_stop, progress=progress.update,
                        shard=shard)
     summary = {"stage": stage, "status": result.status, "step": result.step, "losses": result.losses,

@@ -1,0 +1,64 @@
+"""stages.<s>.packing: a stage trained on packed micro-batches takes the steps the padded run takes."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from gem_models.gem import GemModel
+from gem_stages.data.config import DataConfig
+from gem_stages.data.generate import prepare_dataset
+from gem_stages.data.reader import text_corpus
+from gem_stages.errors import InputError
+from gem_stages.train import make_collate, stage_samples
+from gem_stages.trainer import train
+from gemctl.recipe import resolve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_packed_stage3_steps_equal_padded_steps(tmp_path):
+    recipe = resolve(ROOT / "recipes", "tiny", ["stages.stage3.batch_size=3", "stages.stage3.steps=2",
+                                                "stages.stage3.warmup_ratio=0", "stages.stage3.packing=true"])
+    cfg = recipe.stages.stage3
+    assert cfg.packing
+    data_dir = tmp_path / "data"
+    prepare_dataset(DataConfig(num_scenes=4, num_episodes=0), data_dir)
+    base = GemModel.build(recipe.model, corpus=text_corpus(data_dir), seed=0)
+
+    def run(packing: bool):
+        model = copy.deepcopy(base)
+        samples = stage_samples("stage3", model, recipe.model, data_dir)
+        batch = make_collate(model, packing)([samples[i] for i in range(cfg.batch_size)])
+        assert ("cu_seqlens" in batch) == packing and batch["input_ids"].shape[0] == (1 if packing else 3)
+        stage = type(cfg)(**{**cfg.__dict__, "packing": packing})
+        result = train(model, model.module_groups(), stage, recipe.runtime, samples, make_collate(model, packing),
+                       seed=0, work_dir=tmp_path / f"work-{packing}")
+        return result, dict(model.named_parameters())
+
+    padded, padded_params = run(False)
+    packed, packed_params = run(True)
+    assert padded.step == packed.step == 2
+    assert set(packed.losses) == set(padded.losses) >= {"lm", "depth", "loss"}
+    for part, value in padded.losses.items():
+        assert packed.losses[part] == pytest.approx(value, rel=1e-5), part
+    moved = 0
+    for name, p in padded_params.items():
+        if p.requires_grad:
+            moved += not torch.equal(p, base.get_parameter(name))
+            torch.testing.assert_close(packed_params[name], p, rtol=1e-4, atol=1e-6, msg=name)
+    assert moved > 0
+
+
+def test_packing_is_refused_where_the_action_loss_trains():
+    with pytest.raises(InputError, match="stage4.packing cannot train the action loss.*stage4.packing=false"):
+        resolve(ROOT / "recipes", "tiny", ["stages.stage4.packing=true"])
