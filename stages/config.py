@@ -267,5 +267,5 @@ class StagesConfig:
             cfg = getattr(self, stage)
             if cfg.packing and cfg.loss.action > 0:
                 raise ValueError(f"{stage}.packing cannot train the action loss, which reads one row per sample: "
-                                 f"set {stage}.packing=false")
+                                 f"set stages.{stage}.packing=false")
         return self

@@ -60,5 +60,5 @@ def test_packed_stage3_steps_equal_padded_steps(tmp_path):
 
 
 def test_packing_is_refused_where_the_action_loss_trains():
-    with pytest.raises(InputError, match="stage4.packing cannot train the action loss.*stage4.packing=false"):
+    with pytest.raises(InputError, match="stage4.packing cannot train the action loss.*stages.stage4.packing=false"):
         resolve(ROOT / "recipes", "tiny", ["stages.stage4.packing=true"])
