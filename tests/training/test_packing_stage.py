@@ -62,3 +62,20 @@ def test_packed_stage3_steps_equal_padded_steps(tmp_path):
 def test_packing_is_refused_where_the_action_loss_trains():
     with pytest.raises(InputError, match="stage4.packing cannot train the action loss.*stages.stage4.packing=false"):
         resolve(ROOT / "recipes", "tiny", ["stages.stage4.packing=true"])
+
+
+def test_loader_workers_feed_the_same_steps(tmp_path):
+    """runtime.num_workers: micro-batches collated (packed, here) in worker processes train exactly as in-process."""
+    data_dir = tmp_path / "data"
+    prepare_dataset(DataConfig(num_scenes=4, num_episodes=0), data_dir)
+    losses = {}
+    for workers in (0, 2):
+        recipe = resolve(ROOT / "recipes", "tiny", ["stages.stage3.steps=3", "stages.stage3.packing=true",
+                                                    f"runtime.num_workers={workers}"])
+        model = GemModel.build(recipe.model, corpus=text_corpus(data_dir), seed=0)
+        samples = stage_samples("stage3", model, recipe.model, data_dir)
+        result = train(model, model.module_groups(), recipe.stages.stage3, recipe.runtime, samples,
+                       make_collate(model, True), seed=0, work_dir=tmp_path / f"work-{workers}")
+        assert result.step == 3
+        losses[workers] = result.losses
+    assert losses[2] == losses[0] and {"lm", "depth"} <= set(losses[0])
