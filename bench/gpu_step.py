@@ -190,9 +190,10 @@ def tiny_model() -> GemModel:
                           seed=recipe.seed)
 
 
-def make_batch(model: GemModel, shapes: Shapes, device: torch.device, seed: int = 0) -> dict:
-    """Token ids, labels, pixels and depth targets as GemProcessor.collate lays them out (one image per sample):
-    prompt, <|vision_start|>, image pads, <|vision_end|>, answer."""
+def make_batch(model: GemModel, shapes: Shapes, device: torch.device, seed: int = 0, packed: bool = False) -> dict:
+    """Token ids, labels, pixels and depth targets as GemProcessor lays them out (one image per sample):
+    prompt, <|vision_start|>, image pads, <|vision_end|>, answer; packed: as GemProcessor.pack, the samples back to
+    back in one sequence with their boundaries in cu_seqlens and no attention mask."""
     g = torch.Generator().manual_seed(seed)
     c, vision = model.backbone.config, model.backbone.config.vision_config
     gh, gw = shapes.grid(vision.patch_size)
@@ -219,6 +220,11 @@ def make_batch(model: GemModel, shapes: Shapes, device: torch.device, seed: int 
         "image_grid_thw": torch.tensor([[1, gh, gw]] * shapes.batch),
         "depth_image_index": torch.arange(shapes.batch),
     }
+    if packed:  # every sample starts with prompt text (label -100): no target crosses a boundary
+        for key in ("input_ids", "labels", "mm_token_type_ids"):
+            batch[key] = batch[key].reshape(1, -1)
+        del batch["attention_mask"]
+        batch["cu_seqlens"] = (torch.arange(shapes.batch + 1) * ids.shape[1]).to(torch.int32)
     batch = {k: v.to(device) for k, v in batch.items()}
     batch["depth_pixel_values"] = [(torch.rand(3, *shapes.depth, generator=g) * 2 - 1).to(device)
                                    for _ in range(shapes.batch)]
@@ -228,10 +234,10 @@ def make_batch(model: GemModel, shapes: Shapes, device: torch.device, seed: int 
 # ----- the step -----
 
 def measure(model: GemModel, shapes: Shapes, optimizer, params, device: torch.device, warmup: int, steps: int,
-            bf16: bool) -> dict:
+            bf16: bool, packed: bool = False) -> dict:
     """Mean seconds per step over `steps` after `warmup` steps, the peak memory of the timed steps, and on CUDA the
     GPU time of each phase (forward + backward, clipping, optimiser), from events that need no sync between them."""
-    batch = make_batch(model, shapes, device)
+    batch = make_batch(model, shapes, device, packed=packed)
     weights = {"lm": 1.0, "depth": 0.1, "action": 0.0}  # the recipe's stage-3 loss
     cuda = device.type == "cuda"
     events = []
@@ -276,6 +282,19 @@ def measure(model: GemModel, shapes: Shapes, optimizer, params, device: torch.de
     return {"seconds": seconds, "peak_bytes": peak, "phases": phases}
 
 
+@torch.no_grad()
+def packed_vs_padded(model: GemModel, shapes: Shapes, device: torch.device, bf16: bool) -> dict[str, tuple]:
+    """Each loss part of one batch padded and packed, same draws: (padded, packed). They agree up to the
+    precision's rounding (exactly in fp32: tests/models/test_packing.py); a gap means attention crossed samples."""
+    out = {}
+    for packed in (False, True):
+        batch = make_batch(model, shapes, device, packed=packed)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            parts = model(batch, {"lm": 1.0, "depth": 0.1}, torch.Generator(device=device).manual_seed(0))
+        out[packed] = {k: float(parts[k]) for k in ("lm", "depth")}
+    return {k: (out[False][k], out[True][k]) for k in out[False]}
+
+
 def kernel_time_by_kind(prof) -> dict[str, float]:
     """Seconds of GPU kernel time in one profiled step, by kind of kernel (from the kernel names)."""
     # First match wins: cuDNN's attention and convolution kernels are named after the GEMMs they are built on.
@@ -315,6 +334,9 @@ def main() -> None:
                         "(a what-if: no casts, half the optimiser traffic)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each LLM, ViT and DiT block (a what-if: the trainer runs them eagerly)")
+    p.add_argument("--packed", action="store_true",
+                   help="the step's samples packed into one sequence (stages.<s>.packing: the release's data_flatten) "
+                        "instead of a padded batch; the FLOPs counted stay each sample's own")
     p.add_argument("--profile", type=Path, default=None, help="write the top kernels of one step here")
     args = p.parse_args()
 
@@ -363,15 +385,18 @@ def main() -> None:
                             "depth_generator": model.depth_generator}, shapes)
         total = sum(flops.values())
         try:
-            r = measure(model, shapes, optimizer, params, device, args.warmup, args.steps, bf16)
+            r = measure(model, shapes, optimizer, params, device, args.warmup, args.steps, bf16, args.packed)
         except torch.OutOfMemoryError:
             optimizer.zero_grad(set_to_none=True)
             print(f"batch {batch}: out of memory on this card")
             break
         measured = shapes
+        if args.packed:
+            check = packed_vs_padded(model, shapes, device, bf16)
+            print("  loss padded / packed: " + ", ".join(f"{k} {a:.5f} / {b:.5f}" for k, (a, b) in check.items()))
         seq = shapes.sequence(model.backbone.config.vision_config)
         mfu = f"{100 * total / r['seconds'] / peak:.1f}%" if peak else "n/a"
-        print(f"batch {batch} x {seq} tokens, image {shapes.image[0]}x{shapes.image[1]}, depth "
+        print(f"batch {batch} x {seq} tokens{' packed into one sequence' if args.packed else ''}, image {shapes.image[0]}x{shapes.image[1]}, depth "
               f"{shapes.depth[0]}x{shapes.depth[1]}: {r['seconds'] * 1e3:.1f} ms/step, "
               f"{batch * seq / r['seconds']:.0f} tokens/s, {batch / r['seconds']:.2f} images/s, "
               f"peak memory {r['peak_bytes'] / 2**30:.1f} GiB, {total / 1e12:.2f} TFLOP/step "
@@ -384,7 +409,7 @@ def main() -> None:
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
-            measure(model, measured, optimizer, params, device, 0, 1, bf16)
+            measure(model, measured, optimizer, params, device, 0, 1, bf16, args.packed)
         key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
         args.profile.write_text(prof.key_averages().table(sort_by=key, row_limit=60))
         if device.type == "cuda":

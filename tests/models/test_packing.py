@@ -1,6 +1,10 @@
 """Sequence packing: a micro-batch's samples flattened into one sequence (the release's data_flatten) trains exactly
 as the padded batch of the same samples: same hidden states, same LM, depth and total loss, same gradients."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,6 +13,10 @@ from gem_models.gem import GemModel
 from gem_models.processor import IGNORE_INDEX
 
 WEIGHTS = {"lm": 1.0, "depth": 0.1}  # stage 3
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("gpu_step", ROOT / "bench" / "gpu_step.py")
+gpu_step = sys.modules["gpu_step"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_step)
 
 
 @pytest.fixture(scope="module", params=["qwen3_vl", "qwen2_5_vl"])
@@ -98,3 +106,14 @@ def test_packing_refuses_the_action_loss(sample_a):
     batch["state"], batch["actions"] = torch.zeros(2, 8), torch.zeros(2, 8, 7)
     with pytest.raises(ValueError, match="packed"):
         model(batch, {"action": 1.0}, torch.Generator())
+
+
+def test_gpu_step_packed_batch_gives_the_padded_losses():
+    """bench/gpu_step.py --packed measures the step a packed stage takes: its packed batch is the padded one's."""
+    model = GemModel.build(tiny_config("qwen3_vl"), seed=0)
+    shapes = gpu_step.Shapes(batch=3, image=(64, 32), text=24, answer=6, depth=(64, 32))
+    packed = gpu_step.make_batch(model, shapes, torch.device("cpu"), packed=True)
+    assert packed["input_ids"].shape == (1, 3 * shapes.sequence(model.backbone.config.vision_config))
+    check = gpu_step.packed_vs_padded(model, shapes, torch.device("cpu"), bf16=False)
+    for part, (padded, ours) in check.items():
+        assert ours == pytest.approx(padded, rel=1e-5), part
