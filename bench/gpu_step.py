@@ -336,7 +336,11 @@ def main() -> None:
                    help="torch.compile each LLM, ViT and DiT block (a what-if: the trainer runs them eagerly)")
     p.add_argument("--packed", action="store_true",
                    help="the step's samples packed into one sequence (stages.<s>.packing: the release's data_flatten) "
-                        "instead of a padded batch; the FLOPs counted stay each sample's own")
+                        "instead of a padded batch, attending sample by sample as the stage does (sdpa_packed); "
+                        "the FLOPs counted stay each sample's own")
+    p.add_argument("--packed-mask", action="store_true",
+                   help="with --packed: attention through transformers' [T, T] block-diagonal mask instead (plain "
+                        "SDPA, what packing costs without sdpa_packed or flash-attention)")
     p.add_argument("--profile", type=Path, default=None, help="write the top kernels of one step here")
     args = p.parse_args()
 
@@ -367,6 +371,8 @@ def main() -> None:
         for block in blocks:
             block.compile()
     model.enable_gradient_checkpointing()  # runtime.gradient_checkpointing: true in gem-2b
+    if args.packed and not args.packed_mask:
+        model.enable_packed_attention()  # as train_stage does for stages.<s>.packing
     trainable = ["merger", "deepstack_merger", "language", "connector", "depth_generator"]  # gem-2b stage3
     set_trainable(model, model.module_groups(), trainable)
     params = [q for q in model.parameters() if q.requires_grad]
@@ -396,7 +402,8 @@ def main() -> None:
             print("  loss padded / packed: " + ", ".join(f"{k} {a:.5f} / {b:.5f}" for k, (a, b) in check.items()))
         seq = shapes.sequence(model.backbone.config.vision_config)
         mfu = f"{100 * total / r['seconds'] / peak:.1f}%" if peak else "n/a"
-        print(f"batch {batch} x {seq} tokens{' packed into one sequence' if args.packed else ''}, image {shapes.image[0]}x{shapes.image[1]}, depth "
+        how = f" packed into one sequence ({model.backbone.config.text_config._attn_implementation})"
+        print(f"batch {batch} x {seq} tokens{how if args.packed else ''}, image {shapes.image[0]}x{shapes.image[1]}, depth "
               f"{shapes.depth[0]}x{shapes.depth[1]}: {r['seconds'] * 1e3:.1f} ms/step, "
               f"{batch * seq / r['seconds']:.0f} tokens/s, {batch / r['seconds']:.2f} images/s, "
               f"peak memory {r['peak_bytes'] / 2**30:.1f} GiB, {total / 1e12:.2f} TFLOP/step "

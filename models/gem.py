@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from . import packed_attention
 from .action_autoregressive import AutoregressiveActionExpert
 from .action_flow import FlowActionExpert
 from .backbone import (
@@ -198,6 +199,12 @@ class GemModel(nn.Module):
         if self.action_expert is None:
             raise ValueError("the model has no action expert (action.kind = none)")
         self.action_expert.normalizer.set_from_statistics(stats)
+
+    def enable_packed_attention(self) -> None:
+        """Packed batches attend sample by sample (packed_attention.py) instead of through a [T, T] mask, when the
+        backbone's language model runs SDPA; flash-attention already does (variable-length kernels)."""
+        if self.backbone.config.text_config._attn_implementation == "sdpa":
+            self.backbone.set_attn_implementation({"text_config": packed_attention.NAME})
 
     def enable_gradient_checkpointing(self) -> None:
         self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

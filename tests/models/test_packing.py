@@ -63,10 +63,15 @@ def test_position_ids_restart_per_sample(model, samples):
     assert not torch.equal(positions[1, 0], text)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # the CPU implementations (flash-attention: bench/gpu_step)
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "sdpa_packed"])  # flash-attention: bench/gpu_step --packed
 def test_attention_does_not_cross_samples(model, samples, attention):
     padded, packed = model.processor(samples), model.processor.pack(samples)
-    model.backbone.set_attn_implementation(attention)
+    if attention == "sdpa_packed":
+        model.enable_packed_attention()
+        assert model.backbone.config.text_config._attn_implementation == "sdpa_packed"
+        assert model.backbone.config.vision_config._attn_implementation == "sdpa"
+    else:
+        model.backbone.set_attn_implementation(attention)
     try:
         with torch.no_grad():
             ref = model.backbone_states(padded).last_hidden_state[padded["attention_mask"].bool()]
@@ -76,8 +81,13 @@ def test_attention_does_not_cross_samples(model, samples, attention):
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_packed_loss_and_gradients_equal_the_padded_batch(model, samples):
+@pytest.mark.parametrize("attention", ["sdpa", "sdpa_packed"])
+def test_packed_loss_and_gradients_equal_the_padded_batch(model, samples, attention):
     def run(batch):
+        if attention == "sdpa_packed" and "cu_seqlens" in batch:
+            model.enable_packed_attention()
+        else:
+            model.backbone.set_attn_implementation("sdpa")
         model.zero_grad(set_to_none=True)
         out = model(batch, WEIGHTS, torch.Generator().manual_seed(7), per_image=True)
         out["loss"].backward()
@@ -98,6 +108,52 @@ def test_packed_loss_and_gradients_equal_the_padded_batch(model, samples):
     for n in ref_grads:
         torch.testing.assert_close(our_grads[n], ref_grads[n], rtol=1e-4, atol=1e-6, msg=n)
     model.zero_grad(set_to_none=True)
+    model.backbone.set_attn_implementation("sdpa")
+
+
+def test_packed_attention_is_sdpa_for_padded_batches_and_generation(image):
+    """A model switched to sdpa_packed for a packing stage evaluates and generates as before (masks, the cache)."""
+    model = GemModel.build(tiny_config("qwen3_vl"), seed=0)
+    prompts = [{"images": [image(seed=s)], "conversations": [{"from": "human", "value": "<image>\n" + "Why? " * s}]}
+               for s in (1, 4)]
+    batch = model.processor(prompts, padding_side="left")
+    with torch.no_grad():
+        ref_states = model.backbone_states(batch).last_hidden_state
+        ref_answers = model.generate(batch, max_new_tokens=6)
+        model.enable_packed_attention()
+        states = model.backbone_states(batch).last_hidden_state
+        answers = model.generate(batch, max_new_tokens=6)
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(states[mask], ref_states[mask], rtol=1e-5, atol=1e-5)
+    assert answers == ref_answers
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen kernel path runs on CUDA only")
+def test_packed_attention_kernel_on_cuda_equals_per_sample_sdpa():
+    """On a GPU, sdpa_packed runs torch's varlen flash kernel (where this torch has it): same output and gradients
+    as SDPA over each sample alone, with grouped-query heads."""
+    from gem_models.packed_attention import sdpa_packed_forward
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    lengths, heads, kv_heads, dim = [37, 200, 5, 64], 8, 2, 64
+    total = sum(lengths)
+    q = torch.randn(1, heads, total, dim, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
+    k = torch.randn(1, kv_heads, total, dim, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
+    v = torch.randn(1, kv_heads, total, dim, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
+    positions = torch.cat([torch.arange(n) for n in lengths])[None].cuda()
+    module = torch.nn.Module()
+    module.is_causal, module.num_key_value_groups = True, heads // kv_heads
+    out, _ = sdpa_packed_forward(module, q, k, v, None, scaling=dim**-0.5, position_ids=positions)
+    out.float().square().sum().backward()
+    ours = [out.detach(), q.grad, k.grad, v.grad]
+    q.grad = k.grad = v.grad = None
+    spans = torch.tensor([0, *lengths]).cumsum(0).tolist()
+    ref = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, a:b], k[:, :, a:b].repeat_interleave(4, 1), v[:, :, a:b].repeat_interleave(4, 1), is_causal=True,
+        scale=dim**-0.5) for a, b in zip(spans, spans[1:])], dim=2).transpose(1, 2)
+    ref.float().square().sum().backward()
+    for mine, theirs in zip(ours, [ref.detach(), q.grad, k.grad, v.grad]):
+        torch.testing.assert_close(mine.float(), theirs.float(), rtol=2e-2, atol=2e-2)
 
 
 def test_packing_refuses_the_action_loss(sample_a):
