@@ -41,6 +41,15 @@ def packed_spans(position_ids: Tensor | None) -> list[int] | None:
     return spans
 
 
+def _cu_seqlens(spans: list[int], device: torch.device) -> tuple[Tensor, int]:
+    """The kernel's view of `spans`, copied to the device once per forward, not once per layer."""
+    cached = getattr(_cu_seqlens, "_last", None)
+    if cached is None or cached[0] is not spans:
+        cu = torch.tensor(spans, dtype=torch.int32, device=device)
+        cached = _cu_seqlens._last = (spans, cu, max(b - a for a, b in zip(spans, spans[1:])))
+    return cached[1], cached[2]
+
+
 def sdpa_packed_forward(module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
                         dropout: float = 0.0, scaling: float | None = None, position_ids: Tensor | None = None,
                         **kwargs) -> tuple[Tensor, None]:
@@ -59,8 +68,7 @@ def sdpa_packed_forward(module, query: Tensor, key: Tensor, value: Tensor, atten
         extra = {"window_size": (-1, 0)} if "window_size" in _VARLEN_ARGS else {"is_causal": True}
         if groups > 1 and "enable_gqa" in _VARLEN_ARGS:
             extra["enable_gqa"] = True
-        cu = torch.tensor(spans, dtype=torch.int32, device=query.device)
-        longest = max(b - a for a, b in zip(spans, spans[1:]))
+        cu, longest = _cu_seqlens(spans, query.device)
         out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, **extra)
         return out[None], None
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
