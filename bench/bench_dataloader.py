@@ -7,7 +7,8 @@ gem-2b's settings (Qwen3-VL image processor, 16-pixel patches merged 2x2, so a 4
 196 tokens; the depth target's long side 448), i.e. everything a stage-3 step waits for before its forward.
 
 Printed: samples/s for each W and per worker (W=0: the training process loads alone), each worker's first
-micro-batch (start-up) apart; then what a step consumes: the tiny recipe's stage-3 step measured here on the same
+micro-batch (start-up) apart, and the CPU time of one sample (samples/s per worker with a core to itself, which a
+shared, busy machine does not show in wall-clock rates); then what a step consumes: the tiny recipe's stage-3 step measured here on the same
 files, and gem-2b's stage-3 step on one H100 from bench/README.md (not measured here). Whether the loader keeps up
 is rate(W) against the step's samples/s.
 
@@ -79,8 +80,10 @@ def gem_2b_processor(corpus) -> GemProcessor:
                         depth_long_side=448, depth_multiple_of=32)
 
 
-def loader_rate(samples, collate, batch: int, workers: int, batches: int) -> tuple[float, float]:
-    """(seconds to the first micro-batch, samples/s after it) through the trainer's DataLoader."""
+def loader_rate(samples, collate, batch: int, workers: int, batches: int) -> tuple[float, float, float]:
+    """(seconds to the first micro-batch, samples/s after it, this process's CPU seconds per sample after it) through
+    the trainer's DataLoader. With no workers the CPU time is the loading itself: what a worker with a core of its
+    own needs per sample, however busy the machine is."""
     micro = MicroBatches(samples, collate, batch, seed=0)
     # each worker's first micro-batch is start-up (fork, imports touched first): timed apart
     n = batches + max(workers, 1)
@@ -89,11 +92,11 @@ def loader_rate(samples, collate, batch: int, workers: int, batches: int) -> tup
     it = iter(loader)
     for _ in range(max(workers, 1)):
         next(it)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     for _ in it:
         pass
-    t2 = time.perf_counter()
-    return t1 - t0, batches * batch / (t2 - t1)
+    t2, c2 = time.perf_counter(), time.process_time()
+    return t1 - t0, batches * batch / (t2 - t1), (c2 - c1) / (batches * batch)
 
 
 def tiny_step_rate(model: GemModel, samples, cfg, runtime, batch: int, work: Path) -> float:
@@ -127,13 +130,16 @@ def main() -> None:
         print(f"{'workers':>8} {'start-up s':>11} {'samples/s':>10} {'per worker':>11}")
         rates = {}
         for w in args.workers:
-            startup, rates[w] = loader_rate(samples, processor, args.batch, w, args.batches)
+            startup, rates[w], _ = loader_rate(samples, processor, args.batch, w, args.batches)
             print(f"{w:>8} {startup:>11.2f} {rates[w]:>10.1f} {rates[w] / max(w, 1):>11.1f}")
         best = max(rates.values())
-        per_worker = rates[min(rates)] / max(min(rates), 1)  # the fewest workers: the least CPU contention
+        cpu = loader_rate(samples, processor, args.batch, 0, args.batches)[2]
+        per_worker = 1 / cpu  # a worker with a core to itself
+        print(f"one sample costs {cpu * 1e3:.1f} ms of CPU: {per_worker:.1f} samples/s per worker with a free core "
+              f"(load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
         recipe = resolve(Path(__file__).resolve().parents[1] / "recipes", "tiny")
         tiny = GemModel.build(recipe.model, corpus=text_corpus(tmp / "data"), seed=0)
-        tiny_load = loader_rate(samples, make_collate(tiny), args.batch, 0, args.batches)[1]
+        tiny_load = 1 / loader_rate(samples, make_collate(tiny), args.batch, 0, args.batches)[2]
         tiny_step = tiny_step_rate(tiny, samples, recipe.stages.stage3, recipe.runtime, args.batch, tmp / "work")
         print("a training step consumes (samples/s):")
         print(f"  tiny recipe, stage 3, here: {tiny_step:.1f} -> {math.ceil(tiny_step / tiny_load)} worker(s) at "
@@ -143,7 +149,7 @@ def main() -> None:
             print(f"  gem-2b stage 3 on one H100, {what}: {rate:.2f} (bench/README.md) -> {need} worker(s) at "
                   f"{per_worker:.1f} samples/s each")
         print(f"gem-2b's images are 896x672, 3x these pixels: budget ~3x the workers (its recipe has num_workers 8); "
-              f"best here {best:.1f} samples/s")
+              f"best measured here {best:.1f} samples/s")
 
 if __name__ == "__main__":
     main()
