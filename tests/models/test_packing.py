@@ -167,9 +167,16 @@ def test_packing_refuses_the_action_loss(sample_a):
 def test_gpu_step_packed_batch_gives_the_padded_losses():
     """bench/gpu_step.py --packed measures the step a packed stage takes: its packed batch is the padded one's."""
     model = GemModel.build(tiny_config("qwen3_vl"), seed=0)
-    shapes = gpu_step.Shapes(batch=3, image=(64, 32), text=24, answer=6, depth=(64, 32))
+    shapes = gpu_step.Shapes(batch=3, image=(64, 32), text=24, answer=6, depth=(64, 32),
+                             mixed=((64, 64), (32, 32), (64, 32)))
+    lengths = [one.sequence(model.backbone.config.vision_config) for one in shapes.samples()]
+    assert lengths == [24 + 2 + 4, 24 + 2 + 1, 24 + 2 + 2]
+    padded = gpu_step.make_batch(model, shapes, torch.device("cpu"))
     packed = gpu_step.make_batch(model, shapes, torch.device("cpu"), packed=True)
-    assert packed["input_ids"].shape == (1, 3 * shapes.sequence(model.backbone.config.vision_config))
+    assert padded["attention_mask"].sum(1).tolist() == lengths
+    assert torch.equal(packed["input_ids"][0], padded["input_ids"][padded["attention_mask"].bool()])
+    assert packed["cu_seqlens"].tolist() == [0, 30, 57, 85]
+    assert (packed["labels"] != -100).sum() == (padded["labels"] != -100).sum() == 3 * 6
     check = gpu_step.packed_vs_padded(model, shapes, torch.device("cpu"), bf16=False)
     for part, (padded, ours) in check.items():
         assert ours == pytest.approx(padded, rel=1e-5), part
