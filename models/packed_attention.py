@@ -23,7 +23,7 @@ except ImportError:  # torch < 2.9
     varlen_attn = None
 
 NAME = "sdpa_packed"
-# varlen_attn's causal switch was `is_causal` when it appeared, `window_size` later; GQA came later too
+# varlen_attn's causal switch was `is_causal` when it appeared, `window_size` later; scale and GQA came later too
 _VARLEN_ARGS = set(inspect.signature(varlen_attn).parameters) if varlen_attn is not None else set()
 
 
@@ -61,15 +61,19 @@ def sdpa_packed_forward(module, query: Tensor, key: Tensor, value: Tensor, atten
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       position_ids=position_ids, **kwargs)
     groups = query.shape[1] // key.shape[1]
-    if query.is_cuda and varlen_attn is not None and dropout == 0.0:
+    # the first varlen_attn took no scale: it used 1/sqrt(head_dim), which is what Qwen's attention asks for
+    scale_ok = "scale" in _VARLEN_ARGS or scaling is None or abs(scaling * query.shape[-1] ** 0.5 - 1) < 1e-6
+    if query.is_cuda and varlen_attn is not None and dropout == 0.0 and scale_ok:
         q, k, v = (x[0].transpose(0, 1).contiguous() for x in (query, key, value))  # [T, heads, D]
         if groups > 1 and "enable_gqa" not in _VARLEN_ARGS:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         extra = {"window_size": (-1, 0)} if "window_size" in _VARLEN_ARGS else {"is_causal": True}
         if groups > 1 and "enable_gqa" in _VARLEN_ARGS:
             extra["enable_gqa"] = True
+        if "scale" in _VARLEN_ARGS:
+            extra["scale"] = scaling
         cu, longest = _cu_seqlens(spans, query.device)
-        out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, **extra)
+        out = varlen_attn(q, k, v, cu, cu, longest, longest, **extra)
         return out[None], None
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     out = torch.cat([
