@@ -364,6 +364,8 @@ def main() -> None:
     p.add_argument("--packed-mask", action="store_true",
                    help="with --packed: attention through transformers' [T, T] block-diagonal mask instead (plain "
                         "SDPA, what packing costs without sdpa_packed or flash-attention)")
+    p.add_argument("--packed-loop", action="store_true",
+                   help="with --packed: sdpa_packed without torch's varlen kernel, one SDPA call per sample")
     p.add_argument("--profile", type=Path, default=None, help="write the top kernels of one step here")
     args = p.parse_args()
 
@@ -394,8 +396,16 @@ def main() -> None:
         for block in blocks:
             block.compile()
     model.enable_gradient_checkpointing()  # runtime.gradient_checkpointing: true in gem-2b
-    if args.packed and not args.packed_mask:
-        model.enable_packed_attention()  # as train_stage does for stages.<s>.packing
+    if args.packed:
+        from gem_models import packed_attention
+
+        if not args.packed_mask:
+            model.enable_packed_attention()  # as train_stage does for stages.<s>.packing
+        if args.packed_loop:
+            packed_attention.varlen_attn = None
+        kernel = ("[T, T] mask" if args.packed_mask else "SDPA per sample"
+                  if packed_attention.varlen_attn is None or device.type != "cuda" else "varlen_attn")
+        print(f"packed attention: {kernel}")
     trainable = ["merger", "deepstack_merger", "language", "connector", "depth_generator"]  # gem-2b stage3
     set_trainable(model, model.module_groups(), trainable)
     params = [q for q in model.parameters() if q.requires_grad]
