@@ -2,6 +2,8 @@
 
     python bench/gpu_step.py                      # paper scale, random init, CUDA
     python bench/gpu_step.py --tiny --steps 2     # recipes/tiny.yaml's model on the CPU (a smoke run)
+    python bench/gpu_step.py --batch 8 --mixed 896x672 448x448 672x448 224x224 [--packed [--packed-mask]]
+                                                  # variable image sizes, padded or packed (stages.<s>.packing)
 
 Paper scale is the gem-2b recipe's model built from models/presets.py (Qwen3-VL-2B, SANA 1.5 1.6B, DC-AE f32c32) with
 random weights, nothing downloaded, trained as the recipe's stage 3 trains it: fp32 master weights under bf16
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -102,13 +105,20 @@ def dit_forward_flops(latent_tokens: int, cond_tokens: int, *, in_channels: int,
 
 @dataclass
 class Shapes:
-    """One micro-batch of the benchmark: `batch` samples, one image each, every sample the same length."""
+    """One micro-batch of the benchmark: `batch` samples, one image each, every sample the same length unless
+    `mixed` gives the images several sizes."""
 
     batch: int  # samples per step (the recipe's stage-3 batch_size is 1 per GPU)
     image: tuple[int, int]  # backbone image (height, width) in pixels, multiples of patch x merge
     text: int  # text tokens per sample besides the image's (prompt + answer)
     answer: int  # of those, answer tokens (the LM loss's targets)
     depth: tuple[int, int]  # depth target (height, width) in pixels, multiples of the model's multiple_of
+    mixed: tuple[tuple[int, int], ...] = ()  # image sizes taken in turn by the samples instead of `image`
+
+    def samples(self) -> list[Shapes]:
+        """Each sample's own shapes (batch 1)."""
+        sizes = [self.mixed[i % len(self.mixed)] if self.mixed else self.image for i in range(self.batch)]
+        return [dataclasses.replace(self, batch=1, image=size, mixed=()) for size in sizes]
 
     def grid(self, patch: int) -> tuple[int, int]:
         return self.image[0] // patch, self.image[1] // patch
@@ -128,6 +138,9 @@ def step_flops(parts: dict[str, nn.Module], shapes: Shapes) -> dict[str, int]:
 
     parts: {"backbone", "connector", "depth_generator"}, as presets.meta_parts gives them (or a GemModel's).
     """
+    if shapes.mixed:  # sample by sample: a packed or padded batch does each sample's model work, no more
+        per_sample = [step_flops(parts, one) for one in shapes.samples()]
+        return {k: sum(f[k] for f in per_sample) for k in per_sample[0]}
     backbone, depth = parts["backbone"], parts["depth_generator"]
     vision, text = backbone.config.vision_config, backbone.config.text_config
     gh, gw = shapes.grid(vision.patch_size)
@@ -190,35 +203,48 @@ def tiny_model() -> GemModel:
                           seed=recipe.seed)
 
 
-def make_batch(model: GemModel, shapes: Shapes, device: torch.device, seed: int = 0) -> dict:
-    """Token ids, labels, pixels and depth targets as GemProcessor.collate lays them out (one image per sample):
-    prompt, <|vision_start|>, image pads, <|vision_end|>, answer."""
+def make_batch(model: GemModel, shapes: Shapes, device: torch.device, seed: int = 0, packed: bool = False) -> dict:
+    """Token ids, labels, pixels and depth targets as GemProcessor lays them out (one image per sample):
+    prompt, <|vision_start|>, image pads, <|vision_end|>, answer, right-padded to the longest sample; packed: as
+    GemProcessor.pack, the samples back to back in one sequence with their boundaries in cu_seqlens and no mask."""
     g = torch.Generator().manual_seed(seed)
     c, vision = model.backbone.config, model.backbone.config.vision_config
-    gh, gw = shapes.grid(vision.patch_size)
-    pads = shapes.image_tokens(vision)
     special = torch.tensor([c.vision_start_token_id, c.vision_end_token_id, c.image_token_id, c.video_token_id])
-    text = torch.randint(0, c.text_config.vocab_size, (shapes.batch, shapes.text), generator=g)
-    text[torch.isin(text, special)] = 0
     prompt = shapes.text - shapes.answer
-
-    def const(value: int, n: int) -> torch.Tensor:
-        return torch.full((shapes.batch, n), value, dtype=torch.long)
-
-    ids = torch.cat([text[:, :prompt], const(c.vision_start_token_id, 1), const(c.image_token_id, pads),
-                     const(c.vision_end_token_id, 1), text[:, prompt:]], dim=1)
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    labels[:, -shapes.answer:] = ids[:, -shapes.answer:]
     patch_values = 3 * vision.temporal_patch_size * vision.patch_size**2
+    rows, grids = [], []
+    for one in shapes.samples():
+        text = torch.randint(0, c.text_config.vocab_size, (shapes.text,), generator=g)
+        text[torch.isin(text, special)] = 0
+        rows.append(torch.cat([text[:prompt], torch.tensor([c.vision_start_token_id]),
+                               torch.full((one.image_tokens(vision),), c.image_token_id),
+                               torch.tensor([c.vision_end_token_id]), text[prompt:]]))
+        grids.append([1, *one.grid(vision.patch_size)])
+    lengths = [len(r) for r in rows]
+    if packed:  # every sample starts with prompt text (label -100): no target crosses a boundary
+        ids, mask = torch.cat(rows)[None], None
+    else:
+        ids = torch.zeros(len(rows), max(lengths), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)], mask[i, :len(r)] = r, 1
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    ends = torch.tensor(lengths).cumsum(0) if packed else torch.tensor(lengths)
+    for i, end in enumerate(ends.tolist()):
+        row = 0 if packed else i
+        labels[row, end - shapes.answer:end] = ids[row, end - shapes.answer:end]
     batch = {
         "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
         "labels": labels,
         "mm_token_type_ids": (ids == c.image_token_id).int(),
-        "pixel_values": torch.randn(shapes.batch * gh * gw, patch_values, generator=g),
-        "image_grid_thw": torch.tensor([[1, gh, gw]] * shapes.batch),
+        "pixel_values": torch.randn(sum(h * w for _, h, w in grids), patch_values, generator=g),
+        "image_grid_thw": torch.tensor(grids),
         "depth_image_index": torch.arange(shapes.batch),
     }
+    if packed:
+        batch["cu_seqlens"] = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)
+    else:
+        batch["attention_mask"] = mask
     batch = {k: v.to(device) for k, v in batch.items()}
     batch["depth_pixel_values"] = [(torch.rand(3, *shapes.depth, generator=g) * 2 - 1).to(device)
                                    for _ in range(shapes.batch)]
@@ -228,10 +254,10 @@ def make_batch(model: GemModel, shapes: Shapes, device: torch.device, seed: int 
 # ----- the step -----
 
 def measure(model: GemModel, shapes: Shapes, optimizer, params, device: torch.device, warmup: int, steps: int,
-            bf16: bool) -> dict:
+            bf16: bool, packed: bool = False) -> dict:
     """Mean seconds per step over `steps` after `warmup` steps, the peak memory of the timed steps, and on CUDA the
     GPU time of each phase (forward + backward, clipping, optimiser), from events that need no sync between them."""
-    batch = make_batch(model, shapes, device)
+    batch = make_batch(model, shapes, device, packed=packed)
     weights = {"lm": 1.0, "depth": 0.1, "action": 0.0}  # the recipe's stage-3 loss
     cuda = device.type == "cuda"
     events = []
@@ -276,6 +302,19 @@ def measure(model: GemModel, shapes: Shapes, optimizer, params, device: torch.de
     return {"seconds": seconds, "peak_bytes": peak, "phases": phases}
 
 
+@torch.no_grad()
+def packed_vs_padded(model: GemModel, shapes: Shapes, device: torch.device, bf16: bool) -> dict[str, tuple]:
+    """Each loss part of one batch padded and packed, same draws: (padded, packed). They agree up to the
+    precision's rounding (exactly in fp32: tests/models/test_packing.py); a gap means attention crossed samples."""
+    out = {}
+    for packed in (False, True):
+        batch = make_batch(model, shapes, device, packed=packed)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            parts = model(batch, {"lm": 1.0, "depth": 0.1}, torch.Generator(device=device).manual_seed(0))
+        out[packed] = {k: float(parts[k]) for k in ("lm", "depth")}
+    return {k: (out[False][k], out[True][k]) for k in out[False]}
+
+
 def kernel_time_by_kind(prof) -> dict[str, float]:
     """Seconds of GPU kernel time in one profiled step, by kind of kernel (from the kernel names)."""
     # First match wins: cuDNN's attention and convolution kernels are named after the GEMMs they are built on.
@@ -305,6 +344,9 @@ def main() -> None:
                    help="samples per step; several values are measured in turn (default 1 4 8; tiny: 2)")
     p.add_argument("--image", type=parse_size, default=None, help="backbone image HxW (default 896x672; tiny 64x64)")
     p.add_argument("--depth", type=parse_size, default=None, help="depth target HxW (default 448x320; tiny 64x64)")
+    p.add_argument("--mixed", type=parse_size, nargs="+", default=(),
+                   help="image sizes HxW the samples take in turn, instead of --image (variable sizes: what packing "
+                        "is for; a padded batch pads every sample to the longest)")
     p.add_argument("--text", type=int, default=None, help="text tokens per sample (default 512; tiny 32)")
     p.add_argument("--answer", type=int, default=None, help="answer tokens among them (default 256; tiny 8)")
     p.add_argument("--warmup", type=int, default=3)
@@ -315,6 +357,15 @@ def main() -> None:
                         "(a what-if: no casts, half the optimiser traffic)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each LLM, ViT and DiT block (a what-if: the trainer runs them eagerly)")
+    p.add_argument("--packed", action="store_true",
+                   help="the step's samples packed into one sequence (stages.<s>.packing: the release's data_flatten) "
+                        "instead of a padded batch, attending sample by sample as the stage does (sdpa_packed); "
+                        "the FLOPs counted stay each sample's own")
+    p.add_argument("--packed-mask", action="store_true",
+                   help="with --packed: attention through transformers' [T, T] block-diagonal mask instead (plain "
+                        "SDPA, what packing costs without sdpa_packed or flash-attention)")
+    p.add_argument("--packed-loop", action="store_true",
+                   help="with --packed: sdpa_packed without torch's varlen kernel, one SDPA call per sample")
     p.add_argument("--profile", type=Path, default=None, help="write the top kernels of one step here")
     args = p.parse_args()
 
@@ -345,6 +396,16 @@ def main() -> None:
         for block in blocks:
             block.compile()
     model.enable_gradient_checkpointing()  # runtime.gradient_checkpointing: true in gem-2b
+    if args.packed:
+        from gem_models import packed_attention
+
+        if not args.packed_mask:
+            model.enable_packed_attention()  # as train_stage does for stages.<s>.packing
+        if args.packed_loop:
+            packed_attention.varlen_attn = None
+        kernel = ("[T, T] mask" if args.packed_mask else "SDPA per sample"
+                  if packed_attention.varlen_attn is None or device.type != "cuda" else "varlen_attn")
+        print(f"packed attention: {kernel}")
     trainable = ["merger", "deepstack_merger", "language", "connector", "depth_generator"]  # gem-2b stage3
     set_trainable(model, model.module_groups(), trainable)
     params = [q for q in model.parameters() if q.requires_grad]
@@ -358,22 +419,31 @@ def main() -> None:
           f"{n_params / 1e9:.3f} B parameters, {sum(q.numel() for q in params) / 1e9:.3f} B trainable")
     measured = None  # the largest shapes that fit: the profiled ones
     for batch in settings["batch"]:
-        shapes = Shapes(batch, settings["image"], settings["text"], settings["answer"], settings["depth"])
+        shapes = Shapes(batch, settings["image"], settings["text"], settings["answer"], settings["depth"],
+                        tuple(args.mixed))
         flops = step_flops({"backbone": model.backbone, "connector": model.connector,
                             "depth_generator": model.depth_generator}, shapes)
         total = sum(flops.values())
         try:
-            r = measure(model, shapes, optimizer, params, device, args.warmup, args.steps, bf16)
+            r = measure(model, shapes, optimizer, params, device, args.warmup, args.steps, bf16, args.packed)
         except torch.OutOfMemoryError:
             optimizer.zero_grad(set_to_none=True)
             print(f"batch {batch}: out of memory on this card")
             break
         measured = shapes
-        seq = shapes.sequence(model.backbone.config.vision_config)
+        if args.packed:
+            check = packed_vs_padded(model, shapes, device, bf16)
+            print("  loss padded / packed: " + ", ".join(f"{k} {a:.5f} / {b:.5f}" for k, (a, b) in check.items()))
+        vision = model.backbone.config.vision_config
+        seqs = [one.sequence(vision) for one in shapes.samples()]
+        tokens = sum(seqs)  # the samples' own tokens: padding is not counted
         mfu = f"{100 * total / r['seconds'] / peak:.1f}%" if peak else "n/a"
-        print(f"batch {batch} x {seq} tokens, image {shapes.image[0]}x{shapes.image[1]}, depth "
+        layout = (f"packed into one sequence ({model.backbone.config.text_config._attn_implementation})"
+                  if args.packed else f"padded to {max(seqs)} ({100 * (1 - tokens / (batch * max(seqs))):.0f}% padding)")
+        images = " ".join(f"{h}x{w}" for h, w in shapes.mixed) if shapes.mixed else "x".join(map(str, shapes.image))
+        print(f"batch {batch}, {tokens} tokens {layout}, image {images}, depth "
               f"{shapes.depth[0]}x{shapes.depth[1]}: {r['seconds'] * 1e3:.1f} ms/step, "
-              f"{batch * seq / r['seconds']:.0f} tokens/s, {batch / r['seconds']:.2f} images/s, "
+              f"{tokens / r['seconds']:.0f} tokens/s, {batch / r['seconds']:.2f} images/s, "
               f"peak memory {r['peak_bytes'] / 2**30:.1f} GiB, {total / 1e12:.2f} TFLOP/step "
               f"({total / r['seconds'] / 1e12:.1f} TFLOP/s), MFU {mfu}")
         print("  FLOPs by part: " + ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in flops.items()))
@@ -384,7 +454,7 @@ def main() -> None:
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
-            measure(model, measured, optimizer, params, device, 0, 1, bf16)
+            measure(model, measured, optimizer, params, device, 0, 1, bf16, args.packed)
         key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
         args.profile.write_text(prof.key_averages().table(sort_by=key, row_limit=60))
         if device.type == "cuda":

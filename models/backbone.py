@@ -131,6 +131,34 @@ def load_backbone(path: str, family: str) -> PreTrainedModel:
     return model
 
 
+def packed_position_ids(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    mm_token_type_ids: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    image_grid_thw: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Position ids [4, 1, T] of a packed sequence [1, T] (samples back to back, sample k = tokens
+    cu_seqlens[k]:cu_seqlens[k+1]): row 0 is each token's index within its sample, rows 1-3 its M-RoPE (t, h, w)
+    positions, exactly those the sample gets in a padded batch.
+
+    Row 0 restarting at 0 is how transformers sees the sample boundaries when there is no attention_mask: a
+    block-diagonal causal mask for SDPA and eager (masking_utils.find_packed_sequence_indices), variable-length
+    kernels for flash-attention (modeling_flash_attention_utils._is_packed_sequence, one sequence per row).
+    """
+    lengths = cu_seqlens.diff().long()
+    width = int(lengths.max())
+    # The padded batch these samples would make: the backbone's own get_rope_index computes their M-RoPE there.
+    mask = torch.arange(width, device=input_ids.device)[None, :] < lengths[:, None]
+    padded_ids = input_ids.new_zeros(mask.shape).masked_scatter_(mask, input_ids[0])
+    padded_types = mm_token_type_ids.new_zeros(mask.shape).masked_scatter_(mask, mm_token_type_ids[0])
+    rope, _ = model.model.get_rope_index(
+        padded_ids, padded_types, image_grid_thw=image_grid_thw, attention_mask=mask.long()
+    )
+    text = mask.long().cumsum(-1) - 1
+    return torch.cat([text[mask][None], rope[:, mask]])[:, None, :]
+
+
 def vision_token_ids(model: PreTrainedModel) -> dict[str, int]:
     """Ids of <|vision_start|>, <|vision_end|>, <|image_pad|> as the backbone's config knows them."""
     c = model.config

@@ -15,9 +15,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from . import packed_attention
 from .action_autoregressive import AutoregressiveActionExpert
 from .action_flow import FlowActionExpert
-from .backbone import backbone_module_groups, build_backbone, load_backbone, vision_token_ids
+from .backbone import (
+    backbone_module_groups,
+    build_backbone,
+    load_backbone,
+    packed_position_ids,
+    vision_token_ids,
+)
 from .conditioning import gather_image_tokens
 from .config import ActionExpertConfig, GemModelConfig
 from .connector import Connector
@@ -193,21 +200,37 @@ class GemModel(nn.Module):
             raise ValueError("the model has no action expert (action.kind = none)")
         self.action_expert.normalizer.set_from_statistics(stats)
 
+    def enable_packed_attention(self) -> None:
+        """Packed batches attend sample by sample (packed_attention.py) instead of through a [T, T] mask, when the
+        backbone's language model runs SDPA; flash-attention already does (variable-length kernels)."""
+        if self.backbone.config.text_config._attn_implementation == "sdpa":
+            self.backbone.set_attn_implementation({"text_config": packed_attention.NAME})
+
     def enable_gradient_checkpointing(self) -> None:
         self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.depth_generator.transformer.enable_gradient_checkpointing()
 
     # ----- pieces -----
     def backbone_states(self, batch: dict, all_layers: bool = False):
-        """Backbone forward without the LM head -> transformers output (last_hidden_state, hidden_states)."""
+        """Backbone forward without the LM head -> transformers output (last_hidden_state, hidden_states).
+        A packed batch (processor.pack) goes in as one sequence with per-sample position ids and no mask."""
         kwargs = {k: batch[k] for k in ("pixel_values", "image_grid_thw") if k in batch}
+        if "cu_seqlens" in batch:
+            kwargs["position_ids"] = self.packed_position_ids(batch)
         return self.backbone.model(
             input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
+            attention_mask=batch.get("attention_mask"),
             mm_token_type_ids=batch["mm_token_type_ids"],
             output_hidden_states=all_layers,
             use_cache=False,
             **kwargs,
+        )
+
+    def packed_position_ids(self, batch: dict) -> Tensor:
+        """[4, 1, T] for a packed batch: each sample's positions from 0 (text row, then M-RoPE t/h/w)."""
+        return packed_position_ids(
+            self.backbone, batch["input_ids"], batch["mm_token_type_ids"], batch["cu_seqlens"],
+            batch.get("image_grid_thw"),
         )
 
     def lm_loss(self, last_hidden: Tensor, labels: Tensor) -> Tensor:
@@ -262,6 +285,8 @@ class GemModel(nn.Module):
             raise ValueError(f"no loss has a positive weight: {weights}")
         if w["action"] > 0 and self.action_expert is None:
             raise ValueError("action loss requested but the model has no action expert (action.kind = none)")
+        if w["action"] > 0 and "cu_seqlens" in batch:
+            raise ValueError("the action loss reads one row per sample: it cannot train on a packed batch")
 
         all_layers = w["action"] > 0 and isinstance(self.action_expert, FlowActionExpert)
         out = self.backbone_states(batch, all_layers=all_layers)

@@ -238,6 +238,32 @@ class GemProcessor:
             "labels": labels,
             # M-RoPE needs to know which tokens are image tokens (1) vs text (0); both Qwen families read it.
             "mm_token_type_ids": (input_ids == self.image_pad_id).int(),
+        }
+        return batch | self._images(enc)
+
+    def pack(self, samples: list[dict]) -> dict:
+        """Samples -> ONE sequence without padding (the release's data_flatten): input_ids, labels and
+        mm_token_type_ids are [1, sum of the samples' lengths], "cu_seqlens" [num_samples + 1] (int32) marks where
+        each sample starts, and there is no attention_mask. The images and depth targets are those of `__call__`,
+        in the same order. GemModel gives each sample position ids from 0 and keeps attention within a sample."""
+        enc = [self._encode(s) for s in samples]
+        input_ids = torch.tensor([i for e in enc for i in e["ids"]], dtype=torch.long)[None]
+        labels = torch.tensor([i for e in enc for i in e["labels"]], dtype=torch.long)[None]
+        lengths = torch.tensor([0] + [len(e["ids"]) for e in enc])
+        cu_seqlens = lengths.cumsum(0).to(torch.int32)
+        # the last token of a sample must not learn to predict the next sample's first (it is a header anyway)
+        labels[0, cu_seqlens[:-1].long()] = IGNORE_INDEX
+        batch = {
+            "input_ids": input_ids,
+            "labels": labels,
+            "mm_token_type_ids": (input_ids == self.image_pad_id).int(),
+            "cu_seqlens": cu_seqlens,
+        }
+        return batch | self._images(enc)
+
+    def _images(self, enc: list[dict]) -> dict:
+        """The batch's images (processor order: sample by sample, left to right) and their depth targets."""
+        batch = {
             "image_sample_index": torch.tensor(
                 [b for b, e in enumerate(enc) for _ in e["grids"]], dtype=torch.long
             ),

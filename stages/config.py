@@ -195,6 +195,11 @@ class TrainStageConfig:
                                   ge=0.0, le=1.0)
     weight_decay: Float = setting(0.0, "AdamW weight decay.", ge=0.0)
     batch_size: Int = setting(2, "Samples per device per micro-batch.", ge=1)
+    packing: Bool = setting(
+        False, "Train each micro-batch as one sequence of its samples back to back, without padding (the release's "
+        "data_flatten): every sample keeps its own position ids and attends only to itself, so losses and gradients "
+        "are the padded batch's. The sequence is up to batch_size x model.backbone.max_length tokens (the release: "
+        "16384). Not with the action loss (stage 4).")
     grad_accum: Int = setting(1, "Micro-batches accumulated per optimiser step.", ge=1)
     max_grad_norm: Float = setting(1.0, "Gradient-norm clipping threshold (0 disables clipping).", ge=0.0)
     loss: LossWeights = setting(LossWeights, "Loss weights of this stage.")
@@ -259,4 +264,8 @@ class StagesConfig:
                 if group not in MODULE_GROUPS:
                     raise ValueError(f"{stage}.trainable has unknown module group {group!r}: "
                                      f"{suggest(group, MODULE_GROUPS, 'choose from')}")
+            cfg = getattr(self, stage)
+            if cfg.packing and cfg.loss.action > 0:
+                raise ValueError(f"{stage}.packing cannot train the action loss, which reads one row per sample: "
+                                 f"set stages.{stage}.packing=false")
         return self

@@ -99,11 +99,11 @@ class EpisodeSamples:
                 "generation_prompt": generation_prompt, "state": state, "actions": w["actions"]}
 
 
-def make_collate(model: GemModel) -> Callable[[list[dict]], dict]:
+def make_collate(model: GemModel, packing: bool = False) -> Callable[[list[dict]], dict]:
     processor = model.processor
 
     def collate(samples: list[dict]) -> dict:
-        batch = processor(samples)
+        batch = processor.pack(samples) if packing else processor(samples)
         if "actions" in samples[0]:
             batch["state"] = torch.as_tensor(torch.stack([torch.as_tensor(s["state"]) for s in samples]))
             batch["actions"] = torch.stack([torch.as_tensor(s["actions"]) for s in samples])
@@ -194,6 +194,8 @@ def train_stage(stage: str, *, model_cfg: GemModelConfig, stage_cfg: TrainStageC
     model = load_model(stage, model_cfg, stage_cfg, seed, data_dir, init_dir)
     if runtime.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    if stage_cfg.packing:
+        model.enable_packed_attention()
     if stage_cfg.depth_long_side is not None:  # saved with the checkpoint's processor settings
         model.processor.depth_long_side = stage_cfg.depth_long_side
     model.processor.depth_encoding = stage_cfg.depth_encoding
@@ -203,7 +205,8 @@ def train_stage(stage: str, *, model_cfg: GemModelConfig, stage_cfg: TrainStageC
 
         progress = RichProgress(stage)
     with progress:
-        result = train(model, model.module_groups(), stage_cfg, runtime, samples, make_collate(model), seed=seed,
+        collate = make_collate(model, stage_cfg.packing)
+        result = train(model, model.module_groups(), stage_cfg, runtime, samples, collate, seed=seed,
                        work_dir=work_dir, tracker=tracker, should_stop=should_stop, progress=progress.update,
                        shard=shard)
     summary = {"stage": stage, "status": result.status, "step": result.step, "losses": result.losses,

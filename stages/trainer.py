@@ -209,8 +209,9 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         self.resume()
         start = self.step
+        # pinned host memory: the step's non_blocking copies to the GPU overlap with its work
         loader = DataLoader(self.batches, sampler=range(start * cfg.grad_accum, self.total * cfg.grad_accum),
-                            batch_size=None, num_workers=self.num_workers)
+                            batch_size=None, num_workers=self.num_workers, pin_memory=acc.device.type == "cuda")
         micro_batches = iter(loader)
         self.model.train()
         window: list[dict[str, torch.Tensor]] = []

@@ -13,8 +13,8 @@ def recorded_stage(stage: str, *, shard: tuple[int, int] | None = None, **stage_
 
     make_collate, seen, models = stage_program.make_collate, [], []
 
-    def recording(model):
-        collate = make_collate(model)
+    def recording(model, *args, **kwargs):
+        collate = make_collate(model, *args, **kwargs)
         models.append(model)
 
         def collate_and_record(samples):
