@@ -207,3 +207,27 @@ def test_cli_refuses_another_layout_in_one_line_with_exit_2(tmp_path, original):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "plain Qwen3-VL checkpoint" in lines[0], r.stderr
     assert not (project / "runs").exists() and not (project / "mlruns").exists()
     shutil.rmtree(tmp_path / "qwen")
+
+
+def test_a_stage_takes_the_imported_weights_with_the_recipes_settings(tmp_path, original):
+    import dataclasses
+
+    from gem_models.config import ConnectorConfig
+    from gem_stages.imported import adopt_imported
+
+    write_release(original, str(tmp_path / "rel"))
+    project = Project(tmp_path / "project")
+    import_gem_2b(project, tmp_path / "rel")
+    folder = Path(resolve(project, "rel")["dir"])
+    recipe = tiny_config(space="latent", action="flow")  # the release has no action expert: a fresh one
+    model = adopt_imported("stage3", "imported:rel", folder, recipe, seed=0)
+    assert model.cfg == recipe and model.processor.depth_long_side == 64 and model.action_expert is not None
+    assert torch.equal(model.connector.fc1.weight, original.connector.fc1.weight)
+
+    wider = dataclasses.replace(recipe, connector=ConnectorConfig(width=32))
+    message = r"model.connector.width is 64 but the recipe says 32: .*\(-o model.connector.width=64\)"
+    with pytest.raises(InputError, match=message):
+        adopt_imported("stage3", "imported:rel", folder, wider, seed=0)
+    pixel = tiny_config(space="pixel")
+    with pytest.raises(InputError, match=r"model.depth.space is 'latent' but the recipe says 'pixel'"):
+        adopt_imported("stage3", "imported:rel", folder, pixel, seed=0)
