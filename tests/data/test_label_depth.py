@@ -187,3 +187,20 @@ def test_bad_input_is_refused_in_one_line(tmp_path, depth_model, image_tree):
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "broken.jpg: not a readable image" in lines[0], r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_shards_run_as_one_slurm_array(slurm_cluster, tmp_path, depth_model, image_tree):
+    from tests.conftest import TEST_PREFIX
+
+    out = tmp_path / "labels"
+    r = _label(tmp_path, "--images", str(image_tree), "--out", str(out), "--model", str(depth_model),
+               "--shards", "3", "--executor", "slurm", "--job-name", TEST_PREFIX + "label-depth")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [f"shard {k}: 2 labelled, 0 already done" in r.stdout for k in range(3)] == [True] * 3
+    assert len(list((out / "depth").iterdir())) == len(IMAGES)
+    assert all(done_marker(out, k, 3).is_file() for k in range(3))
+    # submitit names an array element's files <array id>_<index>_...: one array of three
+    submitted = [p.name.split("_") for p in (out / ".label-depth" / "jobs").rglob("*_submitted.pkl")]
+    assert len(submitted) == 3 and len({s[0] for s in submitted}) == 1 and {s[1] for s in submitted} == {"0", "1", "2"}
