@@ -48,7 +48,7 @@ def label_depth(
                                                                     "label-depth@<out folder name>).")] = None,
 ) -> None:
     """Label every image under --images with depth; a re-run skips finished shards and files."""
-    from gem_stages.label_depth import done_marker, list_images, plan
+    from gem_stages.label_depth import list_images, plan, shard_done
 
     from .launch import Resources, launch_array, wait_all
 
@@ -57,7 +57,7 @@ def label_depth(
     images, out, model = images.expanduser().resolve(), out.expanduser().resolve(), model.expanduser().resolve()
     files = list_images(images)
     entry = plan(images, out, model, files)
-    todo = [k for k in range(shards) if not done_marker(out, k, shards).is_file()]
+    todo = [k for k in range(shards) if not shard_done(out, files, k, shards)]
     console = Console(soft_wrap=True, highlight=False)
     if not todo:
         console.print(f"label-depth: all {shards} shard(s) done ({len(files)} images in {out}/depth): nothing to do")

@@ -17,9 +17,10 @@ normalises between the map's own 2nd/98th percentiles, so its target is the esti
 whatever NEAR_MM; inferno_linear (stage 4) reads millimetres / 65535 as absolute depth: label for it with a metric
 model.
 
-Work is split into N shards (file i goes to shard i mod N, files in sorted order). A label is written beside and
+Work is split into N shards (a file's shard: a hash of its path, mod N). A label is written beside and
 renamed into place, so a file that exists is complete: a re-run (or a requeued or killed shard run again) skips
-it; a finished shard leaves a marker and is not even started again. <out>/.label-depth/plan.json records the model
+it; a finished shard leaves a marker (with a digest of its file list) and is not even started again while its
+files are the same. <out>/.label-depth/plan.json records the model
 the labels came from: labels of another model are never mixed in.
 """
 
@@ -29,6 +30,7 @@ import hashlib
 import json
 import os
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,7 +69,9 @@ def depth_name(image: str) -> str:
 
 
 def shard_files(files: list[str], shard: int, shards: int) -> list[str]:
-    return files[shard::shards]
+    """The files of one shard: by a hash of the path, so a file added to the tree leaves the others' shards as
+    they were (only its own shard runs again)."""
+    return [f for f in files if zlib.crc32(f.encode()) % shards == shard]
 
 
 def read_model_config(model: Path) -> dict:
@@ -115,6 +119,18 @@ def done_marker(out: Path, shard: int, shards: int) -> Path:
     return out / STATE_DIR / f"shard-{shard:05d}-of-{shards:05d}.done"
 
 
+def _list_digest(files: list[str]) -> str:
+    return hashlib.sha256("\n".join(files).encode()).hexdigest()
+
+
+def shard_done(out: Path, files: list[str], shard: int, shards: int) -> bool:
+    """The shard finished with exactly today's files (an image added to the tree makes its shard run again)."""
+    marker = done_marker(out, shard, shards)
+    if not marker.is_file():
+        return False
+    return json.loads(marker.read_text()).get("list_sha256") == _list_digest(shard_files(files, shard, shards))
+
+
 def to_millimetres(prediction: np.ndarray, kind: str) -> np.ndarray:
     """The estimator's (H, W) output -> uint16 millimetres, 0 = invalid (see the module's scaling)."""
     pred = np.asarray(prediction, dtype=np.float64)
@@ -159,9 +175,8 @@ def label_shard(images: Path, out: Path, model: Path, shard: int, shards: int, d
     from PIL import Image, UnidentifiedImageError
 
     files = list_images(images)
-    marker = done_marker(out, shard, shards)
     mine = shard_files(files, shard, shards)
-    if marker.is_file():
+    if shard_done(out, files, shard, shards):
         return {"status": "completed", "shard": shard, "written": 0, "skipped": len(mine)}
     kind = plan(images, out, model, files)["kind"]
     depth_dir = out / "depth"
@@ -199,5 +214,6 @@ def label_shard(images: Path, out: Path, model: Path, shard: int, shards: int, d
             if on_file is not None:
                 on_file(rel)
             progress.update(i, len(todo), {}, time.monotonic() - start)
-    atomic_write_text(marker, json.dumps({"files": len(mine), "written": written}) + "\n")
+    atomic_write_text(done_marker(out, shard, shards),
+                      json.dumps({"files": len(mine), "written": written, "list_sha256": _list_digest(mine)}) + "\n")
     return {"status": "completed", "shard": shard, "written": written, "skipped": len(mine) - len(todo)}

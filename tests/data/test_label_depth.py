@@ -16,7 +16,15 @@ from PIL import Image
 from gem_stages.data.depth_png import load_depth_m
 from gem_stages.data.sample_format import find_depth
 from gem_stages.errors import InputError
-from gem_stages.label_depth import NEAR_MM, done_marker, label_shard, list_images, plan, to_millimetres
+from gem_stages.label_depth import (
+    NEAR_MM,
+    done_marker,
+    label_shard,
+    list_images,
+    plan,
+    shard_files,
+    to_millimetres,
+)
 
 GEMCTL = str(Path(sys.executable).parent / "gemctl")
 # (relative path, width, height): two folders, JPEG and PNG, different sizes and aspect ratios
@@ -80,7 +88,10 @@ def test_labels_land_where_the_loader_reads_them_and_a_rerun_does_no_work(tmp_pa
     args = ["--images", str(image_tree), "--out", str(out), "--model", str(depth_model), "--shards", "2"]
     r = _label(tmp_path, *args, "--executor", "local")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "shard 0: 3 labelled, 0 already done" in r.stdout and "shard 1: 3 labelled" in r.stdout
+    files = list_images(image_tree)
+    for k in range(2):
+        assert f"shard {k}: {len(shard_files(files, k, 2))} labelled, 0 already done" in r.stdout, r.stdout
+    assert sorted(shard_files(files, 0, 2) + shard_files(files, 1, 2)) == files
     assert sorted(p.name for p in (out / "depth").iterdir()) == sorted(Path(rel).stem + ".png" for rel, _, _ in IMAGES)
     for rel, w, h in IMAGES:
         path = find_depth(out, rel)  # the loader's rule: <depth_root>/depth/<basename>, else its .png
@@ -198,9 +209,54 @@ def test_shards_run_as_one_slurm_array(slurm_cluster, tmp_path, depth_model, ima
     r = _label(tmp_path, "--images", str(image_tree), "--out", str(out), "--model", str(depth_model),
                "--shards", "3", "--executor", "slurm", "--job-name", TEST_PREFIX + "label-depth")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert [f"shard {k}: 2 labelled, 0 already done" in r.stdout for k in range(3)] == [True] * 3
+    files = list_images(image_tree)
+    for k in range(3):
+        assert f"shard {k}: {len(shard_files(files, k, 3))} labelled, 0 already done" in r.stdout, r.stdout
     assert len(list((out / "depth").iterdir())) == len(IMAGES)
     assert all(done_marker(out, k, 3).is_file() for k in range(3))
     # submitit names an array element's files <array id>_<index>_...: one array of three
     submitted = [p.name.split("_") for p in (out / ".label-depth" / "jobs").rglob("*_submitted.pkl")]
     assert len(submitted) == 3 and len({s[0] for s in submitted}) == 1 and {s[1] for s in submitted} == {"0", "1", "2"}
+
+
+DVC_STAGE = """\
+stages:
+  depth-labels:
+    cmd: gemctl data label-depth --images images --out labels --model depth-model --shards 2
+    deps: [images, depth-model]
+    outs:
+      - labels/depth:
+          persist: true  # DVC keeps finished labels when the stage re-runs: label-depth resumes from them
+"""
+
+
+@pytest.mark.slow
+def test_usable_as_a_dvc_stage(tmp_path, depth_model, image_tree):
+    import shutil
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(image_tree, repo / "images")
+    shutil.copytree(depth_model, repo / "depth-model")
+    (repo / "dvc.yaml").write_text(DVC_STAGE)
+    dvc = str(Path(sys.executable).parent / "dvc")
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.analytics", "false"]):
+        subprocess.run(cmd, cwd=repo, check=True, env=_env())
+    r = subprocess.run([dvc, "repro"], cwd=repo, capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(list((repo / "labels" / "depth").iterdir())) == len(IMAGES)
+    before = _mtimes(repo / "labels")
+    r = subprocess.run([dvc, "repro"], cwd=repo, capture_output=True, text=True, env=_env())
+    assert r.returncode == 0 and "didn't change, skipping" in r.stdout, r.stdout + r.stderr
+    assert _mtimes(repo / "labels") == before
+
+    # a new image: DVC re-runs the stage, which labels that image alone (its shard's file list changed)
+    shutil.copy(repo / "images" / "a" / "desk.png", repo / "images" / "b" / "new.png")
+    r = subprocess.run([dvc, "repro"], cwd=repo, capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    files = list_images(repo / "images")
+    mine = next(k for k in range(2) if "b/new.png" in shard_files(files, k, 2))
+    assert f"shard {mine}: 1 labelled, {len(shard_files(files, mine, 2)) - 1} already done" in r.stdout, r.stdout
+    assert f"shard {1 - mine}:" not in r.stdout and "1 of 2 shard(s) to run" in r.stdout
+    after = _mtimes(repo / "labels")
+    assert set(after) == set(before) | {"new.png"} and {k: after[k] for k in before} == before
