@@ -260,3 +260,17 @@ def test_usable_as_a_dvc_stage(tmp_path, depth_model, image_tree):
     assert f"shard {1 - mine}:" not in r.stdout and "1 of 2 shard(s) to run" in r.stdout
     after = _mtimes(repo / "labels")
     assert set(after) == set(before) | {"new.png"} and {k: after[k] for k in before} == before
+
+
+def test_scaling_of_metric_and_relative_predictions():
+    from gem_stages.label_depth import output_kind
+
+    metric = np.array([[1.2346, 0.0004, 70.0], [0.0, -1.0, np.nan]])
+    np.testing.assert_array_equal(to_millimetres(metric, "metric"), [[1235, 1, 65535], [0, 0, 0]])
+    # relative inverse depth: the nearest pixel (largest d) at NEAR_MM, depth proportional to 1/d
+    disparity = np.array([[2.0, 1.0, 0.5], [0.0, 2.0 / 100, 2.0 / 1000]])
+    np.testing.assert_array_equal(to_millimetres(disparity, "relative"), [[1000, 2000, 4000], [0, 65535, 65535]])
+    np.testing.assert_array_equal(to_millimetres(disparity * 7.0, "relative"), to_millimetres(disparity, "relative"))
+    assert output_kind({"model_type": "depth_anything", "depth_estimation_type": "relative"}) == "relative"
+    assert output_kind({"model_type": "depth_anything", "depth_estimation_type": "metric"}) == "metric"
+    assert output_kind({"model_type": "dpt"}) == "relative" and output_kind({"model_type": "zoedepth"}) == "metric"
