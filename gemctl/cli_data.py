@@ -35,12 +35,12 @@ def label_depth(
                                                     "data.files[].depth_root).")],
     model: Annotated[Path, typer.Option("--model", help="Local folder of a transformers depth estimator (Depth "
                                                         "Anything, DPT, ...), as save_pretrained writes it.")],
-    shards: Annotated[int, typer.Option("--shards", min=1, help="Split the images into this many jobs (one "
+    shards: Annotated[int, typer.Option("--shards", help="Split the images into this many jobs (one "
                                                                 "SLURM array).")] = 1,
     executor: Annotated[Executor, typer.Option("--executor", "-e", help="local, slurm or debug.")] = Executor.LOCAL,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when there is one), cpu or cuda.")] = "auto",
-    gpus: Annotated[int, typer.Option("--gpus", min=0, help="GPUs per shard job (slurm).")] = 0,
-    time_min: Annotated[int, typer.Option("--time-min", min=1, help="Time limit of a shard job in minutes; a "
+    gpus: Annotated[int, typer.Option("--gpus", help="GPUs per shard job (slurm).")] = 0,
+    time_min: Annotated[int, typer.Option("--time-min", help="Time limit of a shard job in minutes; a "
                                                                     "shard stopped by it is requeued and resumes.")]
     = 60,
     partition: Annotated[str | None, typer.Option("--partition", help="SLURM partition.")] = None,
@@ -54,6 +54,9 @@ def label_depth(
 
     if device not in ("auto", "cpu", "cuda"):
         raise InputError(f"--device {device!r}: choose auto, cpu or cuda")
+    for flag, value, least in (("--shards", shards, 1), ("--gpus", gpus, 0), ("--time-min", time_min, 1)):
+        if value < least:  # one line, like any bad input (typer's own range check prints a usage panel)
+            raise InputError(f"{flag} {value}: give {least} or more")
     images, out, model = images.expanduser().resolve(), out.expanduser().resolve(), model.expanduser().resolve()
     files = list_images(images)
     entry = plan(images, out, model, files)

@@ -274,3 +274,10 @@ def test_scaling_of_metric_and_relative_predictions():
     assert output_kind({"model_type": "depth_anything", "depth_estimation_type": "relative"}) == "relative"
     assert output_kind({"model_type": "depth_anything", "depth_estimation_type": "metric"}) == "metric"
     assert output_kind({"model_type": "dpt"}) == "relative" and output_kind({"model_type": "zoedepth"}) == "metric"
+
+
+def test_a_bad_shard_count_is_one_line(tmp_path, image_tree):
+    r = _label(tmp_path, "--images", str(image_tree), "--out", str(tmp_path / "l"), "--model", str(tmp_path),
+               "--shards", "0")
+    assert r.returncode == 2 and r.stderr.strip() == "error: --shards 0: give 1 or more", r.stderr
+    assert not (tmp_path / "l").exists()
