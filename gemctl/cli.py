@@ -16,6 +16,8 @@ from rich.text import Text
 from gem_stages.errors import InputError
 from gem_stages.files import never_world_writable
 
+from .cli_data import data_app
+from .cli_import import import_app
 from .launch import Executor
 from .outcome import CANCELLED_EXIT, StageFailed
 
@@ -26,6 +28,8 @@ stage_app = typer.Typer(help="Run one stage program directly (this is the comman
                         no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(stage_app, name="stage")
+app.add_typer(import_app, name="import")
+app.add_typer(data_app, name="data")
 
 console = Console()
 # soft_wrap: an error stays one line however narrow the terminal

@@ -48,6 +48,9 @@ def upstream(stage: str) -> list[str]:
 
 def render(project: Project, recipe: Recipe) -> Path:
     """Write the resolved recipe where its DVC stages read it; list the recipe in params.yaml's `recipes`."""
+    from .importer import write_init_files
+
+    write_init_files(project, recipe)  # first: an unknown imported model is refused before anything is written
     path = project.params_file(recipe.name)
     write_params(path, recipe)
     index = project.root / "params.yaml"

@@ -98,7 +98,24 @@ def upstream_outputs(project: Project, recipe_name: str, stage: str) -> dict[str
         summary = read_summary(project, recipe_name, up) or {}
         digest = recorded[up] or str(summary.get("digest") or summary.get("model_id") or "")
         outputs[up] = {"dir": str(project.stage_dir(recipe_name, up)), "digest": digest, "summary": summary}
+    outputs.update(imported_input(project, recipe_name, stage))
     return outputs
+
+
+def imported_input(project: Project, recipe_name: str, stage: str) -> dict[str, dict]:
+    """{"imported": {dir, digest, summary}} when the stage starts from an imported model (`init: imported:NAME`):
+    its checkpoint folder, the manifest's content digest and the manifest itself; {} otherwise."""
+    from .importer import imported_name, resolve
+
+    params = project.params_file(recipe_name)
+    if stage not in STAGES or not params.is_file():
+        return {}
+    init = ((json.loads(params.read_text()).get("stages") or {}).get(stage) or {}).get("init", "")
+    name = imported_name(str(init))
+    if name is None:
+        return {}
+    manifest = resolve(project, name)
+    return {"imported": {"dir": manifest["dir"], "digest": manifest["digest"], "summary": manifest}}
 
 
 def stage_inputs(recipe: Recipe, recipe_name: str, stage: str, upstream: dict[str, dict]) -> StageInputs:
@@ -113,7 +130,16 @@ def stage_inputs(recipe: Recipe, recipe_name: str, stage: str, upstream: dict[st
     data = {"name": f"gem-{recipe.data.source}:{recipe_name}", "uri": str(data_dir.resolve()),
             "digest": upstream["data"]["digest"]}
     init_dir, parent = None, None
-    if stage != "stage1" and getattr(recipe.stages, stage).init == "previous":
+    init = getattr(recipe.stages, stage).init
+    if init.startswith("imported:"):
+        if "imported" not in upstream:
+            raise InputError(f"{stage}@{recipe_name} starts from {init}, which this run was not given: imported "
+                             "models start plain runs (`gemctl train`), not sweep points")
+        manifest = upstream["imported"]["summary"]
+        init_dir = Path(upstream["imported"]["dir"])
+        parent = {"run_id": manifest.get("mlflow_run_id", ""), "model_id": manifest.get("model_id"),
+                  "checkpoint": str(init_dir)}
+    elif stage != "stage1" and init == "previous":
         prev = previous_stage(stage)
         summary = upstream[prev]["summary"]
         init_dir = Path(upstream[prev]["dir"]) / "model"

@@ -73,6 +73,8 @@ def explain(error: ValidationError, root: type, prefix: str = "") -> str:
         return f"{shown} is out of range: must be {op} {ctx[name]}"
     if kind == "multiple_of":
         return f"{shown} is not a multiple of {ctx['multiple_of']}"
+    if kind == "string_pattern_mismatch":
+        return f"{shown} is not allowed: it must match {ctx['pattern']}"
     if kind == "too_short":
         return f"{key} is empty: give at least {ctx.get('min_length', 1)} item(s)"
     if kind == "finite_number":
@@ -182,9 +184,10 @@ class TrainStageConfig:
         lambda: ["connector"], "Module groups whose parameters train; every other parameter is frozen (the VAE "
         "always is).", min_length=1,
         json_schema_extra={"items": {"enum": list(MODULE_GROUPS)}})
-    init: Literal["previous", "base"] = setting(
-        "previous", "Where the weights start: the previous stage's checkpoint, or the base model (ablation: skip "
-        "warm-up).")
+    init: Str = setting(
+        "previous", "Where the weights start: previous = the previous stage's checkpoint; base = the base model "
+        "(ablation: skip warm-up); imported:NAME = a model `gemctl import gem-2b PATH --as NAME` converted (the "
+        "released GEM-2B).", pattern=r"^(previous|base|imported:[A-Za-z0-9][A-Za-z0-9_.-]*)$")
     steps: Int = setting(10, "Optimiser steps (one step = batch_size x grad_accum x world_size samples).", ge=1)
     epochs: Float | None = setting(
         None, "Passes over the stage's data instead of a step count (null: use steps). The released stage-3 "

@@ -117,11 +117,16 @@ def load_model(stage: str, model_cfg: GemModelConfig, stage_cfg: TrainStageConfi
     if init_dir is None:
         # The base model. Tiny backbones train their tokenizer on the dataset's text; same data + seed = same model.
         return GemModel.build(model_cfg, corpus=text_corpus(data_dir), seed=seed)
-    try:
-        model = GemModel.load(str(init_dir), model_cfg)
-    except ValueError as e:  # the recipe's model section was changed after the parent checkpoint was trained
-        raise InputError(f"{stage} continues the model in {init_dir}, but {e}: change the model section back, "
-                         f"or start from the base model with -o stages.{stage}.init=base") from None
+    if stage_cfg.init.startswith("imported:"):
+        from .imported import adopt_imported
+
+        model = adopt_imported(stage, stage_cfg.init, init_dir, model_cfg, seed)
+    else:
+        try:
+            model = GemModel.load(str(init_dir), model_cfg)
+        except ValueError as e:  # the recipe's model section was changed after the parent checkpoint was trained
+            raise InputError(f"{stage} continues the model in {init_dir}, but {e}: change the model section back, "
+                             f"or start from the base model with -o stages.{stage}.init=base") from None
     if stage_cfg.depth_init == "base":
         fresh_depth_expert(model, seed)
     return model
