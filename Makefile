@@ -47,7 +47,7 @@ fuzz: setup
 	GEMCTL_FUZZ_CASES=20000 $(VENV)/bin/pytest -q -s tests/recipes/test_recipe_fuzz.py
 
 test-fast: setup
-	$(VENV)/bin/pytest -m "not slow and not slurm"
+	$(VENV)/bin/pytest -m "not slow and not slurm and not gpu"
 
 bench: setup
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done

@@ -128,7 +128,7 @@ def test_packed_attention_is_sdpa_for_padded_batches_and_generation(image):
     assert answers == ref_answers
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen kernel path runs on CUDA only")
+@pytest.mark.gpu
 def test_packed_attention_kernel_on_cuda_equals_per_sample_sdpa():
     """On a GPU, sdpa_packed runs torch's varlen flash kernel (where this torch has it): same output and gradients
     as SDPA over each sample alone, with grouped-query heads."""
