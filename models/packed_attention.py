@@ -63,8 +63,12 @@ def sdpa_packed_forward(module, query: Tensor, key: Tensor, value: Tensor, atten
     groups = query.shape[1] // key.shape[1]
     # the first varlen_attn took no scale: it used 1/sqrt(head_dim), which is what Qwen's attention asks for
     scale_ok = "scale" in _VARLEN_ARGS or scaling is None or abs(scaling * query.shape[-1] ** 0.5 - 1) < 1e-6
-    if query.is_cuda and varlen_attn is not None and dropout == 0.0 and scale_ok:
-        q, k, v = (x[0].transpose(0, 1).contiguous() for x in (query, key, value))  # [T, heads, D]
+    # the flash kernel takes half precision only: under autocast it gets autocast's dtype, as SDPA would (a custom
+    # op is not autocast by torch); fp32 without autocast goes the per-sample SDPA way below
+    kernel_dtype = query.dtype if query.dtype in (torch.float16, torch.bfloat16) else (
+        torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None)
+    if query.is_cuda and varlen_attn is not None and dropout == 0.0 and scale_ok and kernel_dtype is not None:
+        q, k, v = (x[0].transpose(0, 1).to(kernel_dtype).contiguous() for x in (query, key, value))  # [T, heads, D]
         if groups > 1 and "enable_gqa" not in _VARLEN_ARGS:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         extra = {"window_size": (-1, 0)} if "window_size" in _VARLEN_ARGS else {"is_causal": True}

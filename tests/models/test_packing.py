@@ -156,6 +156,28 @@ def test_packed_attention_kernel_on_cuda_equals_per_sample_sdpa():
         torch.testing.assert_close(mine.float(), theirs.float(), rtol=2e-2, atol=2e-2)
 
 
+
+@pytest.mark.gpu
+def test_packed_attention_kernel_takes_fp32_inputs_under_autocast():
+    """The trainer keeps fp32 weights under bf16 autocast: the kernel (half precision only, and not autocast by
+    torch) gets autocast's dtype, as SDPA does, and gives SDPA's result."""
+    from gem_models.packed_attention import sdpa_packed_forward
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    lengths, heads, dim = [50, 9, 130], 4, 64
+    q, k, v = (torch.randn(1, heads, sum(lengths), dim, device="cuda", generator=g) for _ in range(3))
+    positions = torch.cat([torch.arange(n) for n in lengths])[None].cuda()
+    module = torch.nn.Module()
+    module.is_causal, module.num_key_value_groups = True, 1
+    spans = torch.tensor([0, *lengths]).cumsum(0).tolist()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out, _ = sdpa_packed_forward(module, q, k, v, None, scaling=dim**-0.5, position_ids=positions)
+        ref = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], is_causal=True, scale=dim**-0.5)
+            for a, b in zip(spans, spans[1:])], dim=2).transpose(1, 2)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
 def test_packing_refuses_the_action_loss(sample_a):
     model = GemModel.build(tiny_config("qwen3_vl", action="flow"), seed=0)
     batch = model.processor.pack([sample_a(), sample_a()])
