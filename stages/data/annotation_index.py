@@ -78,18 +78,18 @@ class _Media:
     def _check(self, rel: str) -> tuple | None:
         video = is_video_file(rel)
         kind, fix = ("video", "re-encode it (e.g. H.264 .mp4)") if video else ("image", "re-export it as PNG/JPEG")
-        st = self.confined.stat(rel)
-        if st == "outside":
+        found = self.confined.stat(rel)
+        if found == "outside":
             return ("outside data root", f"{kind} '{rel}' in ",
                     f" is outside its data root '{self.data_path}': keep the data under data_path (no '..', "
                     "absolute paths elsewhere or symlinks out) or drop the sample")
-        if isinstance(st, str):
+        if isinstance(found, str):
             return ("missing media", f"{kind} '{rel}' in ",
                     f" does not exist under '{self.data_path}': fix data_path or drop the sample")
+        st, path = found
         if st.st_size == 0:
             return ("unreadable media", f"{kind} '{rel}' in ", f" is empty: {fix} or drop the sample")
         self.fingerprint.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        path = self.confined.path(rel)
         size = None
         if self.check != "stat":
             try:

@@ -29,8 +29,9 @@ class Confined:
             real = self._dirs[folder] = real if self._inside(real) else None
         return None if real is None or not name else os.path.join(real, name)
 
-    def stat(self, rel: str) -> os.stat_result | str:
-        """The file's stat, or why it is refused: "outside", "missing" or "not a file"."""
+    def stat(self, rel: str) -> tuple[os.stat_result, str] | str:
+        """(the file's stat, its path with the folder resolved), or why it is refused: "outside", "missing" or
+        "not a file"."""
         full = self.path(rel)
         if full is None:
             return "outside"
@@ -42,4 +43,4 @@ class Confined:
                 st = os.stat(full)
         except (FileNotFoundError, NotADirectoryError):
             return "missing"
-        return st if stat.S_ISREG(st.st_mode) else "not a file"
+        return (st, full) if stat.S_ISREG(st.st_mode) else "not a file"
