@@ -90,20 +90,28 @@ def generate(root: Path, records: int, images: int, seed: int = 0) -> list[dict]
     return entries
 
 
-PREPARE = """
-import json, resource, sys, time
+# Peak memory from /proc (VmHWM): ru_maxrss would keep the generating parent's peak across fork and exec.
+PEAK = """
+def peak():
+    import resource
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    return {"peak_mb": hwm / 1024, "cpu_s": use.ru_utime + use.ru_stime}
+"""
+
+PREPARE = PEAK + """
+import json, sys, time
 from gem_stages.data.config import AnnotationSet, DataConfig
 from gem_stages.data.digest_cache import DigestCache
 from gem_stages.data.generate import prepare_dataset
 entries, out = json.loads(sys.argv[1]), sys.argv[2]
 t0 = time.perf_counter()
 manifest = prepare_dataset(DataConfig(source="files", files=[AnnotationSet(**e) for e in entries]), out)
-print(json.dumps({"seconds": time.perf_counter() - t0, "counts": manifest["counts"],
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "counts": manifest["counts"], **peak()}))
 """
 
-READ = """
-import json, resource, sys, time
+READ = PEAK + """
+import json, sys, time
 import numpy as np
 from gem_stages.data.reader import GemSamples
 t0 = time.perf_counter()
@@ -119,8 +127,7 @@ n = 0
 for i in rng.integers(0, len(samples), 200):
     n += len(samples[int(i)]["images"])
 print(json.dumps({"samples": len(samples), "open_s": opened, "records_per_s": 10_000 / records,
-                  "full_samples_per_s": 200 / (time.perf_counter() - t0), "images": n,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "full_samples_per_s": 200 / (time.perf_counter() - t0), "images": n, **peak()}))
 """
 
 
@@ -151,10 +158,12 @@ def main() -> None:
         for label, out in (("prepare (cold digest cache)", "ds1"), ("prepare (warm digest cache)", "ds2")):
             result, wall = child(PREPARE, json.dumps(entries), str(root / out), env=env)
             counts = result["counts"]
-            print(f"{label}: {result['seconds']:.1f} s in prepare_dataset ({wall:.1f} s with start-up), peak RSS "
+            print(f"{label}: {result['seconds']:.1f} s in prepare_dataset ({wall:.1f} s with start-up, "
+                  f"{result['cpu_s']:.1f} s of CPU), peak RSS "
                   f"{result['peak_mb']:.0f} MB; records {counts['records']:,}, samples {counts['samples']:,}, "
                   f"images {counts['images']:,}, skipped {counts['skipped']}")
         result, wall = child(READ, str(root / "ds1"), env=env)
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         print(f"reader: {result['samples']:,} samples opened in {result['open_s']:.2f} s, "
               f"{result['records_per_s']:,.0f} records/s by offset, {result['full_samples_per_s']:.0f} samples/s "
               f"with images decoded; peak RSS {result['peak_mb']:.0f} MB")

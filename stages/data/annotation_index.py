@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import InputError
 from .confine import Confined
 from .depth_png import DEPTH_MODES
-from .sample_format import check_sample, parse_sample, scan_jsonl
+from .sample_format import check_sample, parse_sample
 from .sampling import select_indices, weighted_indices
 from .video import VideoError, is_video_file, video_size
 
@@ -154,38 +154,52 @@ def _depth_problem(dpath: Path, rel: str, size: tuple[int, int]) -> tuple | None
 def index_set(ann: Path, label: str, base: str, rate: int, weight: float, seed: int, data_path: Path,
               depth_root: Path | None, check: str, on_error: str, max_skipped: float) -> SetIndex:
     """Scan `ann` (named `label` in messages), keep its %rate share, check each kept record, apply the weight."""
-    offsets, line_nos = array("q"), array("q")  # compact even for millions of lines
-    for line_no, offset, _ in scan_jsonl(ann):
-        line_nos.append(line_no)
-        offsets.append(offset)
-    keep = np.zeros(len(offsets), dtype=bool)
-    keep[select_indices(len(offsets), rate, seed, base)] = True
+    keep = None  # all lines; else a mask over the non-blank lines, which must be counted first
+    if rate < 100:
+        with open(ann, "rb") as f:
+            lines = sum(1 for raw in f if raw.strip())
+        keep = np.zeros(lines, dtype=bool)
+        keep[select_indices(lines, rate, seed, base)] = True
     media = _Media(data_path, depth_root, check)
-    good = array("q")  # positions (in non-blank lines) of the records that passed
-    out = SetIndex(rows=np.empty((0, 2), np.int64), lines=len(offsets), selected=int(keep.sum()))
+    seen, problem = media.seen, media.problem
+    offsets, line_nos = array("q"), array("q")  # of the records that passed; compact even for millions
+    out = SetIndex(rows=np.empty((0, 2), np.int64), lines=0, selected=0)
 
-    for k, (line_no, _, raw) in enumerate(scan_jsonl(ann)):
-        if not keep[k]:
-            continue
-        where = f"{label} line {line_no}"
-        try:
-            sample = parse_sample(raw, where)
-            images, frames = check_sample(sample, where)
-        except InputError as e:
-            if on_error == "stop":
-                raise
-            _skip(out, "invalid JSON" if "JSON" in str(e) else "invalid sample", str(e))
-            continue
-        bad = next((p for p in map(media.problem, images + frames) if p is not OK), None)
-        if bad is not None:
-            reason, before, after = bad
-            message = f"{before}{where}{after}"
-            if on_error == "stop":
-                raise InputError(message)
-            _skip(out, reason, message)
-            continue
-        good.append(k)
-        out.tasks[str(sample.get("task") or base)] += 1
+    k = offset = 0  # k: non-blank lines so far
+    with open(ann, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):  # one pass, no generator: this loop runs per record
+            start, offset = offset, offset + len(raw)
+            if raw[:1] != b"{" and not raw.strip():
+                continue
+            k += 1
+            if keep is not None and not keep[k - 1]:
+                continue
+            where = f"{label} line {line_no}"
+            try:
+                sample = parse_sample(raw, where)
+                images, frames = check_sample(sample, where)
+            except InputError as e:
+                if on_error == "stop":
+                    raise
+                _skip(out, "invalid JSON" if "JSON" in str(e) else "invalid sample", str(e))
+                continue
+            bad = OK
+            for rel in images + frames if frames else images:
+                bad = seen[rel] if rel in seen else problem(rel)
+                if bad is not OK:
+                    break
+            if bad is not OK:
+                reason, before, after = bad
+                message = f"{before}{where}{after}"
+                if on_error == "stop":
+                    raise InputError(message)
+                _skip(out, reason, message)
+                continue
+            offsets.append(start)
+            line_nos.append(line_no)
+            out.tasks[str(sample.get("task") or base)] += 1
+    out.lines = k
+    out.selected = k if keep is None else int(keep.sum())
 
     skipped = sum(out.skipped.values())
     if skipped and skipped > max_skipped * out.selected:
@@ -193,9 +207,8 @@ def index_set(ann: Path, label: str, base: str, rate: int, weight: float, seed: 
             f"{skipped} of the {out.selected} records of '{label}' were skipped ({skipped / out.selected:.1%}, more "
             f"than data.max_skipped {max_skipped:.1%}); the first: {out.first_skipped} -- fix the records or raise "
             "data.max_skipped")
-    positions = np.frombuffer(good, dtype=np.int64)[weighted_indices(len(good), weight, seed, base)]
-    out.rows = np.stack([np.frombuffer(offsets, np.int64)[positions], np.frombuffer(line_nos, np.int64)[positions]],
-                        axis=1) if len(positions) else np.empty((0, 2), np.int64)
+    positions = weighted_indices(len(offsets), weight, seed, base)
+    out.rows = np.stack([np.asarray(offsets, np.int64)[positions], np.asarray(line_nos, np.int64)[positions]], axis=1)
     out.images = sum(1 for p in media.seen.values() if p is OK)
     out.with_depth, out.without_depth = media.with_depth, media.without_depth
     out.media_digest = media.fingerprint.hexdigest()
