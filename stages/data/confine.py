@@ -32,6 +32,8 @@ class Confined:
     def stat(self, rel: str) -> tuple[os.stat_result, str] | str:
         """(the file's stat, its path with the folder resolved), or why it is refused: "outside", "missing" or
         "not a file"."""
+        if "\0" in rel:  # no file has such a name (and os calls refuse it)
+            return "missing"
         full = self.path(rel)
         if full is None:
             return "outside"
@@ -41,6 +43,6 @@ class Confined:
                 if not self._inside(os.path.realpath(full)):
                     return "outside"
                 st = os.stat(full)
-        except (FileNotFoundError, NotADirectoryError):
+        except (OSError, ValueError):  # absent, a file in the way, no permission, a NUL in the name
             return "missing"
         return (st, full) if stat.S_ISREG(st.st_mode) else "not a file"
