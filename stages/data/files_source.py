@@ -77,9 +77,9 @@ def _ingest_set(cfg: DataConfig, index: int, aset: AnnotationSet, root: Path, ca
     skipped = sum(found.skipped.values())
     images = found.with_depth + found.without_depth
     note = "" if depth_root is not None else " (no depth_root)"
+    print(f"[data] set {base}: {found.with_depth}/{images} images with depth{note}", file=sys.stderr)
     print(f"[data] set {base}: {found.lines} lines, {found.selected} kept (%{rate}), {skipped} skipped, "
-          f"{len(found.rows)} samples (weight {aset.weight:g}); {found.with_depth}/{images} images with depth{note}",
-          file=sys.stderr, flush=True)
+          f"{len(found.rows)} samples (weight {aset.weight:g})", file=sys.stderr, flush=True)
     return {
         "name": base,
         "rate": rate,

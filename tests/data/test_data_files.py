@@ -412,10 +412,10 @@ def test_own_data_finds_depth_under_the_exact_name_or_as_png_and_reports_counts(
     assert (by_name["scenes"]["images_with_depth"], by_name["scenes"]["images"]) == (9, 12)
     assert (by_name["captions"]["images_with_depth"], by_name["captions"]["images"]) == (0, 6)
     err = capsys.readouterr().err.splitlines()
-    assert ("[data] set scenes: 12 lines, 12 kept (%100), 0 skipped, 12 samples (weight 1); 9/12 images with depth"
-            in err)
-    assert ("[data] set captions: 6 lines, 6 kept (%100), 0 skipped, 6 samples (weight 1); 0/6 images with depth "
-            "(no depth_root)" in err)
+    assert err == ["[data] set scenes: 9/12 images with depth",
+                   "[data] set scenes: 12 lines, 12 kept (%100), 0 skipped, 12 samples (weight 1)",
+                   "[data] set captions: 0/6 images with depth (no depth_root)",
+                   "[data] set captions: 6 lines, 6 kept (%100), 0 skipped, 6 samples (weight 1)"]
     samples = GemSamples(tmp_path / "out")
     for i, where in enumerate(SCENE_DEPTH):
         (depth,) = samples[i]["depths"]
