@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+from pathlib import Path
 
 from gem_stages.data import digest_cache as cache_module
 from gem_stages.data.digest_cache import SAMPLE, DigestCache
@@ -59,3 +60,23 @@ def test_a_benchmark_folder_is_not_read_again(tmp_path, monkeypatch):
     assert digest(bench) != first and [p.name for p in reads] == ["qa.jsonl"]
     (bench / "videos" / "3.mp4").rename(bench / "videos" / "3b.mp4")  # names count too
     assert digest(bench) != first
+
+
+def test_preparing_and_reading_again_reads_no_file_for_its_digest(tmp_path, monkeypatch):
+    from gem_stages.data.config import DataConfig
+    from gem_stages.data.generate import prepare_dataset
+    from gem_stages.data.reader import GemSamples
+
+    from .test_data_mixture import _numbered, make_root, write_set
+
+    root = make_root(tmp_path / "u")
+    cfg = DataConfig(source="files", files=[write_set(root, "a", _numbered(30)), write_set(root, "b", _numbered(5))])
+    first = prepare_dataset(cfg, tmp_path / "o1")
+    reads = []
+    real = cache_module.md5_file
+    monkeypatch.setattr(cache_module, "md5_file", lambda p: reads.append(p) or real(p))
+    assert prepare_dataset(cfg, tmp_path / "o2")["digest"] == first["digest"]
+    assert len(GemSamples(tmp_path / "o2")) == 35 and reads == []
+    Path(cfg.files[1].annotations).write_text(Path(cfg.files[1].annotations).read_text().replace("answer", "Answer"))
+    assert prepare_dataset(cfg, tmp_path / "o3")["digest"] != first["digest"]
+    assert [p.name for p in reads] == ["b.jsonl"]
