@@ -59,7 +59,8 @@ class _Media:
     def __init__(self, data_path: Path, depth_root: Path | None, check: str):
         self.data_path, self.depth_root, self.check = data_path, depth_root, check
         self.confined = Confined(data_path)
-        self.depth_names = set(os.listdir(depth_root / "depth")) if depth_root else set()
+        self.depth_dir = str(depth_root / "depth") if depth_root else ""
+        self.depth_names = set(os.listdir(self.depth_dir)) if depth_root else set()
         self.seen: dict[str, tuple | None] = {}
         self.with_depth = self.without_depth = 0
         self.fingerprint = hashlib.md5()
@@ -103,8 +104,8 @@ class _Media:
             self.without_depth += 1
             return OK
         self.with_depth += 1
-        dpath = self.depth_root / "depth" / depth
-        dst = dpath.stat()
+        dpath = os.path.join(self.depth_dir, depth)  # not pathlib: once per distinct image
+        dst = os.stat(dpath)
         self.fingerprint.update(f"{dpath}\0{dst.st_size}\0{dst.st_mtime_ns}\n".encode())
         if size is not None:
             return _depth_problem(dpath, rel, size)
@@ -133,7 +134,7 @@ def _media_size(path: str, video: bool, decode: bool) -> tuple[int, int]:
         raise ValueError(_reason(e)) from None
 
 
-def _depth_problem(dpath: Path, rel: str, size: tuple[int, int]) -> tuple | None:
+def _depth_problem(dpath: str, rel: str, size: tuple[int, int]) -> tuple | None:
     try:
         with Image.open(dpath) as depth:
             mode, dsize = depth.mode, depth.size
