@@ -46,7 +46,7 @@ class SetIndex:
     selected: int  # lines kept by the %NN share
     skipped: Counter = field(default_factory=Counter)  # reason -> records left out (on_error: skip)
     first_skipped: str = ""  # the first skipped record's error line
-    images: int = 0  # distinct media paths of the indexed records
+    images: int = 0  # distinct media paths that passed their checks
     with_depth: int = 0  # of those (videos excluded), the ones with a depth map
     without_depth: int = 0
     tasks: Counter = field(default_factory=Counter)
@@ -100,12 +100,15 @@ class _Media:
         if video:  # a video file's frames have no depth (the release looks depth up by image path)
             return OK
         depth = self._depth_name(rel)
-        if depth is None:
+        dpath = os.path.join(self.depth_dir, depth) if depth else ""  # not pathlib: once per distinct image
+        try:
+            dst = os.stat(dpath) if depth else None
+        except OSError:  # listed but not there (a dangling link): no depth, as for a missing one
+            dst = None
+        if dst is None:
             self.without_depth += 1
             return OK
         self.with_depth += 1
-        dpath = os.path.join(self.depth_dir, depth)  # not pathlib: once per distinct image
-        dst = os.stat(dpath)
         self.fingerprint.update(f"{dpath}\0{dst.st_size}\0{dst.st_mtime_ns}\n".encode())
         if size is not None:
             return _depth_problem(dpath, rel, size)
