@@ -10,7 +10,8 @@ random record reads. Targets (issue 11): prepare <= 60 s and <= 2 GB.
 Measured 2026-11-27 on the 2-core development machine shared with other jobs (load average about 9): 1,020,000
 lines in 4 sets (990,000 records checked, 1,290,000 samples after weights, 678,126 distinct images checked by stat)
 prepared in 42.4 s (14.0 s of CPU) with a peak RSS of 146 MB, 41.3 s with a warm digest cache; the reader opened
-the 1.29 M samples in under 0.01 s and peaked at 105 MB (105 MB at 100,000 records too: memory does not grow).
+the 1.29 M samples in under 0.01 s and peaked at 105 MB (87 MB at 100,000 records: the difference is the pages of
+the mapped index that 10,000 random reads touched).
 """
 
 import argparse
