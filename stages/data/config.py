@@ -22,6 +22,9 @@ class AnnotationSet:
     depth_root: Str = setting(
         "", 'Depth of image p: <depth_root>/depth/<basename of p>, else that name with .png (16-bit mm PNG); '
         '"" = none.')
+    weight: Float = setting(
+        1.0, "Mixture weight: each kept sample is listed this many times per epoch (2.0 doubles the set; 0.5 keeps "
+        "a seeded half, after the %NN share).", gt=0.0, le=100.0)
 
 
 @settings
@@ -84,9 +87,17 @@ class DataConfig:
     episode_image_flip: Literal["none", "vertical", "rotate180"] = setting(
         "none", "Turn every episode frame: robosuite (LIBERO, robomimic) stores images bottom row first, so "
         "vertical shows them upright as the LIBERO evaluator does (rotate180: OpenVLA's regenerated LIBERO).")
-    check_images: Literal["header", "decode"] = setting(
-        "header", 'How hard prepare checks each image: "header" reads image sizes only (fast); "decode" also '
-        "decodes every pixel (finds truncated files).")
+    check_images: Literal["stat", "header", "decode"] = setting(
+        "stat", 'How hard prepare checks each image: "stat" only that it is a non-empty file inside its root '
+        '(millions of records in seconds; read errors are met when training reads the sample); "header" also '
+        'reads image and depth headers (unreadable images, depth of the wrong size or mode); "decode" also decodes '
+        "every pixel (truncated files).")
+    on_error: Literal["stop", "skip"] = setting(
+        "stop", 'A bad record (missing or unreadable image, wrong field type, path outside its root): "stop" with '
+        'one line naming file and line; "skip" it and count it, at prepare and when training reads it.')
+    max_skipped: Float = setting(
+        0.01, "With on_error: skip, the largest share of a set's records that may be skipped; more fails the "
+        "stage.", ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -1,7 +1,8 @@
-"""dataset.json (the manifest) and files.md5 (md5sum-format list of every data file) of a prepared dataset.
+"""dataset.json (the manifest) and files.md5 (md5sum-format list of data files) of a prepared dataset.
 
-The digest is the md5 of files.md5: it changes exactly when a data file's content or listed path changes, and
-`md5sum -c files.md5` (run inside the dataset directory) re-verifies every file.
+The digest is the md5 of files.md5 (for user files, followed by each set's media digest, see files_source.py): it
+changes when a listed file's content or path changes, and `md5sum -c files.md5` (run inside the dataset directory)
+re-verifies every listed file.
 """
 
 import hashlib

@@ -6,6 +6,7 @@ workers. Problems found only at read time (an image deleted or corrupted since p
 
 import bisect
 import os
+import sys
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -16,9 +17,10 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
 from .depth_png import load_depth_m
+from .digest_cache import DigestCache
 from .episode_sources import EpisodeReader, ReadPolicy, open_episode
 from .episode_sources import statistics as episode_statistics
-from .manifest import load_manifest, md5_file, resolve
+from .manifest import load_manifest, resolve
 from .sample_format import check_sample, expand_video_tag, find_depth, parse_sample, scan_jsonl
 from .sampling import select_indices
 from .video import VideoError, decode_video, is_video_file
@@ -26,10 +28,11 @@ from .video import VideoError, decode_video, is_video_file
 MAX_OPEN_EPISODES = 64  # HDF5 handles kept open per process (file-descriptor limits are ~1024)
 
 
-def _annotation_file(dataset_dir: Path, entry: dict) -> Path:
-    """The set's JSONL, checked against its md5: the kept lines are recomputed from it, so it must not change."""
+def _annotation_file(dataset_dir: Path, entry: dict, cache: DigestCache) -> Path:
+    """The set's JSONL, checked against its md5 (through the digest cache: an unchanged file is not read again):
+    the index holds byte offsets into it, so it must not change."""
     ann = resolve(dataset_dir, entry["annotations"])
-    if not ann.is_file() or md5_file(ann) != entry["md5"]:
+    if not ann.is_file() or cache.md5(ann) != entry["md5"]:
         raise InputError(
             f"annotation file '{ann}' is missing or changed since the dataset was prepared: "
             "prepare the dataset again"
@@ -37,44 +40,96 @@ def _annotation_file(dataset_dir: Path, entry: dict) -> Path:
     return ann
 
 
+def _scan_rows(ann: Path, entry: dict, seed: int) -> np.ndarray:
+    """(offset, line number) of the kept lines of a set prepared without an index file (the built-in set)."""
+    line_nos, offsets = array("q"), array("q")
+    for line_no, offset, _ in scan_jsonl(ann):
+        line_nos.append(line_no)
+        offsets.append(offset)
+    keep = select_indices(len(offsets), entry["rate"], seed, entry["name"])
+    return np.stack([np.asarray(offsets, np.int64)[keep], np.asarray(line_nos, np.int64)[keep]], axis=1)
+
+
 class GemSamples(Sequence):
-    """QA samples: {"id", "images": [PIL RGB], "depths": [float32 (H, W) metres or None], "conversations", "task"}."""
+    """QA samples: {"id", "images": [PIL RGB], "depths": [float32 (H, W) metres or None], "conversations", "task"}.
+
+    A sample is read from its annotation line by byte offset (the set's index file, memory-mapped), so memory does
+    not grow with the dataset. A sample that cannot be read (an image that does not decode, a depth map of the wrong
+    size) raises InputError naming file and line under data.on_error "stop"; under "skip" it is counted in
+    `skipped`, reported in one line, and the next sample is returned instead, until more than data.max_skipped of
+    the dataset's samples failed (then InputError)."""
 
     def __init__(self, dataset_dir: Path):
         self.dataset_dir = Path(dataset_dir)
         manifest = load_manifest(self.dataset_dir)
-        self._sets = []  # (set entry, annotation path, byte offsets of kept lines, their line numbers)
-        for entry in manifest["annotation_sets"]:
-            ann = _annotation_file(self.dataset_dir, entry)
-            line_nos, offsets = array("q"), array("q")  # compact even for millions of lines
-            for line_no, offset, _ in scan_jsonl(ann):
-                line_nos.append(line_no)
-                offsets.append(offset)
-            keep = select_indices(len(offsets), entry["rate"], manifest["seed"], entry["name"])
-            self._sets.append((entry, ann, np.asarray(offsets)[keep], np.asarray(line_nos)[keep]))
-        self._starts = np.cumsum([0] + [len(s[2]) for s in self._sets]).tolist()
+        config = manifest.get("config") or {}
+        self.on_error = config.get("on_error", "stop")
+        self.max_skipped = float(config.get("max_skipped", 0.0))
+        self.skipped = 0  # samples found unreadable in this process (on_error: skip)
+        self._sets = []  # (set entry, annotation path, index file or None)
+        self._rows: dict[int, np.ndarray] = {}  # set -> its (offset, line number) rows, mapped on first use
+        lengths = []
+        with DigestCache() as cache:
+            for k, entry in enumerate(manifest["annotation_sets"]):
+                ann = _annotation_file(self.dataset_dir, entry, cache)
+                if entry.get("index"):
+                    self._sets.append((entry, ann, self.dataset_dir / entry["index"]))
+                    lengths.append(int(entry["samples"]))
+                else:
+                    self._rows[k] = _scan_rows(ann, entry, manifest["seed"])
+                    self._sets.append((entry, ann, None))
+                    lengths.append(len(self._rows[k]))
+        self._starts = np.cumsum([0] + lengths).tolist()
 
     def __len__(self) -> int:
         return self._starts[-1]
 
-    def _locate(self, index: int):
+    def __getstate__(self):  # worker processes map the index files themselves
+        state = self.__dict__.copy()
+        state["_rows"] = {k: v for k, v in self._rows.items() if self._sets[k][2] is None}
+        return state
+
+    def _set_rows(self, k: int) -> np.ndarray:
+        if k not in self._rows:
+            self._rows[k] = np.load(self._sets[k][2], mmap_mode="r")
+        return self._rows[k]
+
+    def _locate(self, index: int) -> tuple[int, int]:
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} out of range ({len(self)} samples)")
         k = bisect.bisect_right(self._starts, index) - 1
-        return self._sets[k], index - self._starts[k]
+        return k, index - self._starts[k]
 
     def record(self, index: int) -> tuple[dict, str, dict]:
         """(the raw annotation dict, "file line N", its set entry) without loading any image."""
-        (entry, ann, offsets, line_nos), j = self._locate(index)
+        k, j = self._locate(index)
+        entry, ann, _ = self._sets[k]
+        offset, line_no = (int(x) for x in self._set_rows(k)[j])
         with open(ann, "rb") as f:
-            f.seek(int(offsets[j]))
+            f.seek(offset)
             raw = f.readline()
-        where = f"{ann.name} line {int(line_nos[j])}"
+        where = f"{ann.name} line {line_no}"
         return parse_sample(raw, where), where, entry
 
     def __getitem__(self, index: int) -> dict:
+        if self.on_error == "stop":
+            return self._read(index)
+        for attempt in range(len(self)):
+            try:
+                return self._read((index + attempt) % len(self) if attempt else index)
+            except InputError as e:
+                self.skipped += 1
+                print(f"[data] skipped a sample (data.on_error: skip): {e}", file=sys.stderr, flush=True)
+                if self.skipped > self.max_skipped * len(self):
+                    raise InputError(
+                        f"{self.skipped} of the dataset's {len(self)} samples could not be read (more than "
+                        f"data.max_skipped {self.max_skipped:.1%}); the last: {e} -- fix the data or raise "
+                        "data.max_skipped") from None
+        raise InputError(f"no sample of '{self.dataset_dir}' can be read: fix the data and prepare it again")
+
+    def _read(self, index: int) -> dict:
         sample, where, entry = self.record(index)
         images, frames = check_sample(sample, where)
         data_path = resolve(self.dataset_dir, entry["data_path"])
@@ -258,17 +313,20 @@ def action_statistics(dataset_dir: Path) -> dict:
 
 
 def text_corpus(dataset_dir: Path) -> Iterator[str]:
-    """Every kept sample's conversation texts, in file order, then every episode instruction (for training a
-    small tokenizer). Streams each annotation file once, without loading images."""
+    """Every listed sample's conversation texts (once, however often its set's weight lists it), in file order, then
+    every episode instruction (for training a small tokenizer). Streams each annotation file once, no images."""
     dataset_dir = Path(dataset_dir)
     manifest = load_manifest(dataset_dir)
-    for entry in manifest["annotation_sets"]:
-        ann = _annotation_file(dataset_dir, entry)
-        keep = select_indices(entry["lines"], entry["rate"], manifest["seed"], entry["name"])
-        kept = np.zeros(entry["lines"], dtype=bool)
-        kept[keep] = True
-        for index, (line_no, _, raw) in enumerate(scan_jsonl(ann)):
-            if index < len(kept) and kept[index]:
+    with DigestCache() as cache:
+        files = [(entry, _annotation_file(dataset_dir, entry, cache)) for entry in manifest["annotation_sets"]]
+    for entry, ann in files:
+        rows = (np.load(dataset_dir / entry["index"], mmap_mode="r") if entry.get("index")
+                else _scan_rows(ann, entry, manifest["seed"]))
+        kept = np.unique(rows[:, 0])
+        j = 0
+        for line_no, offset, raw in scan_jsonl(ann):
+            if j < len(kept) and offset == kept[j]:
+                j += 1
                 sample = parse_sample(raw, f"{ann.name} line {line_no}")
                 for turn in sample.get("conversations") or []:
                     yield turn["value"]

@@ -36,3 +36,13 @@ def select_indices(num_samples: int, rate: int, seed: int, base_name: str) -> np
     # The set's name, not its position in the list, seeds the choice: reordering sets changes nothing.
     rng = np.random.default_rng([seed, zlib.crc32(base_name.encode())])
     return np.sort(rng.permutation(num_samples)[:keep])
+
+
+def weighted_indices(num_samples: int, weight: float, seed: int, base_name: str) -> np.ndarray:
+    """A set's mixture weight as repetition: every sample int(weight) times, then a seeded, sorted choice of
+    floor(num_samples * fractional part) more (weight 2.5 lists each sample twice and half of them a third time)."""
+    whole = int(weight)
+    extra = int(num_samples * (weight - whole) + 1e-9)  # 0.29 * 100 is 28.999...: still 29
+    rng = np.random.default_rng([seed, zlib.crc32(base_name.encode()), 1])
+    tail = np.sort(rng.permutation(num_samples)[:extra])
+    return np.concatenate([np.tile(np.arange(num_samples), whole), tail]).astype(np.int64)

@@ -44,17 +44,19 @@ def select(items: list[EvalItem], limit: int | None, shard: tuple[int, int]) -> 
 
 
 def digest(path: Path, skip: tuple[str, ...] = ()) -> str:
-    """sha256 (first 16 hex) of a file or a folder's files (relative names and contents): the benchmark data's and
-    an out-of-pipeline checkpoint's identity. `skip`: top-level entries left out (a checkpoint's own eval/)."""
+    """sha256 (first 16 hex) of a file or a folder's files (relative names and md5s): the benchmark data's and an
+    out-of-pipeline checkpoint's identity. `skip`: top-level entries left out (a checkpoint's own eval/). The md5s
+    come through the digest cache (gem_stages.data.digest_cache): an unchanged file is not read again."""
+    from gem_stages.data.digest_cache import DigestCache
+
     path = Path(path)
     h = hashlib.sha256()
     files = [path] if path.is_file() else sorted(
         p for p in path.rglob("*") if p.is_file() and p.relative_to(path).parts[0] not in skip)
-    for f in files:
-        h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+    with DigestCache() as cache:
+        for f in files:
+            h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
+            h.update(cache.md5(f).encode())
     return h.hexdigest()[:16]
 
 

@@ -9,6 +9,14 @@ from gem_stages.data.config import DataConfig
 from gem_stages.data.generate import prepare_dataset
 
 
+@pytest.fixture(autouse=True)
+def digest_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Each test's own digest cache, so no test reads or writes the user's (~/.cache/gemctl)."""
+    path = tmp_path_factory.mktemp("digests") / "digests.sqlite"
+    monkeypatch.setenv("GEMCTL_DIGEST_CACHE", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def synth_cfg() -> DataConfig:
     return DataConfig()

@@ -19,7 +19,8 @@ def test_defaults_are_tiny_and_valid():
     assert (cfg.num_scenes, cfg.questions_per_scene, cfg.image_height, cfg.image_width) == (50, 4, 64, 64)
     assert (cfg.num_episodes, cfg.episode_max_steps, cfg.cameras) == (8, 40, ["front", "top"])
     assert (cfg.objects_min, cfg.objects_max) == (3, 5)
-    assert cfg.files == [] and cfg.episodes_dir == "" and cfg.check_images == "header"
+    assert cfg.files == [] and cfg.episodes_dir == "" and cfg.check_images == "stat"
+    assert (cfg.on_error, cfg.max_skipped, AnnotationSet().weight) == ("stop", 0.01, 1.0)
 
 
 def _allowed(tp) -> bool:

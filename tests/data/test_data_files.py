@@ -51,6 +51,11 @@ def make_set(root: Path, n: int = 4) -> AnnotationSet:
     )
 
 
+def _line_offsets(aset: AnnotationSet) -> list[int]:
+    lines = Path(aset.annotations).read_bytes().splitlines(keepends=True)
+    return [sum(len(x) for x in lines[:i]) for i in range(len(lines))]
+
+
 def write_lines(path: Path, samples: list) -> None:
     path.write_text("".join((s if isinstance(s, str) else json.dumps(s)) + "\n" for s in samples))
 
@@ -77,7 +82,7 @@ def test_valid_set_is_indexed_not_copied(tmp_path):
     aset = make_set(tmp_path / "user")
     out = tmp_path / "out"
     manifest = prepare_dataset(files_cfg(aset), out)
-    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "files.md5"]
+    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "files.md5", "index-000.npy"]
     (entry,) = manifest["annotation_sets"]
     assert entry["annotations"] == str((tmp_path / "user" / "ann.jsonl").resolve())
     assert entry["data_path"] == str((tmp_path / "user").resolve())
@@ -88,10 +93,12 @@ def test_valid_set_is_indexed_not_copied(tmp_path):
         "spatial": 5,
     }  # a sample without "task" counts under its set
     listed = dict(reversed(line.split("  ", 1)) for line in (out / "files.md5").read_text().splitlines())
-    assert len(listed) == 1 + 5 + 5  # annotation file, images, depth maps
+    assert list(listed) == [entry["annotations"]]  # images are referenced, not read: their stats are digested
     for path, md5 in listed.items():
         assert Path(path).is_absolute() and hashlib.md5(Path(path).read_bytes()).hexdigest() == md5
-    assert manifest["digest"] == hashlib.md5((out / "files.md5").read_bytes()).hexdigest()
+    text = (out / "files.md5").read_text() + entry["media_digest"]
+    assert manifest["digest"] == hashlib.md5(text.encode()).hexdigest()
+    assert np.load(out / "index-000.npy").tolist() == [[o, n + 1] for n, o in enumerate(_line_offsets(aset))]
 
     samples = GemSamples(out)
     assert len(samples) == 6
@@ -191,12 +198,13 @@ def _missing_data_path(root: Path):
     (root / "ann.jsonl").rename(root.parent / "ann.jsonl")
 
 
+HEADER_CASES = {"unreadable image", "depth size", "depth mode"}  # found at prepare by check_images: header
 ERROR_CASES = {
     "unreadable image": (
         _break_image,
         "image 'imgs/002.png' in {ann} line 3 cannot be read (cannot identify image file): re-export it as PNG/JPEG or drop the sample",
     ),
-    "empty image": (_empty_image, "line 3 cannot be read (cannot identify image file)"),
+    "empty image": (_empty_image, "image 'imgs/002.png' in {ann} line 3 is empty: re-export it as PNG/JPEG"),
     "missing image": (_missing_image, "image 'imgs/002.png' in {ann} line 3 does not exist under"),
     "depth size": (
         _small_depth,
@@ -224,8 +232,9 @@ def test_each_problem_is_one_input_error_and_nothing_is_written(tmp_path, case):
     mutate(tmp_path / "user")
     parent = tmp_path / "runs"
     parent.mkdir()
+    check = "header" if case in HEADER_CASES else "stat"
     with pytest.raises(InputError) as err:
-        prepare_dataset(files_cfg(aset), parent / "out")
+        prepare_dataset(files_cfg(aset, check_images=check), parent / "out")
     message = str(err.value)
     assert expected.format(ann=aset.annotations, key="data.files[0]") in message
     assert "\n" not in message and ": " in message
@@ -249,7 +258,7 @@ def test_decode_check_finds_truncated_images_the_header_check_lets_through(tmp_p
     )
     data = (tmp_path / "user" / "imgs" / "002.png").read_bytes()
     (tmp_path / "user" / "imgs" / "002.png").write_bytes(data[: len(data) // 2])
-    prepare_dataset(files_cfg(aset), tmp_path / "fast")
+    prepare_dataset(files_cfg(aset, check_images="header"), tmp_path / "fast")
     with pytest.raises(InputError, match="line 3 cannot be read"):
         prepare_dataset(files_cfg(aset, check_images="decode"), tmp_path / "full")
     with pytest.raises(InputError, match="line 3 cannot be read"):
@@ -403,8 +412,10 @@ def test_own_data_finds_depth_under_the_exact_name_or_as_png_and_reports_counts(
     assert (by_name["scenes"]["images_with_depth"], by_name["scenes"]["images"]) == (9, 12)
     assert (by_name["captions"]["images_with_depth"], by_name["captions"]["images"]) == (0, 6)
     err = capsys.readouterr().err.splitlines()
-    assert "[data] set scenes: 9/12 images with depth" in err
-    assert "[data] set captions: 0/6 images with depth (no depth_root)" in err
+    assert err == ["[data] set scenes: 9/12 images with depth",
+                   "[data] set scenes: 12 lines, 12 kept (%100), 0 skipped, 12 samples (weight 1)",
+                   "[data] set captions: 0/6 images with depth (no depth_root)",
+                   "[data] set captions: 6 lines, 6 kept (%100), 0 skipped, 6 samples (weight 1)"]
     samples = GemSamples(tmp_path / "out")
     for i, where in enumerate(SCENE_DEPTH):
         (depth,) = samples[i]["depths"]
@@ -413,8 +424,11 @@ def test_own_data_finds_depth_under_the_exact_name_or_as_png_and_reports_counts(
         else:
             assert depth.shape == (H, W) and np.allclose(depth, depth_value(i), atol=1e-3), i
     assert all(samples[12 + i]["depths"] == [None] for i in range(6))
-    md5s = (tmp_path / "out" / "files.md5").read_text()
-    assert md5s.count("/depth/") == 9  # the depth maps used are recorded, nothing else under depth/
+    before = manifest["digest"]
+    assert prepare_dataset(files_cfg(scenes, captions), tmp_path / "again")["digest"] == before
+    depth = Path(scenes.depth_root) / "depth" / "007.jpg"
+    save_depth_mm(depth, np.full((H, W), 2.0, np.float32))  # a used depth map changes: so does the digest
+    assert prepare_dataset(files_cfg(scenes, captions), tmp_path / "changed")["digest"] != before
 
 
 def test_the_exact_name_wins_over_the_png_beside_it(tmp_path):

@@ -103,8 +103,8 @@ def test_bad_video_samples_are_one_line_errors(tmp_path, video, write, message):
         (root / "clips").mkdir(parents=True)
         (root / "clips" / "bad.mp4").write_bytes(write)
     aset = make_set(root, [video_sample(video)])
-    with pytest.raises(InputError, match=message):
-        prepare_dataset(DataConfig(source="files", files=[aset]), tmp_path / "out")
+    with pytest.raises(InputError, match=message):  # header: the container is opened at prepare
+        prepare_dataset(DataConfig(source="files", files=[aset], check_images="header"), tmp_path / "out")
 
 
 def test_a_video_file_under_image_is_refused(tmp_path):
