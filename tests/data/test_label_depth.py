@@ -25,8 +25,9 @@ from gem_stages.label_depth import (
     shard_files,
     to_millimetres,
 )
+from tests.pipeline.project_copy import GEMCTL
+from tests.pipeline.project_copy import env as project_env
 
-GEMCTL = str(Path(sys.executable).parent / "gemctl")
 # (relative path, width, height): two folders, JPEG and PNG, different sizes and aspect ratios
 IMAGES = [("a/kitchen_000.jpg", 40, 30), ("a/kitchen_001.jpg", 40, 30), ("a/desk.png", 64, 48),
           ("b/c/shelf_0.jpg", 30, 52), ("b/c/shelf_1.jpeg", 56, 56), ("b/table.png", 33, 47)]
@@ -71,7 +72,11 @@ def image_tree(tmp_path) -> Path:
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("GEMCTL_TRACKING_URI", "GEMCTL_PROJECT")}
+    # the project's environment with its bin/ first on PATH, as an activated venv has it: a user's dvc.yaml
+    # stage calls `gemctl` by name
+    env = project_env()
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
 
 
 def _label(tmp_path, *args: str) -> subprocess.CompletedProcess:
