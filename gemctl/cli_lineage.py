@@ -265,23 +265,22 @@ def _print_runs(rows: list[dict]) -> None:
 
     table = Table(title=f"{len(rows)} run(s)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                   padding=(0, 1, 0, 0))
-    for col in ("run", "name", "stage", "recipe", "hash", "status", "started", "settings", "scores"):
-        table.add_column(col, no_wrap=col in ("run", "status", "started", "hash"), overflow="fold")
+    for col in ("run", "name", "status", "started", "hash", "settings", "scores"):
+        # run ids are copied into `gemctl lineage`: never cut; the other columns fold onto more lines instead
+        table.add_column(col, no_wrap=col in ("run", "status"), overflow="fold",
+                         min_width=14 if col in ("settings", "scores") else None)
     colours = {"FINISHED": "green", "FAILED": "red", "RUNNING": "yellow", "KILLED": "dim"}
     for r in rows:
-        a, p, t = r["attributes"], r["params"], r["tags"]
+        a, p = r["attributes"], r["params"]
         stage = a["stage"] or ""
         settings = [f"{k} {p[f'stages.{stage}.{k}']}" for k in SETTINGS if f"stages.{stage}.{k}" in p]
         if "seed" in p and a["kind"] not in ("eval", "sweep"):
             settings.append(f"seed {p['seed']}")
-        if a["kind"] == "eval":
-            settings = [f"{t.get('gemctl.eval.benchmark')}"] + [f"limit {p['limit']}" for _ in [0]
-                                                                if p.get("limit") not in (None, "None")]
-        scores = {k: v for k, v in r["metrics"].items() if "/" in k and not k.endswith(SKIP_METRICS)}
-        if not scores and "loss" in r["metrics"]:
-            scores = {"loss": r["metrics"]["loss"]}
-        started = datetime.fromtimestamp(a["start_time"] / 1000).strftime("%Y-%m-%d %H:%M") if a["start_time"] else ""
-        table.add_row(a["run_id"][:8], Text(a["run_name"] or ""), Text(stage), Text(a["recipe"] or ""),
-                      a["recipe_hash"] or "", Text(a["status"], colours.get(a["status"], "")), started,
-                      Text(" ".join(settings)), Text(" ".join(f"{k} {v:.4g}" for k, v in sorted(scores.items())[:4])))
+        if a["kind"] == "eval" and p.get("limit") not in (None, "None"):
+            settings = [f"limit {p['limit']}"]
+        scores = a["scores"] or ({"loss": r["metrics"]["loss"]} if "loss" in r["metrics"] else {})
+        started = datetime.fromtimestamp(a["start_time"] / 1000).strftime("%m-%d %H:%M") if a["start_time"] else ""
+        table.add_row(a["run_id"][:8], Text(a["run_name"] or ""), Text(a["status"], colours.get(a["status"], "")),
+                      started, a["recipe_hash"] or "", Text(", ".join(settings)),
+                      Text(", ".join(f"{k} {v:.4g}" for k, v in sorted(scores.items()))))
     console.print(table, highlight=False)

@@ -459,23 +459,31 @@ def rows(store: Store) -> list[dict]:
     while pages.token:  # more than one page on a server that caps page sizes
         pages = store.client.search_runs([store.experiment], max_results=50000, page_token=pages.token)
         runs += pages
-    scores: dict[str, dict[str, float]] = {}
+    scores: dict[str, dict[str, float]] = {}  # model id -> every metric its evaluations logged
+    headline: dict[str, dict[str, float]] = {}  # run or model id -> each benchmark's overall score
     for r in runs:
-        model_id = r.data.tags.get("gemctl.model_id")
-        if model_id and "gemctl.eval.benchmark" in r.data.tags:
-            scores.setdefault(model_id, {}).update(r.data.metrics)
+        t = r.data.tags
+        if "gemctl.eval.benchmark" in t:
+            key = f"{t['gemctl.eval.benchmark']}/{t.get('gemctl.eval.metric', '')}"
+            top = {k: v for k, v in r.data.metrics.items() if k == key}
+            headline[r.info.run_id] = top
+            if t.get("gemctl.model_id"):
+                scores.setdefault(t["gemctl.model_id"], {}).update(r.data.metrics)
+                headline.setdefault(t["gemctl.model_id"], {}).update(top)
     out = []
     for r in runs:
         t = r.data.tags
         metrics = dict(r.data.metrics)
         models = [o.model_id for o in (r.outputs.model_outputs if r.outputs else [])]
+        top = dict(headline.get(r.info.run_id, {}))
         for m in models:
             metrics |= scores.get(m, {})
+            top |= headline.get(m, {})
         kind = ("sweep" if t.get("gemctl.sweep_parent") == "true" else "eval" if "gemctl.eval.benchmark" in t
                 else t.get("gemctl.stage", ""))
         out.append({"metrics": metrics, "params": dict(r.data.params), "tags": dict(t), "attributes": {
             "run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
             "start_time": r.info.start_time, "end_time": r.info.end_time, "kind": kind, "models": models,
             "stage": t.get("gemctl.stage") if kind != "eval" else "eval", "recipe": t.get("gemctl.recipe"),
-            "recipe_hash": t.get("gemctl.recipe_hash")}})
+            "recipe_hash": t.get("gemctl.recipe_hash"), "scores": top}})
     return out
