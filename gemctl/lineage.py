@@ -484,6 +484,6 @@ def rows(store: Store) -> list[dict]:
         out.append({"metrics": metrics, "params": dict(r.data.params), "tags": dict(t), "attributes": {
             "run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
             "start_time": r.info.start_time, "end_time": r.info.end_time, "kind": kind, "models": models,
-            "stage": t.get("gemctl.stage") if kind != "eval" else "eval", "recipe": t.get("gemctl.recipe"),
+            "stage": kind if kind in ("eval", "sweep") else t.get("gemctl.stage"), "recipe": t.get("gemctl.recipe"),
             "recipe_hash": t.get("gemctl.recipe_hash"), "scores": top}})
     return out
