@@ -13,6 +13,7 @@ Two measures each, median of repeats:
 """
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -32,7 +33,7 @@ def generate(project: Path, pipelines: int) -> dict:
     """Record `pipelines` x 8 runs as the stages would; returns ids to query."""
     import mlflow
     from mlflow import MlflowClient
-    from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param
 
     from gemctl.project import Project
     from gemctl.recipe import resolve
@@ -53,14 +54,14 @@ def generate(project: Path, pipelines: int) -> dict:
         common = {"gemctl.recipe": recipe, "gemctl.recipe_hash": f"{i:012x}", "gemctl.git_commit": "0" * 40,
                   "gemctl.git_dirty": "false", "gemctl.version.mlflow": mlflow.__version__}
 
-        def run(name, tags, metrics=(), dataset=None, params=params):
+        def run(name, tags, metrics=(), dataset=None, params=params, common=common, recipe=recipe):
             r = client.create_run(exp, run_name=name, start_time=now + len(ids["recipes"]),
                                   tags={**common, **tags})
             rid = r.info.run_id
             client.log_batch(rid, params=params, metrics=[Metric(k, v, now, 1) for k, v in metrics])
             if dataset:
-                client.log_inputs(rid, [DatasetInput(Dataset(f"gem-synth:{recipe}", dataset, "local", '{"uri": "/d"}'),
-                                                     [InputTag("mlflow.data.context", "training")])])
+                source = Dataset(f"gem-synth:{recipe}", dataset, "local", '{"uri": "/d"}')
+                client.log_inputs(rid, [DatasetInput(source, [InputTag("mlflow.data.context", "training")])])
             client.set_terminated(rid, "FINISHED")
             return rid
 
@@ -106,12 +107,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pipelines", type=int, default=125, help="8 runs each (default: 1,000 runs)")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--keep", type=Path, help="generate the store in this folder once, and reuse it after")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        project = make_project(Path(tmp) / "project")
-        t0 = time.perf_counter()
-        ids = generate(project, args.pipelines)
-        print(f"generated {args.pipelines * 8} runs in {time.perf_counter() - t0:.0f} s")
+        project = args.keep or Path(tmp) / "project"
+        if (project / "ids.json").is_file():
+            ids = json.loads((project / "ids.json").read_text())
+        else:
+            make_project(project)
+            t0 = time.perf_counter()
+            ids = generate(project, args.pipelines)
+            (project / "ids.json").write_text(json.dumps(ids))
+            print(f"generated {args.pipelines * 8} runs in {time.perf_counter() - t0:.0f} s")
         os.chdir(project)
 
         import mlflow
@@ -125,14 +132,18 @@ def main() -> None:
         target_up, target_down = ids["stage4"][mid], ids["stage1"][mid]
         query = run_query.parse("metrics.`gem-synth-qa/accuracy` >= 0.5 and params.stages.stage3.lr = 1e-3")
 
-        def up():
+        def up():  # a fresh Store each time: nothing cached between repeats
+            store = lineage.Store(Project(project))
             lineage.upstream(store, lineage.resolve_target(store, target_up[:10]))
 
         def down():
+            store = lineage.Store(Project(project))
             lineage.downstream(store, lineage.resolve_target(store, target_down[:10]))
 
-        def runs():
-            [r for r in lineage.rows(store) if run_query.matches(query, r)]
+        def runs():  # what `gemctl runs --where` reads: the table's settings and the params the query names
+            wanted = {f"stages.{s}.{k}" for s in ("stage1", "stage2", "stage3", "stage4")
+                      for k in ("lr", "steps", "batch_size")} | {"seed", "limit", "stages.stage3.lr"}
+            [r for r in lineage.rows(lineage.Store(Project(project)), wanted) if run_query.matches(query, r)]
 
         recipe = ids["recipes"][mid]
         cases = [
@@ -144,8 +155,7 @@ def main() -> None:
         ]
         print(f"\nin process, store open (median of {args.repeat}):")
         for name, fn, target, baseline in cases:
-            store._runs.clear()  # no cached runs between repeats: each call reads the store
-            ours = median_time(lambda fn=fn: (store._runs.clear(), fn()), args.repeat)
+            ours = median_time(fn, args.repeat)
             base = median_time(baseline, args.repeat)
             print(f"  {name:20s} {ours * 1000:8.1f} ms   mlflow.search_runs {base * 1000:8.1f} ms   "
                   f"ratio {ours / base:5.2f}x   target <= {target * 1000:.0f} ms: {'ok' if ours <= target else 'MISSED'}")

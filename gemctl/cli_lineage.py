@@ -208,7 +208,13 @@ def runs(
     order = _sort_key(sort)
     from .lineage import rows
 
-    table_rows = rows(_store(tracking_uri))
+    # the table shows a few settings: only those params are read (--json prints them all)
+    wanted = None if as_json else ({f"stages.{s}.{k}" for s in ("stage1", "stage2", "stage3", "stage4")
+                                    for k in SETTINGS} | {"seed", "limit"}
+                                   | {name for section, name in (run_query.keys(query) if query else ())
+                                      if section == "params"}
+                                   | ({order[1]} if order and order[0] == "params" else set()))
+    table_rows = rows(_store(tracking_uri), wanted)
     if stage:
         table_rows = [r for r in table_rows if r["attributes"]["stage"] == stage]
     if recipe:
@@ -265,9 +271,9 @@ def _print_runs(rows: list[dict]) -> None:
 
     table = Table(title=f"{len(rows)} run(s)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                   padding=(0, 1, 0, 0))
-    for col in ("run", "name", "status", "started", "hash", "settings", "scores"):
+    for col in ("run", "name", "status", "started", "settings", "scores"):
         # run ids are copied into `gemctl lineage`: never cut; the other columns fold onto more lines instead
-        table.add_column(col, no_wrap=col in ("run", "status"), overflow="fold",
+        table.add_column(col, no_wrap=col in ("run", "status", "started"), overflow="fold",
                          min_width=14 if col in ("settings", "scores") else None)
     colours = {"FINISHED": "green", "FAILED": "red", "RUNNING": "yellow", "KILLED": "dim"}
     for r in rows:
@@ -281,6 +287,6 @@ def _print_runs(rows: list[dict]) -> None:
         scores = a["scores"] or ({"loss": r["metrics"]["loss"]} if "loss" in r["metrics"] else {})
         started = datetime.fromtimestamp(a["start_time"] / 1000).strftime("%m-%d %H:%M") if a["start_time"] else ""
         table.add_row(a["run_id"][:8], Text(a["run_name"] or ""), Text(a["status"], colours.get(a["status"], "")),
-                      started, a["recipe_hash"] or "", Text(", ".join(settings)),
+                      started, Text(", ".join(settings)),
                       Text(", ".join(f"{k} {v:.4g}" for k, v in sorted(scores.items()))))
     console.print(table, highlight=False)

@@ -49,30 +49,38 @@ class Store:
                              "(`gemctl train stage1`), or point --tracking-uri at the store that has them")
         self.experiment = exp.experiment_id
         self._runs: dict[str, Any] = {}
+        self._searches: dict[str, list] = {}
+        self._versions: dict[str, str] | None = None
 
     def run(self, run_id: str):
         if run_id not in self._runs:
             self._runs[run_id] = self.client.get_run(run_id)
         return self._runs[run_id]
 
-    def search(self, filter_string: str, order_newest: bool = True) -> list:
-        order = ["attributes.start_time DESC"] if order_newest else None
-        found = self.client.search_runs([self.experiment], filter_string, order_by=order, max_results=50000)
-        for r in found:
-            self._runs.setdefault(r.info.run_id, r)
-        return [r for r in found]
+    def search(self, filter_string: str) -> list:
+        """Runs matching an MLflow filter, newest first; asked once per command (lineage asks the same links of
+        several nodes)."""
+        if filter_string not in self._searches:
+            found = self.client.search_runs([self.experiment], filter_string, order_by=["attributes.start_time DESC"],
+                                            max_results=50000)
+            for r in found:
+                self._runs.setdefault(r.info.run_id, r)
+            self._searches[filter_string] = list(found)
+        return self._searches[filter_string]
 
     def models(self, filter_string: str) -> list:
         return self.client.search_logged_models([self.experiment], filter_string=filter_string, max_results=1000,
                                                 order_by=[{"field_name": "creation_time", "ascending": False}])
 
-    def versions(self, run_id: str) -> dict[str, str]:
-        """model_id -> 'name vN' of the registry versions a run's models are."""
-        out = {}
-        for v in self.client.search_model_versions(f"run_id = '{run_id}'"):
-            model_id = v.model_id or (v.source.removeprefix("models:/") if v.source.startswith("models:/m-") else "")
-            out[model_id] = f"{v.name} v{v.version}"
-        return out
+    def version(self, model_id: str) -> str | None:
+        """'name vN' of the registry version a logged model is, if any (the registry is read once)."""
+        if self._versions is None:
+            self._versions = {}
+            for v in self.client.search_model_versions(max_results=200000):
+                linked = v.model_id or (v.source.removeprefix("models:/") if v.source.startswith("models:/m-")
+                                        else "")
+                self._versions[linked] = f"{v.name} v{v.version}"
+        return self._versions.get(model_id)
 
 
 def reachable(uri: str) -> None:
@@ -123,11 +131,9 @@ def resolve_target(store: Store, target: str):
         if found:
             raise InputError(f"'{target}' is the start of {len(found)} run ids: "
                              f"{_listed([_label(r) for r in found])}: give more characters")
-    recorded = sorted({f"{r.data.tags['gemctl.stage']}@{r.data.tags.get('gemctl.recipe', '?')}"
-                       for r in store.search("tags.`gemctl.stage` != ''") if "gemctl.sweep_parent" not in r.data.tags})
     raise InputError(f"'{target}' names no checkpoint folder, run or logged model in {store.uri}: give a run id "
                      f"(or its first characters), a logged model id (m-...), a checkpoint folder, or STAGE@RECIPE "
-                     f"(recorded: {_listed(recorded) or 'none'})")
+                     f"(recorded: {_listed(_recorded(store)) or 'none'})")
 
 
 def _stage_at_recipe(store: Store, stage: str, recipe: str):
@@ -141,10 +147,14 @@ def _stage_at_recipe(store: Store, stage: str, recipe: str):
                          "tags.`gemctl.sweep` IS NULL")
     if found:
         return found[0]
-    recorded = sorted({f"{r.data.tags['gemctl.stage']}@{r.data.tags.get('gemctl.recipe', '?')}"
-                       for r in store.search("tags.`gemctl.stage` != ''") if "gemctl.sweep_parent" not in r.data.tags})
     raise InputError(f"no run of {stage}@{recipe} is recorded in {store.uri}: choose one of "
-                     f"{_listed(recorded) or 'none (nothing trained yet)'}")
+                     f"{_listed(_recorded(store)) or 'none (nothing trained yet)'}")
+
+
+def _recorded(store: Store) -> list[str]:
+    """STAGE@RECIPE of every stage run recorded (what a user may name)."""
+    return sorted({f"{r['attributes']['stage']}@{r['attributes']['recipe']}" for r in rows(store, set())
+                   if r["attributes"]["stage"] in STAGES})
 
 
 def _checkpoint(store: Store, path: Path):
@@ -207,12 +217,11 @@ def node(store: Store, run) -> dict:
         n["data_digest"] = t.get("gemctl.data_digest")
     models = [o.model_id for o in (run.outputs.model_outputs if run.outputs else [])]
     if models:
-        versions = store.versions(run.info.run_id)
         n["models"] = []
         for model_id in models:
             m = store.client.get_logged_model(model_id)
             n["models"].append({"id": model_id, "name": m.name, "checkpoint": m.tags.get("gemctl.checkpoint"),
-                                "registered": versions.get(model_id)})
+                                "registered": store.version(model_id)})
     if kind == "eval":
         n["benchmark"] = t.get("gemctl.eval.benchmark")
         n["metric"] = t.get("gemctl.eval.metric")
@@ -451,39 +460,92 @@ def with_scores(store: Store, n: dict) -> dict:
 
 
 # --- runs table --------------------------------------------------------------------------------------------------
-def rows(store: Store) -> list[dict]:
-    """Every run of the store as {"metrics", "params", "tags", "attributes"} (what --where reads), from one paged
-    search. A stage run's metrics include the scores its checkpoint got from evaluation runs (joined here)."""
-    runs = store.client.search_runs([store.experiment], max_results=50000)
-    pages = runs
-    while pages.token:  # more than one page on a server that caps page sizes
-        pages = store.client.search_runs([store.experiment], max_results=50000, page_token=pages.token)
-        runs += pages
+def rows(store: Store, params: set[str] | None = None) -> list[dict]:
+    """Every run of the store as {"metrics", "params", "tags", "attributes"} (what --where reads), with only the
+    `params` named (None: all). A stage run's metrics include the scores its checkpoint got from evaluation runs
+    (joined here). The project's own sqlite store is read directly, in five queries: through MLflow, loading 1,000
+    runs with their ~200 params each takes seconds (bench/bench_lineage.py); other stores through one paged
+    search_runs."""
+    runs = None
+    if store.uri.startswith("sqlite:///"):
+        import sqlite3
+
+        try:
+            runs = _sqlite_runs(store.uri.removeprefix("sqlite:///"), store.experiment, params)
+        except sqlite3.Error:  # a schema this reader does not know (another MLflow version): ask MLflow
+            runs = None
+    if runs is None:
+        runs = _api_runs(store, params)
     scores: dict[str, dict[str, float]] = {}  # model id -> every metric its evaluations logged
     headline: dict[str, dict[str, float]] = {}  # run or model id -> each benchmark's overall score
     for r in runs:
-        t = r.data.tags
+        t = r["tags"]
         if "gemctl.eval.benchmark" in t:
             key = f"{t['gemctl.eval.benchmark']}/{t.get('gemctl.eval.metric', '')}"
-            top = {k: v for k, v in r.data.metrics.items() if k == key}
-            headline[r.info.run_id] = top
+            top = {k: v for k, v in r["metrics"].items() if k == key}
+            headline[r["run_id"]] = top
             if t.get("gemctl.model_id"):
-                scores.setdefault(t["gemctl.model_id"], {}).update(r.data.metrics)
+                scores.setdefault(t["gemctl.model_id"], {}).update(r["metrics"])
                 headline.setdefault(t["gemctl.model_id"], {}).update(top)
     out = []
     for r in runs:
-        t = r.data.tags
-        metrics = dict(r.data.metrics)
-        models = [o.model_id for o in (r.outputs.model_outputs if r.outputs else [])]
-        top = dict(headline.get(r.info.run_id, {}))
+        t = r["tags"]
+        metrics = dict(r["metrics"])
+        models = r["models"]
+        top = dict(headline.get(r["run_id"], {}))
         for m in models:
             metrics |= scores.get(m, {})
             top |= headline.get(m, {})
         kind = ("sweep" if t.get("gemctl.sweep_parent") == "true" else "eval" if "gemctl.eval.benchmark" in t
                 else t.get("gemctl.stage", ""))
-        out.append({"metrics": metrics, "params": dict(r.data.params), "tags": dict(t), "attributes": {
-            "run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
-            "start_time": r.info.start_time, "end_time": r.info.end_time, "kind": kind, "models": models,
+        out.append({"metrics": metrics, "params": r["params"], "tags": t, "attributes": {
+            "run_id": r["run_id"], "run_name": r["name"], "status": r["status"],
+            "start_time": r["start_time"], "end_time": r["end_time"], "kind": kind, "models": models,
             "stage": kind if kind in ("eval", "sweep") else t.get("gemctl.stage"), "recipe": t.get("gemctl.recipe"),
             "recipe_hash": t.get("gemctl.recipe_hash"), "scores": top}})
     return out
+
+
+def _api_runs(store: Store, params: set[str] | None) -> list[dict]:
+    found = store.client.search_runs([store.experiment], max_results=50000)
+    page = found
+    while page.token:  # more than one page on a server that caps page sizes
+        page = store.client.search_runs([store.experiment], max_results=50000, page_token=page.token)
+        found += page
+    return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+             "start_time": r.info.start_time, "end_time": r.info.end_time, "tags": dict(r.data.tags),
+             "metrics": dict(r.data.metrics),
+             "params": {k: v for k, v in r.data.params.items() if params is None or k in params},
+             "models": [o.model_id for o in (r.outputs.model_outputs if r.outputs else [])]} for r in found]
+
+
+def _sqlite_runs(path: str, experiment: str, params: set[str] | None) -> list[dict]:
+    """The experiment's live runs straight from MLflow's sqlite tables (read-only): attributes, tags, params,
+    latest metrics and the logged models each run output."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+        live = "SELECT run_uuid FROM runs WHERE experiment_id = ? AND lifecycle_stage = 'active'"
+        runs = {row[0]: {"run_id": row[0], "name": row[1], "status": row[2], "start_time": row[3],
+                         "end_time": row[4], "tags": {}, "metrics": {}, "params": {}, "models": []}
+                for row in db.execute("SELECT run_uuid, name, status, start_time, end_time FROM runs "
+                                      "WHERE experiment_id = ? AND lifecycle_stage = 'active'", (int(experiment),))}
+        for key, value, run in db.execute(f"SELECT key, value, run_uuid FROM tags WHERE run_uuid IN ({live})",
+                                          (int(experiment),)):
+            if run in runs:
+                runs[run]["tags"][key] = value
+        chosen = "" if params is None else f" AND key IN ({','.join('?' * len(params))})"
+        for key, value, run in db.execute(f"SELECT key, value, run_uuid FROM params WHERE run_uuid IN ({live})"
+                                          + chosen, (int(experiment), *sorted(params or ()))):
+            if run in runs:
+                runs[run]["params"][key] = value
+        for key, value, is_nan, run in db.execute("SELECT key, value, is_nan, run_uuid FROM latest_metrics "
+                                                  f"WHERE run_uuid IN ({live})", (int(experiment),)):
+            if run in runs:
+                runs[run]["metrics"][key] = float("nan") if is_nan else value
+        for run, model in db.execute("SELECT source_id, destination_id FROM inputs WHERE source_type = 'RUN_OUTPUT' "
+                                     "AND destination_type = 'MODEL_OUTPUT'"):
+            if run in runs:
+                runs[run]["models"].append(model)
+    return list(runs.values())
