@@ -154,7 +154,7 @@ def _details(branch: Tree, n: dict, root: Path) -> None:
         for path, md5 in list((files.get("ingested") or {}).items())[:10]:
             sub.add(Text(f"{md5}  {path}"))
     if n.get("kind") == "data" and n.get("data_digest"):
-        branch.add(Text(f"dataset manifest digest {n['data_digest']}"))
+        branch.add(Text(f"dataset digest {n['data_digest']}"))
     s = n.get("sweep")
     if s and s.get("id") and n.get("kind") != "sweep":
         branch.add(Text(f"sweep {s['id']} point {s.get('point')} (sweep run {str(s.get('run_id'))[:8]})"))

@@ -121,9 +121,11 @@ def resolve_target(store: Store, target: str):
         return _model(store, target)
     if _HEX.fullmatch(target):
         if len(target) == 32:
+            from mlflow.exceptions import MlflowException
+
             try:
                 return store.run(target)
-            except Exception:
+            except MlflowException:  # no such run: perhaps the start of none either, said below
                 pass
         found = store.search(f"attributes.run_id LIKE '{target}%'")
         if len(found) == 1:
@@ -254,18 +256,19 @@ def _dataset(store: Store, run, d) -> dict:
 
 def _data_run(store: Store, run, digest: str):
     """The data stage's run that produced `digest`: one that records the dataset with that digest; else the one
-    behind the pipeline's data folder while dvc.lock holds that digest; else the newest before `run` started."""
+    behind the pipeline's data folder while dvc.lock holds that digest; else the newest before `run` started.
+    One search (the recipe's data runs, few) serves all three."""
     recipe = run.data.tags.get("gemctl.recipe", "")
-    exact = [r for r in store.search(f"datasets.digest = '{digest}' and tags.`gemctl.stage` = 'data'")]
-    if exact:
-        return exact[0], "digest"
+    candidates = store.search(f"tags.`gemctl.stage` = 'data' and tags.`gemctl.recipe` = '{recipe}'")
+    for r in candidates:
+        if any(d.dataset.digest == digest for d in r.inputs.dataset_inputs):
+            return r, "digest"
     folder = store.project.stage_dir(recipe, "data")
     if _dvc_digest(store.project, folder) == digest and (folder / "summary.json").is_file():
         run_id = json.loads((folder / "summary.json").read_text()).get("mlflow_run_id")
         if run_id:
             return store.run(run_id), "dvc.lock"
-    before = [r for r in store.search(f"tags.`gemctl.stage` = 'data' and tags.`gemctl.recipe` = '{recipe}'")
-              if r.info.start_time <= run.info.start_time]
+    before = [r for r in candidates if r.info.start_time <= run.info.start_time]
     return (before[0], "time") if before else (None, "")
 
 
