@@ -33,10 +33,10 @@ def _store(tracking_uri: str | None):
 
 
 def lineage(
-    target: Annotated[str, typer.Argument(help="A checkpoint folder, STAGE@RECIPE, a run id or a logged model id "
+    target: Annotated[str, typer.Argument(metavar="TARGET", help="A checkpoint folder, STAGE@RECIPE, a run id or a logged model id "
                                                 "(a unique prefix is enough); or `diff A B`.")],
-    other: Annotated[list[str] | None, typer.Argument(help="With `diff`: the two targets to compare.",
-                                                      show_default=False)] = None,
+    other: Annotated[list[str] | None, typer.Argument(metavar="A B", show_default=False,
+                                                      help="With `diff`: the two targets to compare.")] = None,
     down: Annotated[bool, typer.Option("--down", help="What came from TARGET: child stages, sweep points, "
                                                       "evaluation scores.")] = False,
     as_json: JsonOpt = False,
