@@ -32,25 +32,36 @@ class Store:
     """The project's MLflow store, opened read-only (nothing is created), with the queries lineage makes."""
 
     def __init__(self, project: Project):
-        import mlflow
-        from mlflow import MlflowClient
-
         self.project, self.uri = project, project.tracking_uri
         reachable(self.uri)
-        mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
-        try:
-            exp = self.client.get_experiment_by_name(EXPERIMENT)
-        except Exception as e:  # a store MLflow cannot open: a broken file, a server that stopped answering
-            raise InputError(f"the MLflow store {self.uri} cannot be read ({_first_line(e)}): check --tracking-uri "
-                             "or GEMCTL_TRACKING_URI") from None
-        if exp is None:
+        self._client = None
+        # the project's own sqlite store: its experiment read directly, so that `gemctl runs` (which reads the
+        # tables itself) never imports mlflow; other stores, or a schema this reader does not know, through MLflow
+        exp_id = _sqlite_experiment(self.uri) if self.uri.startswith("sqlite:///") else None
+        if exp_id is None:
+            try:
+                exp = self.client.get_experiment_by_name(EXPERIMENT)
+            except Exception as e:  # a store MLflow cannot open: a broken file, a server that stopped answering
+                raise InputError(f"the MLflow store {self.uri} cannot be read ({_first_line(e)}): check "
+                                 "--tracking-uri or GEMCTL_TRACKING_URI") from None
+            exp_id = exp.experiment_id if exp is not None else ""
+        if not exp_id:
             raise InputError(f"the MLflow store {self.uri} holds no gemctl runs yet: run a stage first "
                              "(`gemctl train stage1`), or point --tracking-uri at the store that has them")
-        self.experiment = exp.experiment_id
+        self.experiment = str(exp_id)
         self._runs: dict[str, Any] = {}
         self._searches: dict[str, list] = {}
         self._versions: dict[str, str] | None = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            import mlflow
+            from mlflow import MlflowClient
+
+            mlflow.set_tracking_uri(self.uri)
+            self._client = MlflowClient(self.uri)
+        return self._client
 
     def run(self, run_id: str):
         if run_id not in self._runs:
@@ -100,6 +111,21 @@ def reachable(uri: str) -> None:
             reason = getattr(e, "reason", e)
             raise InputError(f"the MLflow server {uri} cannot be reached ({reason}): start it (`gemctl mlflow "
                              "serve`), or fix --tracking-uri / GEMCTL_TRACKING_URI") from None
+
+
+def _sqlite_experiment(uri: str) -> str | None:
+    """The gemctl experiment's id in a sqlite store ("" when it has none), or None when the tables are not as this
+    reader knows them."""
+    import sqlite3
+    from contextlib import closing
+
+    try:
+        with closing(sqlite3.connect(f"file:{uri.removeprefix('sqlite:///')}?mode=ro", uri=True, timeout=30)) as db:
+            row = db.execute("SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
+                             (EXPERIMENT,)).fetchone()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else ""
 
 
 def _first_line(e: BaseException) -> str:
