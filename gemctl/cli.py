@@ -18,6 +18,7 @@ from gem_stages.files import never_world_writable
 
 from .cli_data import data_app
 from .cli_import import import_app
+from .cli_lineage import lineage, runs
 from .launch import Executor
 from .outcome import CANCELLED_EXIT, StageFailed
 
@@ -30,6 +31,8 @@ app.add_typer(recipe_app, name="recipe")
 app.add_typer(stage_app, name="stage")
 app.add_typer(import_app, name="import")
 app.add_typer(data_app, name="data")
+app.command("lineage")(lineage)
+app.command("runs")(runs)
 
 console = Console()
 # soft_wrap: an error stays one line however narrow the terminal
