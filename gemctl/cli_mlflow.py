@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -33,8 +34,18 @@ def serve(
     --tracking-uri http://HOST:PORT (or GEMCTL_TRACKING_URI); artifacts logged through it are kept and served
     beside the project's store (mlruns/artifacts)."""
     from .cli import _project
-    from .tracking_store import (ServeConfig, check_port, check_store, is_loopback, server_command, store_url,
-                                 url_for_jobs, wait_until_serving, _redacted)
+    from .tracking_store import (
+        ServeConfig,
+        _redacted,
+        check_port,
+        check_store,
+        is_loopback,
+        server_command,
+        server_env,
+        store_url,
+        url_for_jobs,
+        wait_until_serving,
+    )
 
     project = _project()
     url = store_url(store, project)
@@ -48,15 +59,16 @@ def serve(
                                 "login); on a shared cluster prefer the default 127.0.0.1 and an SSH tunnel"))
     Path(cfg.artifacts).mkdir(parents=True, exist_ok=True)
     # its own process group: `mlflow server` starts uvicorn, which starts the workers; stopping gemctl stops all
-    proc = subprocess.Popen(server_command(cfg), start_new_session=True)
+    # MLflow's own messages go to stderr: stdout holds gemctl's lines (where the server is, how jobs reach it)
+    proc = subprocess.Popen(server_command(cfg), start_new_session=True, stdout=sys.stderr, env=server_env())
     jobs_url = url_for_jobs(host, port)
     local = f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "::", "[::]") else jobs_url
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server as Ctrl-C does
+    console.print(f"starting MLflow's server on {host}:{port} ({workers} worker(s))...")
     try:
         if not wait_until_serving(proc, local):
-            code = _stop(proc)
-            err.print(Text.assemble(("error:", "red"), f" the MLflow server did not start (exit {code}; its "
-                                    "messages are above)"))
+            err.print(Text.assemble(("error:", "red"), f" the MLflow server did not start (exit {proc.returncode};"
+                                    " its messages are above)"))
             raise typer.Exit(1)
         reach = ("loopback only: jobs on this machine can log here, other machines cannot"
                  if is_loopback(host) else f"bound to {host}: reachable from other machines")

@@ -27,9 +27,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gem_stages.errors import InputError
 
@@ -266,7 +267,7 @@ def url_for_jobs(host: str, port: int) -> str:
 
 
 def server_command(cfg: ServeConfig) -> list[str]:
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", cfg.store,
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", cfg.store, "--registry-store-uri", cfg.store,
            "--serve-artifacts", "--artifacts-destination", str(cfg.artifacts),
            "--host", cfg.host, "--port", str(cfg.port), "--workers", str(cfg.workers),
            "--uvicorn-opts", "--log-level warning"]  # MLflow's own warnings and errors still show
@@ -275,16 +276,20 @@ def server_command(cfg: ServeConfig) -> list[str]:
     return cmd
 
 
-def wait_until_serving(proc: subprocess.Popen, url: str, limit_s: float = 120.0) -> bool:
-    """True once the server answers its health check; False if its process ended first (or after limit_s)."""
+def server_env() -> dict[str, str]:
+    """The server's environment: MLflow's job runner (GenAI evaluation jobs: more processes, nothing gemctl logs
+    uses) off unless the user turned it on."""
+    return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+
+
+def wait_until_serving(proc: subprocess.Popen, url: str) -> bool:
+    """True once the server answers its health check; False if its process ended first. No deadline of its own: a
+    loaded machine may take minutes to start MLflow's workers, and the user sees the wait (Ctrl-C stops it)."""
     import requests
 
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
+    while proc.poll() is None:
         with contextlib.suppress(requests.RequestException):
-            if requests.get(url + "/health", timeout=2).status_code == 200:
+            if requests.get(url + "/health", timeout=5).status_code == 200:
                 return True
-        time.sleep(0.2)
+        time.sleep(0.5)
     return False

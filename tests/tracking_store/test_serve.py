@@ -27,10 +27,11 @@ def served(tmp_path_factory):
 def test_it_binds_loopback_by_default_and_says_so(served):
     project, server = served
     assert listening(server.port) == {"127.0.0.1"}
-    assert server.lines[0] == (f"serving MLflow at http://127.0.0.1:{server.port} (loopback only: jobs on this "
+    assert server.lines[0] == f"starting MLflow's server on 127.0.0.1:{server.port} (2 worker(s))..."
+    assert server.lines[1] == (f"serving MLflow at http://127.0.0.1:{server.port} (loopback only: jobs on this "
                                "machine can log here, other machines cannot)")
     db, artifacts = (project / "mlruns" / "mlflow.db").resolve(), (project / "mlruns" / "artifacts").resolve()
-    assert server.lines[1] == f"store sqlite:///{db}; artifacts in {artifacts}"
+    assert server.lines[2] == f"store sqlite:///{db}; artifacts in {artifacts}"
     assert server.url == f"http://127.0.0.1:{server.port}"
     assert requests.get(f"{server.url}/health", timeout=30).text == "OK"
 
@@ -73,9 +74,9 @@ def test_another_host_is_bound_as_asked_with_a_warning(tmp_path):
     assert isinstance(server, Server), server.stdout + server.stderr
     try:
         assert listening(server.port) == {"0.0.0.0"}
-        assert server.lines[0] == (f"serving MLflow at http://{socket.getfqdn()}:{server.port} (bound to 0.0.0.0: "
+        assert server.lines[1] == (f"serving MLflow at http://{socket.getfqdn()}:{server.port} (bound to 0.0.0.0: "
                                    "reachable from other machines)")
-        assert server.lines[1].startswith(f"store sqlite:///{tmp_path / 'served.db'}; ")
+        assert server.lines[2].startswith(f"store sqlite:///{tmp_path / 'served.db'}; ")
     finally:
         _, err = server.stop()
     warnings = [x for x in err.splitlines() if x.startswith("warning:")]
