@@ -61,6 +61,7 @@ def retrying(fn: Callable, retries: int = BUSY_RETRIES) -> Callable:
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
+        global retried
         if getattr(_local, "depth", 0):
             return fn(*args, **kwargs)
         for attempt in range(retries + 1):
@@ -71,7 +72,6 @@ def retrying(fn: Callable, retries: int = BUSY_RETRIES) -> Callable:
                 if attempt == retries or not is_busy(e):
                     raise
                 if attempt == 0:
-                    global retried
                     retried += 1
             finally:
                 _local.depth = 0
