@@ -60,7 +60,7 @@ def serve(
     Path(cfg.artifacts).mkdir(parents=True, exist_ok=True)
     # its own process group: `mlflow server` starts uvicorn, which starts the workers; stopping gemctl stops all
     # MLflow's own messages go to stderr: stdout holds gemctl's lines (where the server is, how jobs reach it)
-    proc = subprocess.Popen(server_command(cfg), start_new_session=True, stdout=sys.stderr, env=server_env())
+    proc = subprocess.Popen(server_command(cfg), start_new_session=True, stdout=sys.stderr, env=server_env(cfg))
     jobs_url = url_for_jobs(host, port)
     local = f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "::", "[::]") else jobs_url
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server as Ctrl-C does

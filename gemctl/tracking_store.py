@@ -136,6 +136,11 @@ def install() -> None:
 
 
 # --- reachability ------------------------------------------------------------------------------------------------
+def _shown(text: str) -> str:
+    """A user's value in a one-line message: control characters escaped."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 def _first_line(e: BaseException) -> str:
     text = str(getattr(e, "orig", None) or e).strip()
     return (text.splitlines() or [type(e).__name__])[0][:200]
@@ -152,11 +157,11 @@ def check_reachable(uri: str, option: str = "--tracking-uri") -> None:
         except requests.RequestException as e:
             reason = "connection refused" if isinstance(e, requests.ConnectionError) and "refused" in str(e) \
                 else _first_line(e)
-            raise InputError(f"{option} '{uri}': no MLflow server answers there ({reason}): start one (gemctl mlflow "
-                             "serve) or fix the URI") from None
+            raise InputError(f"{option} '{_shown(uri)}': no MLflow server answers there ({reason}): start one "
+                             "(gemctl mlflow serve) or fix the URI") from None
         if r.status_code != 200:
-            raise InputError(f"{option} '{uri}': the server there answers {r.status_code} to MLflow's health check: "
-                             "is it an MLflow tracking server? Fix the URI") from None
+            raise InputError(f"{option} '{_shown(uri)}': the server there answers {r.status_code} to MLflow's "
+                             "health check: is it an MLflow tracking server? Fix the URI") from None
     elif scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
         import sqlalchemy
 
@@ -175,7 +180,7 @@ def check_reachable(uri: str, option: str = "--tracking-uri") -> None:
 
 def _redacted(uri: str) -> str:
     """A URL with its password replaced (the line is printed and may be logged)."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri)
+    return _shown(re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri))
 
 
 # --- gemctl mlflow serve -----------------------------------------------------------------------------------------
@@ -217,8 +222,8 @@ def check_store(url: str) -> None:
 
     scheme = url.split(":", 1)[0].lower()
     if scheme.split("+")[0] not in ("sqlite", "postgresql", "mysql", "mssql"):
-        raise InputError(f"--store '{url}': not a database: give a database file (path/to/mlflow.db) or a database "
-                         "URL (sqlite:///, postgresql://, mysql://)")
+        raise InputError(f"--store '{_redacted(url)}': not a database: give a database file (path/to/mlflow.db) "
+                         "or a database URL (sqlite:///, postgresql://, mysql://)")
     try:
         preflight.check_tracking(url)
         check_reachable(url, option="--store")
@@ -226,8 +231,8 @@ def check_store(url: str) -> None:
         raise InputError(str(e).replace("--tracking-uri", "--store", 1)) from None
     db = sqlite_path(url)
     if db is not None and db.exists() and not os.access(db, os.R_OK | os.W_OK):
-        raise InputError(f"--store '{url}': the database file cannot be read and written by this user: fix its "
-                         "permissions or give another store")
+        raise InputError(f"--store '{_redacted(url)}': the database file cannot be read and written by this user: "
+                         "fix its permissions or give another store")
     install()
     from mlflow.tracking._tracking_service.utils import _tracking_store_registry
 
@@ -267,7 +272,9 @@ def url_for_jobs(host: str, port: int) -> str:
 
 
 def server_command(cfg: ServeConfig) -> list[str]:
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", cfg.store, "--registry-store-uri", cfg.store,
+    # the store URL (it may hold a password) reaches the server in its environment (server_env), not on its command
+    # line, which every user of a shared login node can read
+    cmd = [sys.executable, "-m", "mlflow", "server",
            "--serve-artifacts", "--artifacts-destination", str(cfg.artifacts),
            "--host", cfg.host, "--port", str(cfg.port), "--workers", str(cfg.workers),
            "--uvicorn-opts", "--log-level warning"]  # MLflow's own warnings and errors still show
@@ -276,10 +283,11 @@ def server_command(cfg: ServeConfig) -> list[str]:
     return cmd
 
 
-def server_env() -> dict[str, str]:
-    """The server's environment: MLflow's job runner (GenAI evaluation jobs: more processes, nothing gemctl logs
-    uses) off unless the user turned it on."""
-    return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+def server_env(cfg: ServeConfig) -> dict[str, str]:
+    """The server's environment: its store, and MLflow's job runner (GenAI evaluation jobs: more processes,
+    nothing gemctl logs uses) off unless the user turned it on."""
+    return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ,
+            "MLFLOW_BACKEND_STORE_URI": cfg.store, "MLFLOW_REGISTRY_STORE_URI": cfg.store}
 
 
 def wait_until_serving(proc: subprocess.Popen, url: str) -> bool:

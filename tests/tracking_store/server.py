@@ -68,3 +68,27 @@ def start(project: Path, *args: str) -> Server | subprocess.CompletedProcess:
     out, _ = proc.communicate()
     stderr.seek(0)
     return subprocess.CompletedProcess(proc.args, proc.returncode, "\n".join(lines) + out, stderr.read())
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes started by `pid`, their children, and so on (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

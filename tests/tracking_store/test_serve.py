@@ -8,7 +8,7 @@ import requests
 
 from tests.pipeline.project_copy import gemctl, make_project
 
-from .server import Server, free_port, listening, start
+from .server import Server, command_line, descendants, free_port, listening, start
 from .writers import JOBS, assert_nothing_lost, run_writers
 
 
@@ -77,6 +77,9 @@ def test_another_host_is_bound_as_asked_with_a_warning(tmp_path):
         assert server.lines[1] == (f"serving MLflow at http://{socket.getfqdn()}:{server.port} (bound to 0.0.0.0: "
                                    "reachable from other machines)")
         assert server.lines[2].startswith(f"store sqlite:///{tmp_path / 'served.db'}; ")
+        # the store's URL (a database URL may hold a password) is on no command line other users can read
+        servers = [command_line(p) for p in descendants(server.proc.pid)]
+        assert any("mlflow" in c for c in servers) and not any("served.db" in c for c in servers), servers
     finally:
         _, err = server.stop()
     warnings = [x for x in err.splitlines() if x.startswith("warning:")]
