@@ -19,6 +19,7 @@ from gem_stages.files import never_world_writable
 from .cli_data import data_app
 from .cli_import import import_app
 from .cli_lineage import lineage, runs
+from .cli_mlflow import app as mlflow_app
 from .launch import Executor
 from .outcome import CANCELLED_EXIT, StageFailed
 
@@ -33,6 +34,7 @@ app.add_typer(import_app, name="import")
 app.add_typer(data_app, name="data")
 app.command("lineage")(lineage)
 app.command("runs")(runs)
+app.add_typer(mlflow_app, name="mlflow")
 
 console = Console()
 # soft_wrap: an error stays one line however narrow the terminal

@@ -195,6 +195,9 @@ def check_tracking(uri: str | None) -> str:
                     raise InputError(f"--tracking-uri '{_shown(uri)}': the database's folder {_shown(str(folder))} "
                                      f"cannot be created ({_shown(str(there))} is not a writable folder): fix the "
                                      "URI (sqlite:////absolute/path/mlflow.db)")
+        from .tracking_store import check_reachable
+
+        check_reachable(uri)  # a server that answers, a database that accepts a connection
     return uri
 
 

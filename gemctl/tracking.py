@@ -38,7 +38,10 @@ def setup(project: Project) -> str:
     """Point mlflow at the project's store; create the experiment with its artifact location. Returns its id."""
     import mlflow
 
+    from .tracking_store import install
+
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    install()  # sqlite stores: bounded retries while another writer holds the database; tables created once
     uri = project.tracking_uri
     if uri.startswith("sqlite:"):
         Path(uri.split("sqlite:///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
