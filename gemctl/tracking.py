@@ -37,6 +37,7 @@ from .project import Project
 from .schema import flatten
 
 EXPERIMENT = "gemctl"
+MLFLOW_NOTE = "mlflow.note.content"  # a run's or logged model's description in MLflow's UI
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_PARAM_LEN = 6000
 
@@ -280,10 +281,8 @@ class StageRun:
             mlflow.set_tags(launch)
         else:
             # the launch tag is written with the run: its launcher finds it even if the job dies the next moment
-            entry = (f"gemctl sweep {self.tags['gemctl.sweep']}" if "gemctl.sweep" in self.tags
-                     else f"gemctl stage run {self.stage} --recipe {self.recipe.name}")
             run = mlflow.start_run(experiment_id=exp, run_name=run_name(self.stage, self.recipe),
-                                   tags={**source_tags(self.version, entry), **self.tags, **launch})
+                                   tags={**source_tags(self.version, self._entry()), **self.tags, **launch})
         self.run_id = run.info.run_id
         if self.run_id_file is not None:
             self.run_id_file.parent.mkdir(parents=True, exist_ok=True)
@@ -292,6 +291,15 @@ class StageRun:
             self._log_start()
         return self
 
+    def _entry(self) -> str:
+        """The command that made this run (MLflow's source name)."""
+        if "gemctl.sweep" in self.tags:
+            return f"gemctl sweep {self.tags['gemctl.sweep']}"
+        return f"gemctl stage run {self.stage} --recipe {self.recipe.name}"
+
+    def _about(self) -> str:
+        return f"{self.stage} of recipe {self.recipe.name} (resolved recipe {self.recipe.content_hash})"
+
     def _log_start(self) -> None:
         import mlflow
 
@@ -299,7 +307,10 @@ class StageRun:
         items = list(params.items())
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
             mlflow.log_params(dict(items[i:i + _MAX_PARAMS_PER_BATCH]))
+        start = (f"starts from {self.parent['checkpoint']}" if self.parent
+                 else "prepares the data" if self.stage == "data" else "starts from the base weights")
         mlflow.set_tags({
+            MLFLOW_NOTE: f"{self._about()}; {start}. `gemctl lineage {self.run_id[:12]}` shows its ancestry.",
             "gemctl.stage": self.stage,
             "gemctl.recipe": self.recipe.name,
             "gemctl.recipe_hash": self.recipe.content_hash,
@@ -368,7 +379,10 @@ class StageRun:
 
         name = f"{self.recipe.name}-{self.stage}"
         tags = {"gemctl.checkpoint": str(checkpoint), "gemctl.stage": self.stage,
-                "gemctl.recipe": self.recipe.name, "gemctl.recipe_hash": self.recipe.content_hash}
+                "gemctl.recipe": self.recipe.name, "gemctl.recipe_hash": self.recipe.content_hash,
+                # the model page's "Logged from" and description (else: submitit's _submit.py, and none)
+                **source_tags(self.version, self._entry()),
+                MLFLOW_NOTE: f"The checkpoint of {self._about()}: {checkpoint} (weights stay there, tracked by DVC)."}
         model = mlflow.create_external_model(name=name, source_run_id=self.run_id, tags=tags)
         mlflow.log_outputs(models=[LoggedModelOutput(model.model_id, step)])
         self.flush()
@@ -398,8 +412,7 @@ class StageRun:
         tags = {"gemctl.stage": self.stage, "gemctl.recipe": self.recipe.name,
                 "gemctl.recipe_hash": self.recipe.content_hash, "gemctl.git_commit": commit,
                 "gemctl.run_name": run_name(self.stage, self.recipe)}
-        description = (f"{self.stage} of recipe {self.recipe.name} (resolved recipe {self.recipe.content_hash}), "
-                       f"code {commit[:12]}{' with uncommitted changes' if dirty else ''}; "
+        description = (f"{self._about()}, code {commit[:12]}{' with uncommitted changes' if dirty else ''}; "
                        f"trained by run {self.run_id}.")
         version = client.create_model_version(name, source=f"models:/{model_id}", run_id=self.run_id,
                                               model_id=model_id, tags=tags, description=description)

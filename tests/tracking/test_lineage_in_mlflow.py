@@ -92,6 +92,7 @@ def test_source_fields_name_gemctl_and_the_commit(mlflow_server, built):
         assert tags["mlflow.source.type"] == "LOCAL"
         assert tags["mlflow.source.git.commit"] == head(project) == tags["gemctl.git_commit"]
         assert "mlflow.source.git.repoURL" not in tags  # the throwaway project has no remote
+        assert tags["mlflow.note.content"].startswith(f"{stage} of recipe ci (resolved recipe ")  # its description
     ev = runs["eval"][0]["tags"]
     assert ev["mlflow.source.name"] == "gemctl stage eval gem-synth-qa --recipe ci"
     assert ev["mlflow.source.git.commit"] == head(project)
@@ -126,6 +127,9 @@ def test_registry_versions_carry_the_recipe_and_their_model(mlflow_server, built
         model = mlflow_server.get(f"logged-models/{model_id}")["model"]
         mtags = {t["key"]: t["value"] for t in model["info"]["tags"]}
         assert json.loads(mtags["mlflow.modelVersions"]) == [{"name": "ci-stage3", "version": version["version"]}]
+        # its page's "Logged from" and description
+        assert mtags["mlflow.source.name"] == "gemctl stage run stage3 --recipe ci"
+        assert str(project / "runs/ci/stage3/model") in mtags["mlflow.note.content"]
 
 
 def test_data_run_logs_the_digest_the_stages_consume(mlflow_server, built):
