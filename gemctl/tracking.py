@@ -332,6 +332,8 @@ class StageRun:
                 from mlflow.entities import LoggedModelInput
 
                 MlflowClient().log_inputs(self.run_id, models=[LoggedModelInput(self.parent["model_id"])])
+                link_back(self.parent["model_id"])
+
 
     def log_dataset(self, data_dir: Path, name: str) -> str:
         """The data stage: its prepared dataset as this run's output (an input in MLflow's terms, with context
@@ -437,6 +439,28 @@ class StageRun:
 
 
 # --- evaluation ------------------------------------------------------------------------------------------------------
+USED_BY = "Starting point of:"
+_MAX_LINKS = 40
+
+
+def link_back(model_id: str) -> None:
+    """The way back from a parent checkpoint to the runs that started from it: MLflow's logged-model page lists
+    only the runs that made or scored a model, not those that took it as input. Its description gets links to them
+    (found by their gemctl.parent_model_id tag, so that two children writing at once both end up listed, give or
+    take a race that the next child repairs)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    model = client.get_logged_model(model_id)
+    children = client.search_runs([model.experiment_id], filter_string=f"tags.`gemctl.parent_model_id` = '{model_id}'",
+                                  order_by=["attributes.start_time ASC"])
+    links = [f"[{r.info.run_name}](#/experiments/{r.info.experiment_id}/runs/{r.info.run_id})" for r in children]
+    if len(links) > _MAX_LINKS:
+        links = [*links[:_MAX_LINKS], f"and {len(links) - _MAX_LINKS} more (`gemctl lineage {model_id} --down`)"]
+    own = model.tags.get(MLFLOW_NOTE, "").split(USED_BY)[0].rstrip()
+    client.set_logged_model_tags(model_id, {MLFLOW_NOTE: f"{own}\n\n{USED_BY} {', '.join(links)}".lstrip()})
+
+
 def _metric_key(text: str) -> str:
     """A benchmark or category name as an MLflow metric key (letters, digits, _ - . / and spaces)."""
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in text)

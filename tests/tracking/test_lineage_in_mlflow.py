@@ -75,9 +75,14 @@ def test_stage3_run_has_its_parent_model_as_input(mlflow_server, built):
     s3 = runs["stage3"][0]
     assert s3["info"]["run_id"] == first["summaries"]["stage3"]["mlflow_run_id"]
     assert [m["model_id"] for m in s3["inputs"]["model_inputs"]] == [s2_model]
-    # the other way: the parent model is stage 2's run's output
+    # the other way: the parent model is stage 2's run's output, and its description links both stage-3 runs
     model = mlflow_server.get(f"logged-models/{s2_model}")["model"]
     assert model["info"]["source_run_id"] == runs["stage2"][0]["info"]["run_id"]
+    note = {t["key"]: t["value"] for t in model["info"]["tags"]}["mlflow.note.content"]
+    exp = s3["info"]["experiment_id"]
+    links = ", ".join(f"[{r['info']['run_name']}](#/experiments/{exp}/runs/{r['info']['run_id']})"
+                      for r in runs["stage3"])
+    assert note.endswith(f"\n\nStarting point of: {links}") and note.startswith("The checkpoint of stage2 of recipe ci")
     assert [m["model_id"] for m in runs["stage2"][0]["outputs"]["model_outputs"]] == [s2_model]
     # stage 1 starts from the base weights: no input model
     assert not runs["stage1"][0].get("inputs", {}).get("model_inputs")
