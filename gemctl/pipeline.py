@@ -160,8 +160,10 @@ def reproduce(project: Project, recipe: str, stage: str, force: bool = False) ->
         outcome.clear_error(recipe_dir, s)
     stages, ran_now = _reproduce_noting(project, lambda: _dvc_reproduce(project, recipe, stage, wanted, force))
     done = [s.addressing.split("@")[0] for s in stages if s.addressing.split("@")[0] != EVAL]
-    return ReproResult(ran=[s for s in done if s in ran_now], restored=[s for s in done if s not in ran_now],
-                       skipped=[s for s in wanted if s not in done])
+    result = ReproResult(ran=[s for s in done if s in ran_now], restored=[s for s in done if s not in ran_now],
+                         skipped=[s for s in wanted if s not in done])
+    _restore_cards(project, recipe, result.restored)
+    return result
 
 
 def reproduce_eval(project: Project, recipe: str, benchmark: str, stage: str) -> tuple[bool, ReproResult]:
@@ -178,7 +180,21 @@ def reproduce_eval(project: Project, recipe: str, benchmark: str, stage: str) ->
     train = [s for s in done if s != EVAL]
     result = ReproResult(ran=[s for s in train if s in ran_now], restored=[s for s in train if s not in ran_now],
                          skipped=[s for s in wanted if s not in train])
+    _restore_cards(project, recipe, result.restored)
     return name in ran_now, result
+
+
+def _restore_cards(project: Project, recipe: str, restored: list[str]) -> None:
+    """DVC ignores model cards (.dvcignore): a stage it restored from its run-cache has the card of whatever was
+    there before, or none. Write the restored checkpoint's own."""
+    stages = [s for s in restored if s != "data"]
+    if stages:
+        from . import model_card
+        from .tracking import setup
+
+        setup(project)
+        for stage in stages:
+            model_card.write(project.stage_dir(recipe, stage))
 
 
 def _reproduce_noting(project: Project, reproduce) -> tuple[list, set[str]]:

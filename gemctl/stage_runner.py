@@ -118,6 +118,11 @@ def imported_input(project: Project, recipe_name: str, stage: str) -> dict[str, 
     return {"imported": {"dir": manifest["dir"], "digest": manifest["digest"], "summary": manifest}}
 
 
+def dataset_name(recipe: Recipe, recipe_name: str) -> str:
+    """The prepared data's name in MLflow: the data run logs it under this name, the stages that read it too."""
+    return f"gem-{recipe.data.source}:{recipe_name}"
+
+
 def stage_inputs(recipe: Recipe, recipe_name: str, stage: str, upstream: dict[str, dict]) -> StageInputs:
     """The one place a training stage's inputs are built, from `upstream` (upstream_outputs, or a sweep's pinned
     copies of them). Refuses, with the command that fixes it, an input that does not exist."""
@@ -127,7 +132,7 @@ def stage_inputs(recipe: Recipe, recipe_name: str, stage: str, upstream: dict[st
     if not (data_dir / "dataset.json").is_file():
         raise InputError(f"{stage}@{recipe_name} needs the dataset in runs/{recipe_name}/data: "
                          f"run `gemctl train {stage} --recipe {recipe_name}` (it builds upstream stages first)")
-    data = {"name": f"gem-{recipe.data.source}:{recipe_name}", "uri": str(data_dir.resolve()),
+    data = {"name": dataset_name(recipe, recipe_name), "uri": str(data_dir.resolve()),
             "digest": upstream["data"]["digest"]}
     init_dir, parent = None, None
     init = getattr(recipe.stages, stage).init
@@ -176,10 +181,8 @@ def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[],
                        "mlflow_run_id": run.run_id, "tracking_uri": project.tracking_uri,
                        "digest": manifest.get("digest"),
                        "counts": manifest.get("counts", {})}
-            import mlflow
-
-            mlflow.set_tag("gemctl.data_digest", str(manifest.get("digest")))
             outcome.write_summary(out_dir, summary)
+            run.log_dataset(out_dir, dataset_name(recipe, recipe_name))  # hashes the folder: the summary is in it
         return summary
 
     inputs = stage_inputs(recipe, recipe_name, stage, upstream_outputs(project, recipe_name, stage))

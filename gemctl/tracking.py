@@ -1,11 +1,14 @@
 """MLflow lineage: one run per stage execution, linking recipe, code, data digest, parent checkpoint and the result.
 
-    run (stage3@tiny)
+    run (stage3@tiny·<recipe hash>)
       params   flattened resolved recipe
-      tags     gemctl.stage / recipe / recipe_hash / git_commit / git_dirty / versions
-      inputs   dataset (name, DVC digest); the parent stage's run and LoggedModel as tags
-      metrics  loss parts per step
-      outputs  LoggedModel of the stage's checkpoint (registered as <recipe>-<stage>)
+      tags     gemctl.stage / recipe / recipe_hash / git_commit / git_dirty / git_diff_digest / versions;
+               MLflow's own mlflow.source.* (what ran, the git commit and remote) that its UI shows
+      inputs   dataset (name, DVC digest: the data run logs the same one); the parent stage's LoggedModel as an
+               input model (also as tags, with the parent run and checkpoint)
+      metrics  loss parts per step (also the stage's loss curve file, a DVC plot)
+      outputs  LoggedModel of the stage's checkpoint (registered as <recipe>-<stage>, the version tagged with the
+               stage, recipe, its hash and the commit); the checkpoint folder's model card (model_card.py)
 
 The default store is embedded in the project (sqlite, artifacts beside it); $GEMCTL_TRACKING_URI or --tracking-uri
 points elsewhere.
@@ -14,7 +17,11 @@ points elsewhere.
 from __future__ import annotations
 
 import contextlib
+import csv
+import hashlib
 import importlib.metadata
+import io
+import json
 import logging
 import os
 import subprocess
@@ -30,6 +37,7 @@ from .project import Project
 from .schema import flatten
 
 EXPERIMENT = "gemctl"
+MLFLOW_NOTE = "mlflow.note.content"  # a run's or logged model's description in MLflow's UI
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_PARAM_LEN = 6000
 
@@ -68,29 +76,118 @@ def _artifacts_beside(sqlite_uri: str) -> str:
     return (Path(sqlite_uri.split("sqlite:///", 1)[1]).parent / "artifacts").resolve().as_uri()
 
 
+def run_name(stage: str, recipe) -> str:
+    """stage@recipe·<first 8 of the resolved recipe's hash>: two runs of a stage with other settings differ."""
+    return f"{stage}@{recipe.name}\u00b7{recipe.content_hash[:8]}"
+
+
+def dvc_digest(root: Path, path: Path) -> str:
+    """The md5 DVC records in dvc.lock for a file or folder output (a folder's ends in .dir), computed as DVC does
+    (its .dvcignore applied), before DVC itself hashes it: the stage that writes the output logs it."""
+    import tempfile
+
+    from dvc.fs import LocalFileSystem
+    from dvc.ignore import DvcIgnoreFilter
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+
+    fs = LocalFileSystem()
+    with tempfile.TemporaryDirectory() as tmp:
+        _, _, obj = build(HashFileDB(fs, tmp), str(Path(path).resolve()), fs, "md5", dry_run=True,
+                          ignore=DvcIgnoreFilter(fs, str(Path(root).resolve())))
+    return obj.hash_info.value
+
+
+def _dataset(uri: str | Path, name: str, digest: str | None):
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(str(uri))
+    return MetaDataset(source, name=name, digest=digest)
+
+
+def loss_curve_file(out_dir: Path) -> Path:
+    """A stage's loss curve: beside its output folder, not in it (runs/<recipe>/<stage>.loss.csv), so that dvc.yaml
+    declares it as the stage's plot (a DVC output may not lie inside another)."""
+    return out_dir.with_name(f"{out_dir.name}.loss.csv")
+
+
+def write_loss_curve(points: Path, out: Path) -> None:
+    """The logged points as CSV (step, then each logged value): a resumed run logs some steps twice, the later
+    value counts."""
+    rows: dict[int, dict] = {}
+    for line in points.read_text().splitlines():
+        point = json.loads(line)
+        rows.setdefault(point["step"], {}).update(point)
+    keys = ["step", *sorted({k for r in rows.values() for k in r} - {"step"})]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows[step] for step in sorted(rows))
+    atomic_write_text(out, text.getvalue())
+
+
 def code_version(root: Path) -> dict[str, str]:
     """git commit and whether code (not outputs or the lock file) differs from it. A job reads what its launcher
     recorded at submit time (pin_code_version): the tree may have moved on since, the job's snapshot has not."""
     if os.environ.get("GEMCTL_GIT_COMMIT"):
-        return {"gemctl.git_commit": os.environ["GEMCTL_GIT_COMMIT"],
-                "gemctl.git_dirty": os.environ.get("GEMCTL_GIT_DIRTY", "false"),
-                "gemctl.code_snapshot": os.environ.get("GEMCTL_CODE", "")}
+        pinned = {key: os.environ[env] for key, env in _PINNED.items() if os.environ.get(env)}
+        return {"gemctl.git_dirty": "false", **pinned, "gemctl.code_snapshot": os.environ.get("GEMCTL_CODE", "")}
 
     def git(*args: str) -> str:
         r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
         return r.stdout.strip() if r.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD") or "none"
-    dirty = git("status", "--porcelain", "--", "gemctl", "models", "stages", "recipes", "dvc.yaml", "pyproject.toml")
-    return {"gemctl.git_commit": commit, "gemctl.git_dirty": "true" if dirty else "false"}
+    dirty = git("status", "--porcelain", "--", *CODE_PATHS)
+    version = {"gemctl.git_commit": commit, "gemctl.git_dirty": "true" if dirty else "false"}
+    if remote := git("remote", "get-url", "origin"):
+        version["gemctl.git_remote"] = remote
+    if dirty:
+        version["gemctl.git_diff_digest"] = _diff_digest(root)
+    return version
+
+
+# what counts as code: a change elsewhere (outputs, dvc.lock, notes) does not make a run's code dirty
+CODE_PATHS = ("gemctl", "models", "stages", "recipes", "dvc.yaml", "pyproject.toml")
+
+
+def _diff_digest(root: Path) -> str:
+    """sha256 (16 hex) of the uncommitted code changes: the diff against HEAD and the new files' names and
+    contents. Two dirty runs with the same commit and digest ran the same code."""
+    h = hashlib.sha256()
+    diff = subprocess.run(["git", "diff", "HEAD", "--binary", "--", *CODE_PATHS], cwd=root, capture_output=True)
+    h.update(diff.stdout)
+    new = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "-z", "--", *CODE_PATHS], cwd=root,
+                         capture_output=True).stdout.split(b"\0")
+    for name in sorted(n for n in new if n):
+        h.update(name + b"\0")
+        with contextlib.suppress(OSError):
+            h.update((root / name.decode()).read_bytes())
+    return h.hexdigest()[:16]
+
+
+_PINNED = {"gemctl.git_commit": "GEMCTL_GIT_COMMIT", "gemctl.git_dirty": "GEMCTL_GIT_DIRTY",
+           "gemctl.git_diff_digest": "GEMCTL_GIT_DIFF", "gemctl.git_remote": "GEMCTL_GIT_REMOTE"}
 
 
 def pin_code_version(root: Path) -> None:
     """Record the code version now, in the environment jobs inherit (call before submitting)."""
     if not os.environ.get("GEMCTL_GIT_COMMIT"):
-        v = code_version(root)
-        os.environ["GEMCTL_GIT_COMMIT"] = v["gemctl.git_commit"]
-        os.environ["GEMCTL_GIT_DIRTY"] = v["gemctl.git_dirty"]
+        for key, value in code_version(root).items():
+            os.environ[_PINNED[key]] = value
+
+
+def source_tags(version: dict[str, str], entry: str) -> dict[str, str]:
+    """MLflow's standard source fields, which its UI shows on every run: what ran (`entry`, a gemctl command), the
+    git commit and the repository's remote (when it has one)."""
+    tags = {"mlflow.source.name": entry, "mlflow.source.type": "LOCAL",
+            "mlflow.source.git.commit": version["gemctl.git_commit"]}
+    if version.get("gemctl.git_remote"):
+        tags["mlflow.source.git.repoURL"] = version["gemctl.git_remote"]
+    return tags
 
 
 def package_versions() -> dict[str, str]:
@@ -166,8 +263,12 @@ class StageRun:
         self.tags = tags or {}  # extra tags, e.g. mlflow.parentRunId and gemctl.sweep for a sweep point
         self.data, self.parent = data, parent
         self.run_id_file = work_dir / "mlflow_run_id" if work_dir is not None else None
+        # every logged point, kept with the resume state (a requeued job appends): the stage's loss curve file
+        self.loss_log = work_dir / "losses.jsonl" if work_dir is not None else None
+        self.version = code_version(project.root)
         self.run_id: str | None = None
         self._buffer: list[Any] = []
+        self._points: list[str] = []  # lines for loss_log not yet written
         self._last_flush = 0.0
         self.preempted = False
 
@@ -183,8 +284,8 @@ class StageRun:
             mlflow.set_tags(launch)
         else:
             # the launch tag is written with the run: its launcher finds it even if the job dies the next moment
-            run = mlflow.start_run(experiment_id=exp, run_name=f"{self.stage}@{self.recipe.name}",
-                                   tags={**self.tags, **launch})
+            run = mlflow.start_run(experiment_id=exp, run_name=run_name(self.stage, self.recipe),
+                                   tags={**source_tags(self.version, self._entry()), **self.tags, **launch})
         self.run_id = run.info.run_id
         if self.run_id_file is not None:
             self.run_id_file.parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +294,15 @@ class StageRun:
             self._log_start()
         return self
 
+    def _entry(self) -> str:
+        """The command that made this run (MLflow's source name)."""
+        if "gemctl.sweep" in self.tags:
+            return f"gemctl sweep {self.tags['gemctl.sweep']}"
+        return f"gemctl stage run {self.stage} --recipe {self.recipe.name}"
+
+    def _about(self) -> str:
+        return f"{self.stage} of recipe {self.recipe.name} (resolved recipe {self.recipe.content_hash})"
+
     def _log_start(self) -> None:
         import mlflow
 
@@ -200,28 +310,44 @@ class StageRun:
         items = list(params.items())
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
             mlflow.log_params(dict(items[i:i + _MAX_PARAMS_PER_BATCH]))
+        start = (f"starts from {self.parent['checkpoint']}" if self.parent
+                 else "prepares the data" if self.stage == "data" else "starts from the base weights")
         mlflow.set_tags({
+            MLFLOW_NOTE: f"{self._about()}; {start}. `gemctl lineage {self.run_id[:12]}` shows its ancestry.",
             "gemctl.stage": self.stage,
             "gemctl.recipe": self.recipe.name,
             "gemctl.recipe_hash": self.recipe.content_hash,
             "gemctl.executor": os.environ.get("GEMCTL_EXECUTOR", "local"),
-            **code_version(self.project.root),
+            **self.version,
             **package_versions(),
         })
         if self.data:
-            from mlflow.data.dataset_source_registry import resolve_dataset_source
-            from mlflow.data.meta_dataset import MetaDataset
-
-            with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
-                warnings.simplefilter("ignore")
-                source = resolve_dataset_source(self.data["uri"])
-            ds = MetaDataset(source, name=self.data["name"], digest=self.data["digest"])
-            mlflow.log_input(ds, context="training")
+            mlflow.log_input(_dataset(self.data["uri"], self.data["name"], self.data["digest"]), context="training")
         if self.parent:
-            # Model inputs (log_inputs(models=...)) are Databricks-only in MLflow 3: the link is kept as tags.
             mlflow.set_tags({"gemctl.parent_run_id": self.parent["run_id"],
                              "gemctl.parent_model_id": self.parent.get("model_id") or "",
                              "gemctl.parent_checkpoint": self.parent["checkpoint"]})
+            if self.parent.get("model_id"):
+                # the parent's checkpoint as an input model: the UI links this run to it, and the parent's model
+                # page lists this run. mlflow.log_inputs(models=...) refuses it off Databricks; the client call
+                # works on a database store and through a tracking server alike (MLflow 3.17).
+                from mlflow import MlflowClient
+                from mlflow.entities import LoggedModelInput
+
+                MlflowClient().log_inputs(self.run_id, models=[LoggedModelInput(self.parent["model_id"])])
+                link_back(self.parent["model_id"])
+
+
+    def log_dataset(self, data_dir: Path, name: str) -> str:
+        """The data stage: its prepared dataset as this run's output (an input in MLflow's terms, with context
+        "output": runs have no dataset outputs), under the name and digest the training stages log it with: the
+        digest DVC records for the folder in dvc.lock. Returns that digest."""
+        import mlflow
+
+        digest = dvc_digest(self.project.root, data_dir)
+        mlflow.log_input(_dataset(data_dir, name, digest), context="output")
+        mlflow.set_tag("gemctl.data_digest", digest)
+        return digest
 
     # Tracker protocol ------------------------------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -229,6 +355,8 @@ class StageRun:
 
         ts = int(time.time() * 1000)
         self._buffer += [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        if self.loss_log is not None:
+            self._points.append(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}))
         # sqlite commits are ~10 ms each: batch them, but keep the UI at most a few seconds behind
         if len(self._buffer) >= 200 or time.monotonic() - self._last_flush > 5:
             self.flush()
@@ -239,6 +367,10 @@ class StageRun:
 
             MlflowClient().log_batch(self.run_id, metrics=self._buffer)
             self._buffer = []
+        if self._points and self.loss_log is not None:
+            with open(self.loss_log, "a") as f:
+                f.write("\n".join(self._points) + "\n")
+            self._points = []
         self._last_flush = time.monotonic()
 
     # ------------------------------------------------------------------------------------------------------------
@@ -248,25 +380,49 @@ class StageRun:
         import mlflow
         from mlflow.entities import LoggedModelOutput
 
+        from . import model_card
+
         name = f"{self.recipe.name}-{self.stage}"
         tags = {"gemctl.checkpoint": str(checkpoint), "gemctl.stage": self.stage,
-                "gemctl.recipe": self.recipe.name, "gemctl.recipe_hash": self.recipe.content_hash}
+                "gemctl.recipe": self.recipe.name, "gemctl.recipe_hash": self.recipe.content_hash,
+                # the model page's "Logged from" and description (else: submitit's _submit.py, and none)
+                **source_tags(self.version, self._entry()),
+                MLFLOW_NOTE: f"The checkpoint of {self._about()}: {checkpoint} (weights stay there, tracked by DVC)."}
         model = mlflow.create_external_model(name=name, source_run_id=self.run_id, tags=tags)
         mlflow.log_outputs(models=[LoggedModelOutput(model.model_id, step)])
-        if not register:  # sweep points: logged models of their runs, not versions of the pipeline's model
-            return model.model_id
-        # the client, not mlflow.register_model: that one prints to stderr on every call
+        self.flush()
+        if self.loss_log is not None and self.loss_log.is_file():
+            write_loss_curve(self.loss_log, loss_curve_file(checkpoint.parent))
+        if register:  # sweep points: logged models of their runs, not versions of the pipeline's model
+            self._register(name, model.model_id)
+        model_card.write(checkpoint.parent, run_id=self.run_id, model_id=model.model_id)
+        return model.model_id
+
+    def _register(self, name: str, model_id: str) -> None:
+        """A new version of `name`, tagged so versions tell apart in the registry's UI, linked to its logged model
+        both ways (the version's model_id; the logged model's mlflow.modelVersions tag, which makes its page say
+        "registered": what mlflow.register_model does, which prints to stderr on every call)."""
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
+        from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
         client = MlflowClient()
         try:
-            client.create_registered_model(name)
+            client.create_registered_model(name, description=f"GEM checkpoints of stage {self.stage} of recipe "
+                                           f"{self.recipe.name}, one version per run that trained it (gemctl).")
         except MlflowException:  # registered by an earlier run: add a version
             pass
-        client.create_model_version(name, source=f"models:/{model.model_id}", run_id=self.run_id,
-                                    model_id=model.model_id)
-        return model.model_id
+        commit = self.version["gemctl.git_commit"]
+        dirty = self.version.get("gemctl.git_dirty") == "true"
+        tags = {"gemctl.stage": self.stage, "gemctl.recipe": self.recipe.name,
+                "gemctl.recipe_hash": self.recipe.content_hash, "gemctl.git_commit": commit,
+                "gemctl.run_name": run_name(self.stage, self.recipe)}
+        description = (f"{self._about()}, code {commit[:12]}{' with uncommitted changes' if dirty else ''}; "
+                       f"trained by run {self.run_id}.")
+        version = client.create_model_version(name, source=f"models:/{model_id}", run_id=self.run_id,
+                                              model_id=model_id, tags=tags, description=description)
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
+            [{"name": version.name, "version": str(version.version)}])})
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         import mlflow
@@ -286,6 +442,28 @@ class StageRun:
 
 
 # --- evaluation ------------------------------------------------------------------------------------------------------
+USED_BY = "Starting point of:"
+_MAX_LINKS = 40
+
+
+def link_back(model_id: str) -> None:
+    """The way back from a parent checkpoint to the runs that started from it: MLflow's logged-model page lists
+    only the runs that made or scored a model, not those that took it as input. Its description gets links to them
+    (found by their gemctl.parent_model_id tag, so that two children writing at once both end up listed, give or
+    take a race that the next child repairs)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    model = client.get_logged_model(model_id)
+    children = client.search_runs([model.experiment_id], filter_string=f"tags.`gemctl.parent_model_id` = '{model_id}'",
+                                  order_by=["attributes.start_time ASC"])
+    links = [f"[{r.info.run_name}](#/experiments/{r.info.experiment_id}/runs/{r.info.run_id})" for r in children]
+    if len(links) > _MAX_LINKS:
+        links = [*links[:_MAX_LINKS], f"and {len(links) - _MAX_LINKS} more (`gemctl lineage {model_id} --down`)"]
+    own = model.tags.get(MLFLOW_NOTE, "").split(USED_BY)[0].rstrip()
+    client.set_logged_model_tags(model_id, {MLFLOW_NOTE: f"{own}\n\n{USED_BY} {', '.join(links)}".lstrip()})
+
+
 def _metric_key(text: str) -> str:
     """A benchmark or category name as an MLflow metric key (letters, digits, _ - . / and spaces)."""
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in text)
@@ -312,8 +490,11 @@ def log_evaluation(project: Project, *, results: dict, out_dir: Path, benchmark:
     from mlflow.data.meta_dataset import MetaDataset
 
     exp = setup(project)
+    version = code_version(project.root)
+    entry = f"gemctl stage eval {benchmark} --recipe {recipe}" if recipe else f"gemctl eval {benchmark} --ckpt"
     tags = {"gemctl.eval.benchmark": benchmark, "gemctl.checkpoint": str(checkpoint),
-            "gemctl.eval.metric": str(results.get("metric", "")), **code_version(project.root), **package_versions()}
+            "gemctl.eval.metric": str(results.get("metric", "")), **version, **package_versions(),
+            **source_tags(version, entry)}
     if recipe:
         tags["gemctl.recipe"] = recipe
     if model_id:
@@ -347,4 +528,18 @@ def log_evaluation(project: Project, *, results: dict, out_dir: Path, benchmark:
                 mlflow.log_artifact(str(out_dir / f))
         if (out_dir / "videos").is_dir():  # closed loop: rollout videos of the first episodes
             mlflow.log_artifacts(str(out_dir / "videos"), "videos")
+    # the same scores as DVC metrics (dvc.yaml's eval stage declares the file; not cached: git keeps it, so that
+    # `dvc metrics diff` compares commits)
+    atomic_write_text(metrics_file(out_dir), json.dumps(
+        {k.split("/", 1)[1]: v for k, v in sorted(metrics.items())}, indent=2) + "\n")
+    if model_id and (Path(checkpoint).parent / "summary.json").is_file():  # a stage's checkpoint: its card
+        from . import model_card
+
+        model_card.write(Path(checkpoint).parent)
     return run.info.run_id
+
+
+def metrics_file(out_dir: Path) -> Path:
+    """An evaluation's scores for DVC: beside its output folder (runs/<recipe>/eval/<benchmark>.metrics.json), as
+    dvc.yaml's eval stage declares it (a DVC output may not lie inside another)."""
+    return out_dir.with_name(f"{out_dir.name}.metrics.json")
