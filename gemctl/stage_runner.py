@@ -183,12 +183,20 @@ def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[],
                        "counts": manifest.get("counts", {})}
             outcome.write_summary(out_dir, summary)
             run.log_dataset(out_dir, dataset_name(recipe, recipe_name))  # hashes the folder: the summary is in it
+            run.log_metrics(data_count_metrics(summary["counts"]), step=0)  # records, skipped (by reason), samples
         return summary
 
     inputs = stage_inputs(recipe, recipe_name, stage, upstream_outputs(project, recipe_name, stage))
     return train_with_lineage(project, recipe, stage, inputs, out_dir=out_dir,
                               work_dir=work_dir(project.resume_dir(recipe_name), recipe, stage, inputs),
                               should_stop=should_stop)
+
+
+def data_count_metrics(counts: dict) -> dict[str, float]:
+    """The data stage's counts as MLflow metrics: data/records, data/skipped, data/skipped/<reason>, ..."""
+    flat = {k: v for k, v in counts.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    flat.update({f"skipped/{reason}": n for reason, n in (counts.get("skipped_by_reason") or {}).items()})
+    return {f"data/{k}": float(v) for k, v in flat.items()}
 
 
 def train_with_lineage(project: Project, recipe: Recipe, stage: str, inputs: StageInputs, *, out_dir: Path,
