@@ -17,6 +17,7 @@ Jobs submitted by tests are named with TEST_PREFIX; leftovers are cancelled when
 
 import os
 import subprocess
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,8 @@ def cluster_base(shape: str) -> Path:
 
 # Every SLURM client in this session talks to the project's single-node cluster, never to a system one.
 os.environ["SLURM_CONF"] = str(cluster_base("single") / "etc/slurm.conf")
+# the digest cache of data and benchmark files: one of the test session's own, not the user's ~/.cache/gemctl
+os.environ["GEMCTL_DIGEST_CACHE"] = str(Path(tempfile.mkdtemp(prefix="gemctl-test-digests-")) / "digests.sqlite")
 
 
 def start_cluster(shape: str) -> SlurmCluster:
