@@ -114,6 +114,12 @@ def _load_yaml(text: str, show_line: bool = True) -> Any:
     """Parse YAML; a failure is a ValueError whose text completes "recipe file x.yaml ..." or "the value ..."."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except yaml.constructor.ConstructorError as e:  # a tag safe loading refuses: !!python/object, !!python/name...
+        mark = getattr(e, "problem_mark", None) if show_line else None
+        found = re.search(r"'([^']+)'", str(getattr(e, "problem", "") or ""))
+        tag = found.group(1).replace("tag:yaml.org,2002:", "!!") if found else "a tag"
+        raise ValueError(f"uses the YAML tag {tag}{f' (line {mark.line + 1})' if mark else ''}: recipes hold plain "
+                         "data only (no Python objects); remove the tag") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) if show_line else None
         raise ValueError(f"is not valid YAML{f' (line {mark.line + 1})' if mark else ''}: fix the syntax") from None
