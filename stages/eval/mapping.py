@@ -21,6 +21,7 @@ score by Mean Relative Accuracy.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +39,7 @@ from .benchmarks.common import (
     MC_SUFFIX,
     SHORT_SUFFIX,
     choice_prompt,
+    confined_file,
     grade,
     image_error,
     need,
@@ -195,10 +197,13 @@ class MappingBenchmark(Benchmark):
             raise InputError(f"{where}: field '{key}' must be a path or a list of paths, got {value!r:.60}")
         base = self.root / self.config.image_root if self.config.image_root else (
             path.parent if globbed else self.root)
-        files = [base / p for p in paths]
-        missing = [p for p in files if not p.is_file()]
-        if missing:
-            raise InputError(f"{where}: image {missing[0]} not found (image paths are relative to {base})")
+        files = []
+        for rel in paths:
+            # confined to the benchmark root, also when image_root or the records' folder is the base
+            found = confined_file(self.root, os.path.relpath(base / rel, self.root), where)
+            if found is None:
+                raise InputError(f"{where}: image {base / rel} not found (image paths are relative to {base})")
+            files.append(found)
         errors = [f"{p.name}: {e}" for p in files if (e := image_error(p))]
         return [str(p) for p in files], errors[0] if errors else None
 

@@ -278,3 +278,14 @@ def test_every_published_benchmark_is_registered():
     assert set(PUBLISHED) == {"vsi-bench", "cv-bench", "mmsi-bench", "embspatial-bench", "robospatial-home",
                               "where2place", "roborefit"}
     assert all(cls.name == name for name, cls in PUBLISHED.items())
+
+
+def test_a_published_benchmarks_media_path_outside_its_folder_is_refused(tmp_path):
+    from gem_stages.eval.benchmarks.common import media
+
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "secret.mp4").write_bytes(b"x")
+    assert media(tmp_path, "secret.mp4", "r0") == tmp_path / "secret.mp4"  # inside its own root: fine
+    for escape in ("../secret.mp4", str(tmp_path / "secret.mp4")):
+        with pytest.raises(InputError, match="leads outside the benchmark folder"):
+            media(tmp_path / "bench", escape, "test.jsonl record 0")

@@ -171,3 +171,21 @@ def test_bad_records_name_the_file_and_record(tmp_path):
 def test_example_mapping_file_is_valid():
     bench = MappingBenchmark.from_file(REPO / "benchmarks" / "example-spatial-qa.yaml")
     assert bench.name == "example-spatial-qa" and bench.metric == "accuracy"
+
+
+
+@pytest.mark.parametrize("escape", ["../secret.png", "ABSOLUTE", "link/secret.png"])
+def test_an_image_path_outside_the_benchmark_folder_is_refused(tmp_path, escape):
+    """A record may not make the evaluation read files outside its benchmark folder: ../, an absolute path
+    elsewhere, or a symlink out."""
+    root = tmp_path / "bench"
+    root.mkdir()
+    image(tmp_path / "secret.png")
+    (root / "link").symlink_to(tmp_path)
+    path = str(tmp_path / "secret.png") if escape == "ABSOLUTE" else escape
+    (root / "data.json").write_text(json.dumps([{"uid": "q1", "q": "Is it red?", "pic": path, "gt": "yes"}]))
+    bench = MappingBenchmark.from_file(write_mapping(
+        tmp_path / "m.yaml", name="escape", root=str(root), records="data.json",
+        fields={"id": "uid", "question": "q", "images": "pic", "answer": "gt"}))
+    with pytest.raises(InputError, match=r"leads outside the benchmark folder .*keep the benchmark's files inside"):
+        bench.items()

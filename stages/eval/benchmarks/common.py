@@ -166,8 +166,21 @@ def read_records(path: Path) -> list[Any]:
 
 
 def media(root: Path, relative: str, where: str) -> Path:
-    """A media file a record names, relative to the benchmark root; a missing one is the user's setup error."""
-    path = root / relative
-    if not path.exists():
-        raise InputError(f"{where}: {path} not found; is the benchmark root the folder it was downloaded to?")
-    return path
+    """A media file a record names, relative to the benchmark root; a missing one is the user's setup error, one
+    outside the root (../, an absolute path elsewhere, a symlink out) is refused: a benchmark reads its own files."""
+    found = confined_file(root, relative, where)
+    if found is None:
+        raise InputError(f"{where}: {root / relative} not found; is the benchmark root the folder it was downloaded "
+                         "to?")
+    return found
+
+
+def confined_file(root: Path, relative: str, where: str) -> Path | None:
+    """`relative` under `root` as a path (None when no such file), refused in one line when it leads outside."""
+    from gem_stages.data.confine import Confined
+
+    checked = Confined(root).stat(relative)
+    if checked == "outside":
+        raise InputError(f"{where}: {relative!r} leads outside the benchmark folder {root} (../, an absolute path "
+                         "elsewhere or a symlink out): keep the benchmark's files inside its folder")
+    return Path(checked[1]) if isinstance(checked, tuple) else None
