@@ -115,3 +115,16 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"CI=true: {len(_skips)} skipped test(s) fail this run:", red=True)
         for s in _skips:
             terminalreporter.write_line(f"  {s}", red=True)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared, busy CPU several threads spin against each
+    other (measured: ~8x slower with 2 threads under load). Restored afterwards for other suites. Use it with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

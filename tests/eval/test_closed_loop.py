@@ -7,7 +7,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 
 from gem_models.gem import GemModel
 from gem_stages.config import EpisodeSamplesConfig
@@ -30,12 +29,7 @@ from gemctl.recipe import resolve
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_scripted_expert_succeeds_and_random_actions_do_not(tmp_path):

@@ -8,7 +8,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from gem_models.config import tiny_config
@@ -35,13 +34,7 @@ from gem_stages.eval.gem_synth import (
 SCENES = 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads on a shared CPU; restored for other suites."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

@@ -7,7 +7,6 @@ import os
 import av
 import numpy as np
 import pytest
-import torch
 
 from gem_models.config import tiny_config
 from gem_models.gem import GemModel
@@ -20,13 +19,7 @@ if not os.environ.get("CI"):
 
 from gem_stages.eval.libero import SUITES, LiberoConfig, LiberoSuite  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.slow  # builds a MuJoCo scene and renders on the CPU: most of a minute

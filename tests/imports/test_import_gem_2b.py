@@ -26,12 +26,7 @@ GEMCTL = str(Path(sys.executable).parent / "gemctl")
 CORPUS = ["How far is the cube?", "About 1.5 meters.", "Which view shows the bowl closer?"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

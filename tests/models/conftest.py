@@ -5,7 +5,6 @@ Helpers are fixtures (not imports) so the tests work under any pytest import mod
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from gem_models.config import tiny_config
@@ -13,13 +12,8 @@ from gem_models.gem import GemModel
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared, busy CPU several threads spin against
-    each other (measured: ~8x slower with 2 threads under load). Restored afterwards for other suites."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every model test runs with one torch thread (tests/conftest.py says why)."""
 
 
 def _image(h: int = 64, w: int = 64, seed: int = 0) -> Image.Image:

@@ -26,12 +26,7 @@ def test_gem_2b_stage4_uses_the_released_vla_encoding():
     assert resolve(RECIPES, "tiny").stages.stage4.depth_encoding == "spectral_inverse"  # tiny keeps one encoding
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_stage4_trains_on_inferno_squares(tmp_path):
