@@ -15,6 +15,7 @@ from rich.text import Text
 
 from gem_stages.errors import InputError
 
+from .cli_ablate import ablate
 from .launch import Executor
 from .outcome import CANCELLED_EXIT, StageFailed
 
@@ -25,6 +26,7 @@ stage_app = typer.Typer(help="Run one stage program directly (this is the comman
                         no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(stage_app, name="stage")
+app.command("ablate")(ablate)
 
 console = Console()
 # soft_wrap: an error stays one line however narrow the terminal
