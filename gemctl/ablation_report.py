@@ -123,11 +123,19 @@ def print_table(console, title: str, rows: list[dict]) -> None:
     from rich.text import Text
 
     t = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
-    for h in HEADERS:
-        t.add_column(h, no_wrap=True)
-    for r in rows:
-        t.add_row(*[Text(c) for c in cells(r)])
-    console.print(t, highlight=False)
+    texts = [cells(r) for r in rows]
+    widths = [max(len(c) for c in col) for col in zip(HEADERS, *texts)]
+    for h, w in zip(HEADERS, widths):
+        t.add_column(h, no_wrap=True, min_width=w)
+    for row in texts:
+        t.add_row(*[Text(c) for c in row])
+    # never cut a number: wider than the terminal rather than "0.23…" (the table is what a re-run compares)
+    width = console.width
+    console.width = max(width, sum(widths) + 3 * len(widths))  # print(width=...) cannot exceed the console's
+    try:
+        console.print(t, highlight=False)
+    finally:
+        console.width = width
 
 
 def _slug(metric: str) -> str:

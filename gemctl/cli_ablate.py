@@ -10,7 +10,7 @@ from rich.console import Console
 
 from .launch import Executor
 
-console = Console()
+console = Console(soft_wrap=True)  # a summary line stays one line, however narrow the terminal
 
 
 def ablate(
