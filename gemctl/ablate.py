@@ -32,6 +32,7 @@ from .project import Project
 from .recipe import Recipe, resolve
 
 KEYS = ("description", "recipe", "seeds", "baseline", "overrides", "eval", "variants")
+LOWER_IS_BETTER = ("absrel", "rmse")  # depth errors: a negative difference is the better one
 PREFIX = "abl-"  # derived recipes' names: abl-<settings hash>
 
 
@@ -189,7 +190,8 @@ def run(project: Project, ab: Ablation, runs: list[Run], *, executor: str, track
 
 def scores(project: Project, runs: list[Run]) -> dict[str, dict[str, dict[int, float]]]:
     """metric -> variant -> seed -> score, from each run's results.json: a benchmark's overall score as
-    `<benchmark>`, each of its categories as `<benchmark>/<category>`."""
+    `<benchmark>`, each of its categories (when more than one) as `<benchmark>/<category>`, and a depth
+    benchmark's other metrics as `<benchmark>/<name>`."""
     from .eval import out_dir
 
     out: dict[str, dict[str, dict[int, float]]] = {}
@@ -198,7 +200,12 @@ def scores(project: Project, runs: list[Run]) -> dict[str, dict[str, dict[int, f
             path = out_dir(project, r.recipe.name, e.benchmark) / "results.json"
             results = json.loads(path.read_text())
             found = {e.benchmark: results.get("overall")}
-            found.update({f"{e.benchmark}/{c}": v for c, v in (results.get("categories") or {}).items()})
+            categories = results.get("categories") or {}
+            if len(categories) > 1:  # a single category is the overall score again
+                found.update({f"{e.benchmark}/{c}": v for c, v in categories.items()})
+            for k, v in (results.get("depth") or {}).items():  # depth quality's other metrics (AbsRel, RMSE)
+                if k not in ("scored", results.get("metric")):
+                    found[f"{e.benchmark}/{k}{' (lower is better)' if k in LOWER_IS_BETTER else ''}"] = v
             for metric, value in found.items():
                 if isinstance(value, (int, float)):
                     out.setdefault(metric, {}).setdefault(r.variant, {})[r.seed] = float(value)
@@ -227,10 +234,12 @@ def log_parent(project: Project, ab: Ablation, runs: list[Run], folder: Path, ta
                      "variants": json.dumps({v.name: v.settings for v in ab.variants}),
                      "overrides": json.dumps(ab.overrides)}.items():
             client.log_param(run_id, k, v[:6000])
-        for row in table:
-            if row["diff"] is not None:
-                name = f"{row['metric']}.{row['variant']}.diff".replace("/", ".")
-                client.log_metric(run_id, _metric_key(name), row["diff"])
+    logged = client.get_run(run_id).data.metrics  # a re-run adds what is new, never a second value of the same
+    for row in table:
+        if row["diff"] is not None:
+            name = _metric_key(f"{row['metric']}.{row['variant']}.diff".replace("/", "."))
+            if name not in logged:
+                client.log_metric(run_id, name, row["diff"])
     client.log_artifacts(run_id, str(folder))
     client.set_terminated(run_id, "FINISHED")
     return run_id
