@@ -61,8 +61,9 @@ class Run:
     recipe: Recipe  # derived: named abl-<hash of its settings>
 
 
-def load(path: Path, seeds: int | None = None) -> Ablation:
-    """Read and check an ablation file (one-line InputError for anything wrong); --seeds replaces its seeds."""
+def load(path: Path, seeds: int | None = None, only: list[str] | None = None) -> Ablation:
+    """Read and check an ablation file (one-line InputError for anything wrong); --seeds replaces its seeds,
+    --variant (`only`) keeps those variants and the baseline."""
     shown = path.name
     if not path.is_file():
         raise InputError(f"no ablation file {path}: ablation files live in recipes/ablations/*.yaml")
@@ -97,8 +98,17 @@ def load(path: Path, seeds: int | None = None) -> Ablation:
     if baseline not in map(str, variants):
         raise InputError(f"ablation file {shown}: baseline {baseline} is not one of its variants "
                          f"({', '.join(map(str, variants))})")
+    kept = [Variant(str(k), dict(v or {})) for k, v in variants.items()]
+    if only:
+        missing = [name for name in only if name not in {v.name for v in kept}]
+        if missing:
+            raise InputError(f"--variant {missing[0]}: ablation file {shown} has no such variant (it has "
+                             f"{', '.join(v.name for v in kept)})")
+        kept = [v for v in kept if v.name in only or v.name == baseline]
+        if len(kept) < 2:
+            raise InputError(f"--variant names only the baseline {baseline}: name a variant to compare with it")
     return Ablation(name=path.stem, recipe=str(data.get("recipe", "tiny")), seeds=n, baseline=baseline,
-                    variants=[Variant(str(k), dict(v or {})) for k, v in variants.items()], overrides=overrides,
+                    variants=kept, overrides=overrides,
                     eval=benchmarks, description=str(data.get("description", "")))
 
 

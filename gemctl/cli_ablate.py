@@ -17,6 +17,8 @@ def ablate(
     file: Annotated[str, typer.Argument(help="An ablation file, e.g. recipes/ablations/gem-synth.yaml.")],
     seeds: Annotated[int | None, typer.Option("--seeds", help="Seeds per variant (default: the file's seeds).")]
     = None,
+    variant: Annotated[list[str] | None, typer.Option(
+        "--variant", "-v", help="Run and compare only this variant (repeatable), with the baseline.")] = None,
     executor: Annotated[str, typer.Option("--executor", "-e", metavar="[local|slurm]",
                                           help="Where the stages run: local (default) or slurm.")] = "local",
     tracking_uri: Annotated[str | None, typer.Option(
@@ -34,7 +36,7 @@ def ablate(
     if executor not in (Executor.LOCAL.value, Executor.SLURM.value):
         raise InputError(f"unknown executor '{executor}': choose local or slurm")
     project = find_project()
-    ab = ab_mod.load(ab_mod.file_path(project, file), seeds)
+    ab = ab_mod.load(ab_mod.file_path(project, file), seeds, variant)
     runs = ab_mod.expand(project, ab)  # everything is checked before anything is written
     names = [v.name for v in ab.variants]
     done = ab_mod.run(project, ab, runs, executor=executor, tracking_uri=tracking_uri, console=console)

@@ -23,6 +23,8 @@ def project(tmp_path_factory):
     (HEAD + "baseline: base\n" + GOOD_VARIANTS, [], "baseline base is not one of its variants"),
     (HEAD + "variants:\n  gem: {}\n", [], "at least two"),
     ("recipe: ci\n" + GOOD_VARIANTS, [], "recipe ci has no eval list"),
+    (HEAD + GOOD_VARIANTS, ["--variant", "rgb"], "--variant rgb: ablation file abl.yaml has no such variant"),
+    (HEAD + GOOD_VARIANTS, ["--variant", "gem"], "--variant names only the baseline gem"),
 ])
 def test_refused_in_one_line_with_nothing_written(project, text, args, expected):
     (project / "abl.yaml").write_text(text)

@@ -31,3 +31,8 @@ def test_shipped_ablations_resolve(name, recipe):
 def test_seeds_option_replaces_the_files():
     ab = load(ROOT / "recipes" / "ablations" / "gem-synth.yaml", seeds=5)
     assert ab.seeds == 5 and len(expand(Project(ROOT), ab)) == 5 * len(ab.variants)
+
+
+def test_variant_option_keeps_those_and_the_baseline():
+    ab = load(ROOT / "recipes" / "ablations" / "gem-synth.yaml", only=["direct", "rgb"])
+    assert [v.name for v in ab.variants] == ["gem", "rgb", "direct"]  # the file's order, the baseline kept
