@@ -164,7 +164,6 @@ def report_dir(project: Project, ab: Ablation) -> Path:
 class Progress:
     stages: int = 0  # training stage jobs that ran now
     evals: int = 0  # evaluations that ran now
-    done: list[str] = field(default_factory=list)
 
 
 def run(project: Project, ab: Ablation, runs: list[Run], *, executor: str, tracking_uri: str | None,
@@ -175,14 +174,10 @@ def run(project: Project, ab: Ablation, runs: list[Run], *, executor: str, track
     from .eval import plan, write_plan
 
     progress = Progress()
-    first = runs[0].recipe
     plans = {r.recipe.name: [plan(project, r.recipe, e.benchmark) for e in r.recipe.eval] for r in runs}
     stages = sorted({s for ps in plans.values() for p in ps for s in pipeline.upstream(p["stage"])},
                     key=pipeline.PIPELINE.index)
-    from . import preflight
-
-    preflight.check(project, first, executor, tracking_uri, stages)  # every run asks the same of this machine
-    for r in runs:
+    for r in runs:  # the first one's preflight refuses what cannot run on this machine before anything runs
         rec = r.recipe
         pipeline.prepare_launch(project, rec, executor, tracking_uri, stages)
         for p in plans[rec.name]:
