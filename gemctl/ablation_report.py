@@ -60,6 +60,8 @@ def write(folder: Path, title: str, description: str, rows: list[dict], scores: 
           baseline: str, seeds: int) -> list[Path]:
     """report.md, report.html, plots/<metric>.svg and scores.json in `folder`; returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
+    for old in (folder / "plots").glob("*.svg"):  # a metric no longer scored leaves no stale plot behind
+        old.unlink()
     plots = {metric: plot(folder / "plots" / f"{_slug(metric)}.svg", metric, by_variant,
                           [r["variant"] for r in rows if r["metric"] == metric], baseline)
              for metric, by_variant in scores.items()}

@@ -52,3 +52,17 @@ def test_spread_is_the_sample_std():
     s = spread([1.0, 2.0, 3.0, 4.0])
     assert s.mean == 2.5 and s.std == pytest.approx(np.sqrt(5 / 3)) and s.n == 4
     assert spread([0.7]).std == 0.0
+
+
+def test_report_files_hold_the_table_and_only_current_plots(tmp_path):
+    from gemctl.ablation_report import table, write
+
+    scores = {"qa": {"gem": {0: 0.5, 1: 0.7}, "rgb": {0: 0.4, 1: 0.5}}}
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "gone.svg").write_text("<svg/>")
+    rows = table(scores, ["gem", "rgb"], "gem")
+    assert [(r["variant"], r["diff"]) for r in rows] == [("gem", None), ("rgb", pytest.approx(-0.15))]
+    write(tmp_path, "t", "d", rows, scores, [], "gem", 2)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["qa.svg"]
+    md = (tmp_path / "report.md").read_text()
+    assert "| qa | rgb | 0.4500 ± 0.0707 | 2 | -0.1500 | [-0.2000, -0.1000] |" in md
