@@ -16,6 +16,7 @@ from rich.text import Text
 from gem_stages.errors import InputError
 from gem_stages.files import never_world_writable
 
+from .cli_ablate import ablate
 from .cli_data import data_app
 from .cli_import import import_app
 from .cli_lineage import lineage, runs
@@ -35,6 +36,7 @@ app.add_typer(data_app, name="data")
 app.command("lineage")(lineage)
 app.command("runs")(runs)
 app.add_typer(mlflow_app, name="mlflow")
+app.command("ablate")(ablate)
 
 console = Console()
 # soft_wrap: an error stays one line however narrow the terminal

@@ -102,6 +102,10 @@ class DepthGeneratorConfig:
     vae_block_out_channels: list[Int] = setting(
         lambda: [8, 16, 16], "Encoder block widths; 2**(len-1)x downsampling.", min_length=1)
     # --- targets and flow ---
+    target: Literal["depth", "rgb"] = setting(
+        "depth", "What the generator learns to draw for each image with a depth map: depth = its colour-mapped "
+        "depth (GEM); rgb = the image itself at the same size (the paper's 'RGB supervision instead of depth' "
+        "ablation).")
     image_long_side: Int = setting(448, "Depth target long side (the VLA script: 256).", ge=32)
     multiple_of: Int = setting(32, "Both target sides are multiples of this.", ge=1)
     cfg_dropout: Float = setting(0.1, "Fraction of training conditions zeroed (for CFG).", ge=0.0, le=1.0)

@@ -122,6 +122,13 @@ def encode_spectral_inverse(
     return _to_unit_range(x)
 
 
+def encode_image(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """The RGB image itself as a generator target (the RGB-supervision ablation): bilinear resize to (h, w) =
+    `size`, float32 [3, h, w] in [-1, 1], like the depth targets."""
+    rgb = np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
+    return _to_unit_range(torch.from_numpy(rgb.copy()).permute(2, 0, 1))
+
+
 def encode_inferno_linear(depth_m: np.ndarray, side: int) -> torch.Tensor:
     """Depth (H, W) in metres -> float32 [3, side, side] in [-1, 1], the release's VLA depth target.
 

@@ -118,6 +118,7 @@ class GemModel(nn.Module):
             b.max_length,
             cfg.depth.image_long_side,
             cfg.depth.multiple_of,
+            target=cfg.depth.target,
         )
         backbone = build_backbone(b, tokenizer, seed)
         hidden = backbone.config.text_config.hidden_size
@@ -170,6 +171,7 @@ class GemModel(nn.Module):
             max_length=cfg.backbone.max_length,
             depth_long_side=cfg.depth.image_long_side,
             depth_multiple_of=cfg.depth.multiple_of,
+            target=cfg.depth.target,
         )
         processor.image_processor.size = {
             "shortest_edge": cfg.backbone.min_pixels,

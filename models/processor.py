@@ -32,9 +32,11 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from .config import BackboneConfig
-from .depth_encoding import DEPTH_ENCODINGS, encode_depth, target_size
+from .depth_encoding import DEPTH_ENCODINGS, encode_depth, encode_image, target_size
 from .hf_processor import CHAT_TEMPLATE, QwenVLImageProcessor
 from .tokenizer import load_tokenizer
+
+TARGETS = ("depth", "rgb")  # what the depth generator is trained to draw (model.depth.target)
 
 IMAGE_PLACEHOLDER = "<image>"
 IGNORE_INDEX = -100
@@ -80,15 +82,19 @@ class GemProcessor:
         depth_multiple_of: int = 32,
         padding_side: str = "right",
         depth_encoding: str = "spectral_inverse",
+        target: str = "depth",
     ):
         if depth_encoding not in DEPTH_ENCODINGS:
             raise ValueError(f"unknown depth encoding {depth_encoding!r}; expected one of {DEPTH_ENCODINGS}")
+        if target not in TARGETS:
+            raise ValueError(f"unknown generator target {target!r}; expected one of {TARGETS}")
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.max_length = max_length
         self.depth_long_side = depth_long_side
         self.depth_multiple_of = depth_multiple_of
         self.depth_encoding = depth_encoding
+        self.target = target  # "rgb": the generator reconstructs the image instead of its depth (an ablation)
         self.padding_side = padding_side
         tid = tokenizer.convert_tokens_to_ids
         self.im_start_id, self.im_end_id = tid("<|im_start|>"), tid("<|im_end|>")
@@ -200,10 +206,11 @@ class GemProcessor:
         patch = self.image_processor.patch_size
         processed = [(int(g[1]) * patch, int(g[2]) * patch) for g in grids[:n_keep]]  # smart-resized (h, w)
         depth_targets = [
-            None if depth is None else encode_depth(
-                self.depth_encoding, depth, size, self.depth_long_side, self.depth_multiple_of
-            )
-            for size, depth in zip(processed, depths[:n_keep])
+            None if depth is None
+            else encode_image(im, target_size(self.depth_encoding, *size, self.depth_long_side,
+                                              self.depth_multiple_of)) if self.target == "rgb"
+            else encode_depth(self.depth_encoding, depth, size, self.depth_long_side, self.depth_multiple_of)
+            for im, size, depth in zip(images, processed, depths[:n_keep])
         ]
         return {
             "ids": [i for r in rounds for i in r.ids],
@@ -301,6 +308,7 @@ class GemProcessor:
             "depth_multiple_of": self.depth_multiple_of,
             "padding_side": self.padding_side,
             "depth_encoding": self.depth_encoding,
+            "target": self.target,
         }
         with open(os.path.join(directory, SETTINGS_FILE), "w") as f:
             json.dump(settings, f, indent=2)
