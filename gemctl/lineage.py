@@ -7,8 +7,9 @@ inputs), logged models, the model registry, dvc.lock and the checkpoint folders.
     downstream run -> child stage runs (sweep points grouped under their sweep) and every evaluation score
                computed from its checkpoint (recursively)
 
-Each node is a plain dict (what --json prints); `targets` turns what a user types into a run. Reads are targeted
-MLflow queries (one per link), never a scan of the whole store.
+Each node is a plain dict (what --json prints); `resolve_target` turns what a user types into a run. Reads are
+targeted queries (one per link), never a scan of the whole store: of the project's sqlite tables directly
+(lineage_store.py), or through MLflow's client for other stores.
 """
 
 from __future__ import annotations
@@ -126,8 +127,8 @@ class Store:
         newest first."""
         if self.reader is not None:
             return self.reader.search_logged_models(checkpoint, id_prefix)
-        where = ([f"tags.`gemctl.checkpoint` = {_quoted(checkpoint)}"] if checkpoint is not None else []) + \
-            ([f"model_id LIKE {_quoted(id_prefix + '%')}"] if id_prefix is not None else [])
+        where = ([f"tags.`gemctl.checkpoint` = '{checkpoint}'"] if checkpoint is not None else []) + \
+            ([f"model_id LIKE '{id_prefix}%'"] if id_prefix is not None else [])
         return self.client.search_logged_models([self.experiment], filter_string=" and ".join(where) or None,
                                                 max_results=1000,
                                                 order_by=[{"field_name": "creation_time", "ascending": False}])
@@ -151,22 +152,19 @@ class Store:
             found = (self.reader.search_model_versions() if self.reader is not None
                      else self.client.search_model_versions(max_results=200000))
             for v in found:
-                linked = v.model_id or (v.source.removeprefix("models:/") if v.source.startswith("models:/m-")
-                                        else "")
+                source = v.source or ""
+                linked = v.model_id or (source.removeprefix("models:/") if source.startswith("models:/m-") else "")
                 self._versions[linked] = f"{v.name} v{v.version}"
         return self._versions.get(model_id)
 
 
-def _quoted(value: str) -> str:
-    return f"'{value}'"
-
-
 def _run_filter(tags: dict[str, str | None] | None, run_id_prefix: str | None, dataset_digest: str | None) -> str:
-    where = [f"tags.`{k}` IS NULL" if v is None else f"tags.`{k}` = {_quoted(v)}" for k, v in (tags or {}).items()]
+    """The MLflow filter string of Store.search's arguments."""
+    where = [f"tags.`{k}` IS NULL" if v is None else f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
     if run_id_prefix is not None:
-        where.append(f"attributes.run_id LIKE {_quoted(run_id_prefix + '%')}")
+        where.append(f"attributes.run_id LIKE '{run_id_prefix}%'")
     if dataset_digest is not None:
-        where.append(f"datasets.digest = {_quoted(dataset_digest)}")
+        where.append(f"datasets.digest = '{dataset_digest}'")
     return " and ".join(where)
 
 
