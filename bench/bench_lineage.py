@@ -7,7 +7,9 @@ its dataset input, the parent tags, a logged model), and evaluations of stage 3 
 Two measures each, median of repeats:
   in process   the command's work once the store is open (gemctl.lineage) vs mlflow.search_runs on the same store
   CLI          wall time of the command minus `gemctl --help` (CLI start), vs a `python -c` doing the search_runs
-               call minus `python -c pass`; both include importing mlflow and opening the store
+               call minus `python -c pass` (which includes importing mlflow and opening the store)
+Lineage is measured with both of its readers of the sqlite store: its own (the default) and MLflow's client
+(GEMCTL_LINEAGE_READER=mlflow, what a server store gets).
 
     python bench/bench_lineage.py [--pipelines 125]
 """
@@ -98,9 +100,16 @@ def median_time(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
-def wall(cmd: list[str], cwd: Path, repeat: int) -> float:
+def wall(cmd: list[str], cwd: Path, repeat: int, reader: str = "sqlite") -> float:
     env = {k: v for k, v in os.environ.items() if k not in ("GEMCTL_TRACKING_URI", "GEMCTL_PROJECT")}
+    env[lineage_reader_env()] = reader
     return median_time(lambda: subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True), repeat)
+
+
+def lineage_reader_env() -> str:
+    from gemctl.lineage import READER_ENV
+
+    return READER_ENV
 
 
 def main() -> None:
@@ -132,6 +141,15 @@ def main() -> None:
         target_up, target_down = ids["stage4"][mid], ids["stage1"][mid]
         query = run_query.parse("metrics.`gem-synth-qa/accuracy` >= 0.5 and params.stages.stage3.lr = 1e-3")
 
+        def with_reader(reader: str, fn):
+            def timed():
+                os.environ[lineage.READER_ENV] = reader
+                try:
+                    fn()
+                finally:
+                    os.environ.pop(lineage.READER_ENV)
+            return timed
+
         def up():  # a fresh Store each time: nothing cached between repeats
             store = lineage.Store(Project(project))
             lineage.upstream(store, lineage.resolve_target(store, target_up[:10]))
@@ -140,17 +158,26 @@ def main() -> None:
             store = lineage.Store(Project(project))
             lineage.downstream(store, lineage.resolve_target(store, target_down[:10]))
 
+        def diff():
+            store = lineage.Store(Project(project))
+            a, b = (lineage.with_scores(store, lineage.upstream(store, lineage.resolve_target(store, t[:10])))
+                    for t in (target_up, ids["stage4"][mid + 1]))
+            lineage.diff(a, b)
+
         def runs():  # what `gemctl runs --where` reads: the table's settings and the params the query names
             wanted = {f"stages.{s}.{k}" for s in ("stage1", "stage2", "stage3", "stage4")
                       for k in ("lr", "steps", "batch_size")} | {"seed", "limit", "stages.stage3.lr"}
             [r for r in lineage.rows(lineage.Store(Project(project)), wanted) if run_query.matches(query, r)]
 
         recipe = ids["recipes"][mid]
+        one_recipe = lambda: mlflow.search_runs(exp, filter_string=f"tags.`gemctl.recipe` = '{recipe}'")  # noqa: E731
         cases = [
-            ("lineage (upstream)", up, 0.5,
-             lambda: mlflow.search_runs(exp, filter_string=f"tags.`gemctl.recipe` = '{recipe}'")),
-            ("lineage --down", down, 0.5,
-             lambda: mlflow.search_runs(exp, filter_string=f"tags.`gemctl.recipe` = '{recipe}'")),
+            ("lineage (upstream)", with_reader("sqlite", up), 0.5, one_recipe),
+            ("  via mlflow client", with_reader("mlflow", up), 0.5, one_recipe),
+            ("lineage --down", with_reader("sqlite", down), 0.5, one_recipe),
+            ("  via mlflow client", with_reader("mlflow", down), 0.5, one_recipe),
+            ("lineage diff", with_reader("sqlite", diff), 0.5, one_recipe),
+            ("  via mlflow client", with_reader("mlflow", diff), 0.5, one_recipe),
             ("runs --where", runs, 1.0, lambda: mlflow.search_runs(exp)),
         ]
         print(f"\nin process, store open (median of {args.repeat}):")
@@ -168,11 +195,18 @@ def main() -> None:
         print(f"\nCLI wall time (median of {args.repeat}); `gemctl --help` {start * 1000:.0f} ms, "
               f"`python -c pass` {pass_ * 1000:.0f} ms, python -c mlflow.search_runs over all: "
               f"{(search - pass_) * 1000:.0f} ms beyond python start")
-        for name, cmd, target in (
-                ("lineage", [GEMCTL, "lineage", target_up[:10], "--json"], 0.5),
-                ("lineage --down", [GEMCTL, "lineage", target_down[:10], "--down", "--json"], 0.5),
-                ("runs --where", [GEMCTL, "runs", "--json", "--where", str(query)], 1.0)):
-            t = wall(cmd, project, args.repeat) - start
+        lineage_up = [GEMCTL, "lineage", target_up[:10], "--json"]
+        lineage_down = [GEMCTL, "lineage", target_down[:10], "--down", "--json"]
+        lineage_diff = [GEMCTL, "lineage", "diff", target_up[:10], ids["stage4"][mid + 1][:10], "--json"]
+        for name, cmd, target, reader in (
+                ("lineage", lineage_up, 0.5, "sqlite"),
+                ("  via mlflow client", lineage_up, 0.5, "mlflow"),
+                ("lineage --down", lineage_down, 0.5, "sqlite"),
+                ("  via mlflow client", lineage_down, 0.5, "mlflow"),
+                ("lineage diff", lineage_diff, 0.5, "sqlite"),
+                ("  via mlflow client", lineage_diff, 0.5, "mlflow"),
+                ("runs --where", [GEMCTL, "runs", "--json", "--where", str(query)], 1.0, "sqlite")):
+            t = wall(cmd, project, args.repeat, reader) - start
             print(f"  {name:20s} {t * 1000:8.0f} ms beyond CLI start   ratio to search_runs "
                   f"{t / (search - pass_):5.2f}x   target <= {target * 1000:.0f} ms: {'ok' if t <= target else 'MISSED'}")
 

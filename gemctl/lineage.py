@@ -7,13 +7,15 @@ inputs), logged models, the model registry, dvc.lock and the checkpoint folders.
     downstream run -> child stage runs (sweep points grouped under their sweep) and every evaluation score
                computed from its checkpoint (recursively)
 
-Each node is a plain dict (what --json prints); `targets` turns what a user types into a run. Reads are targeted
-MLflow queries (one per link), never a scan of the whole store.
+Each node is a plain dict (what --json prints); `resolve_target` turns what a user types into a run. Reads are
+targeted queries (one per link), never a scan of the whole store: of the project's sqlite tables directly
+(lineage_store.py), or through MLflow's client for other stores.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -28,16 +30,31 @@ _HEX = re.compile(r"[0-9a-f]+")
 
 
 # --- the store ---------------------------------------------------------------------------------------------------
+# GEMCTL_LINEAGE_READER=mlflow reads a sqlite store through MLflow too (the tests run both readers on one store)
+READER_ENV = "GEMCTL_LINEAGE_READER"
+
+
 class Store:
-    """The project's MLflow store, opened read-only (nothing is created), with the queries lineage makes."""
+    """The project's MLflow store, opened read-only (nothing is created), with the queries lineage makes.
+
+    The project's own sqlite store is read from its tables (gemctl/lineage_store.py), so that `gemctl lineage` and
+    `gemctl runs` never import mlflow (2 s a command); other stores (servers), or a schema that reader does not
+    know, through MlflowClient. Both answer with objects of the same shape."""
 
     def __init__(self, project: Project):
         self.project, self.uri = project, project.tracking_uri
         reachable(self.uri)
         self._client = None
-        # the project's own sqlite store: its experiment read directly, so that `gemctl runs` (which reads the
-        # tables itself) never imports mlflow; other stores, or a schema this reader does not know, through MLflow
-        exp_id = _sqlite_experiment(self.uri) if self.uri.startswith("sqlite:///") else None
+        self.reader = None  # the sqlite reader, when it reads this store
+        exp_id = None
+        if self.uri.startswith("sqlite:///") and os.environ.get(READER_ENV, "sqlite") != "mlflow":
+            from . import lineage_store
+
+            path = self.uri.removeprefix("sqlite:///")
+            exp_id = lineage_store.experiment_id(path, EXPERIMENT)
+            if exp_id:
+                self.reader = lineage_store.open_reader(path, exp_id)
+                exp_id = exp_id if self.reader is not None else None
         if exp_id is None:
             try:
                 exp = self.client.get_experiment_by_name(EXPERIMENT)
@@ -50,7 +67,8 @@ class Store:
                              "(`gemctl train stage1`), or point --tracking-uri at the store that has them")
         self.experiment = str(exp_id)
         self._runs: dict[str, Any] = {}
-        self._searches: dict[str, list] = {}
+        self._searches: dict[tuple, list] = {}
+        self._models: dict[str, Any] = {}
         self._versions: dict[str, str] | None = None
 
     @property
@@ -63,35 +81,91 @@ class Store:
             self._client = MlflowClient(self.uri)
         return self._client
 
-    def run(self, run_id: str):
+    def find(self, run_id: str):
+        """The run with this id, None when there is none."""
         if run_id not in self._runs:
-            self._runs[run_id] = self.client.get_run(run_id)
+            if self.reader is not None:
+                found = self.reader.get_run(run_id)
+            else:
+                from mlflow.exceptions import MlflowException
+
+                try:
+                    found = self.client.get_run(run_id)
+                except MlflowException:
+                    found = None
+            if found is None:
+                return None
+            self._runs[run_id] = found
         return self._runs[run_id]
 
-    def search(self, filter_string: str) -> list:
-        """Runs matching an MLflow filter, newest first; asked once per command (lineage asks the same links of
+    def run(self, run_id: str):
+        found = self.find(run_id)
+        if found is None:
+            raise InputError(f"run {run_id} is named in {self.uri} but not stored there (deleted?): "
+                             "`gemctl runs` lists the runs it holds")
+        return found
+
+    def search(self, tags: dict[str, str | None] | None = None, run_id_prefix: str | None = None,
+               dataset_digest: str | None = None) -> list:
+        """Live runs whose tags equal `tags` (None: the tag is absent), whose id starts with `run_id_prefix`, that
+        take a dataset of `dataset_digest`; newest first. Asked once per command (lineage asks the same links of
         several nodes)."""
-        if filter_string not in self._searches:
-            found = self.client.search_runs([self.experiment], filter_string, order_by=["attributes.start_time DESC"],
-                                            max_results=50000)
+        key = (tuple(sorted((tags or {}).items())), run_id_prefix, dataset_digest)
+        if key not in self._searches:
+            if self.reader is not None:
+                found = self.reader.search_runs(tags, run_id_prefix, dataset_digest)
+            else:
+                found = self.client.search_runs([self.experiment], _run_filter(tags, run_id_prefix, dataset_digest),
+                                                order_by=["attributes.start_time DESC"], max_results=50000)
             for r in found:
                 self._runs.setdefault(r.info.run_id, r)
-            self._searches[filter_string] = list(found)
-        return self._searches[filter_string]
+            self._searches[key] = list(found)
+        return self._searches[key]
 
-    def models(self, filter_string: str) -> list:
-        return self.client.search_logged_models([self.experiment], filter_string=filter_string, max_results=1000,
+    def models(self, checkpoint: str | None = None, id_prefix: str | None = None) -> list:
+        """Live logged models tagged with checkpoint folder `checkpoint` and/or whose id starts with `id_prefix`;
+        newest first."""
+        if self.reader is not None:
+            return self.reader.search_logged_models(checkpoint, id_prefix)
+        where = ([f"tags.`gemctl.checkpoint` = '{checkpoint}'"] if checkpoint is not None else []) + \
+            ([f"model_id LIKE '{id_prefix}%'"] if id_prefix is not None else [])
+        return self.client.search_logged_models([self.experiment], filter_string=" and ".join(where) or None,
+                                                max_results=1000,
                                                 order_by=[{"field_name": "creation_time", "ascending": False}])
+
+    def model(self, model_id: str):
+        """The logged model with this id, None when there is none."""
+        if model_id not in self._models:
+            if self.reader is not None:
+                self._models[model_id] = self.reader.get_logged_model(model_id)
+            else:
+                try:
+                    self._models[model_id] = self.client.get_logged_model(model_id)
+                except Exception:  # MLflow's not-found, as an exception of the store's kind
+                    self._models[model_id] = None
+        return self._models[model_id]
 
     def version(self, model_id: str) -> str | None:
         """'name vN' of the registry version a logged model is, if any (the registry is read once)."""
         if self._versions is None:
             self._versions = {}
-            for v in self.client.search_model_versions(max_results=200000):
-                linked = v.model_id or (v.source.removeprefix("models:/") if v.source.startswith("models:/m-")
-                                        else "")
+            found = (self.reader.search_model_versions() if self.reader is not None
+                     else self.client.search_model_versions(max_results=200000))
+            for v in found:
+                source = v.source or ""
+                linked = v.model_id or (source.removeprefix("models:/") if source.startswith("models:/m-") else "")
                 self._versions[linked] = f"{v.name} v{v.version}"
         return self._versions.get(model_id)
+
+
+def _run_filter(tags: dict[str, str | None] | None, run_id_prefix: str | None, dataset_digest: str | None) -> str:
+    """The MLflow filter string of Store.search's arguments."""
+    where = [f"tags.`{k}` IS NULL" if v is None else f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
+    if run_id_prefix is not None:
+        where.append(f"attributes.run_id LIKE '{run_id_prefix}%'")
+    if dataset_digest is not None:
+        where.append(f"datasets.digest = '{dataset_digest}'")
+    return " and ".join(where)
 
 
 def reachable(uri: str) -> None:
@@ -113,21 +187,6 @@ def reachable(uri: str) -> None:
                              "serve`), or fix --tracking-uri / GEMCTL_TRACKING_URI") from None
 
 
-def _sqlite_experiment(uri: str) -> str | None:
-    """The gemctl experiment's id in a sqlite store ("" when it has none), or None when the tables are not as this
-    reader knows them."""
-    import sqlite3
-    from contextlib import closing
-
-    try:
-        with closing(sqlite3.connect(f"file:{uri.removeprefix('sqlite:///')}?mode=ro", uri=True, timeout=30)) as db:
-            row = db.execute("SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
-                             (EXPERIMENT,)).fetchone()
-    except sqlite3.Error:
-        return None
-    return str(row[0]) if row else ""
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0][:200] if text else type(e).__name__
@@ -146,14 +205,9 @@ def resolve_target(store: Store, target: str):
     if target.startswith("m-"):
         return _model(store, target)
     if _HEX.fullmatch(target):
-        if len(target) == 32:
-            from mlflow.exceptions import MlflowException
-
-            try:
-                return store.run(target)
-            except MlflowException:  # no such run: perhaps the start of none either, said below
-                pass
-        found = store.search(f"attributes.run_id LIKE '{target}%'")
+        if len(target) == 32 and store.find(target) is not None:
+            return store.run(target)
+        found = store.search(run_id_prefix=target)
         if len(found) == 1:
             return found[0]
         if found:
@@ -171,8 +225,7 @@ def _stage_at_recipe(store: Store, stage: str, recipe: str):
         run_id = json.loads(summary.read_text()).get("mlflow_run_id")
         if run_id:
             return store.run(run_id)
-    found = store.search(f"tags.`gemctl.stage` = '{stage}' and tags.`gemctl.recipe` = '{recipe}' and "
-                         "tags.`gemctl.sweep` IS NULL")
+    found = store.search({"gemctl.stage": stage, "gemctl.recipe": recipe, "gemctl.sweep": None})
     if found:
         return found[0]
     raise InputError(f"no run of {stage}@{recipe} is recorded in {store.uri}: choose one of "
@@ -187,7 +240,7 @@ def _recorded(store: Store) -> list[str]:
 
 def _checkpoint(store: Store, path: Path):
     for folder in (path, path / "model"):
-        found = store.models(f"tags.`gemctl.checkpoint` = '{folder}'")
+        found = store.models(checkpoint=str(folder))
         if found:
             return store.run(found[0].source_run_id)
     for folder in (path, path.parent):
@@ -199,7 +252,7 @@ def _checkpoint(store: Store, path: Path):
 
 
 def _model(store: Store, prefix: str):
-    found = store.models(f"model_id LIKE '{prefix}%'")
+    found = store.models(id_prefix=prefix)
     if len(found) == 1:
         return store.run(found[0].source_run_id)
     if found:
@@ -247,7 +300,7 @@ def node(store: Store, run) -> dict:
     if models:
         n["models"] = []
         for model_id in models:
-            m = store.client.get_logged_model(model_id)
+            m = store.model(model_id)
             n["models"].append({"id": model_id, "name": m.name, "checkpoint": m.tags.get("gemctl.checkpoint"),
                                 "registered": store.version(model_id)})
     if kind == "eval":
@@ -285,7 +338,7 @@ def _data_run(store: Store, run, digest: str):
     behind the pipeline's data folder while dvc.lock holds that digest; else the newest before `run` started.
     One search (the recipe's data runs, few) serves all three."""
     recipe = run.data.tags.get("gemctl.recipe", "")
-    candidates = store.search(f"tags.`gemctl.stage` = 'data' and tags.`gemctl.recipe` = '{recipe}'")
+    candidates = store.search({"gemctl.stage": "data", "gemctl.recipe": recipe})
     for r in candidates:
         if any(d.dataset.digest == digest for d in r.inputs.dataset_inputs):
             return r, "digest"
@@ -361,10 +414,8 @@ def _parent_run_id(store: Store, run) -> str | None:
 def _model_run(store: Store, model_id: str | None) -> str | None:
     if not model_id:
         return None
-    try:
-        return store.client.get_logged_model(model_id).source_run_id
-    except Exception:
-        return None
+    m = store.model(model_id)
+    return m.source_run_id if m is not None else None
 
 
 def downstream(store: Store, run, seen: set | None = None) -> dict:
@@ -375,16 +426,15 @@ def downstream(store: Store, run, seen: set | None = None) -> dict:
     n = node(store, run)
     children, sweeps = [], {}
     if n["kind"] == "sweep":
-        kids = store.search(f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+        kids = store.search({"mlflow.parentRunId": run.info.run_id})
     elif n["kind"] == "data":
         digests = {d.dataset.digest for d in run.inputs.dataset_inputs}
         lock = _dvc_digest(store.project, store.project.stage_dir(n["recipe"] or "", "data"))
         if lock and _current_data_run(store, n["recipe"]) == run.info.run_id:
             digests.add(lock)
-        kids = [r for d in sorted(digests) for r in store.search(
-            f"datasets.digest = '{d}' and tags.`gemctl.stage` = 'stage1'")]
+        kids = [r for d in sorted(digests) for r in store.search({"gemctl.stage": "stage1"}, dataset_digest=d)]
     else:
-        kids = store.search(f"tags.`gemctl.parent_run_id` = '{run.info.run_id}'")
+        kids = store.search({"gemctl.parent_run_id": run.info.run_id})
     for kid in kids:
         if kid.info.run_id in seen:
             continue
@@ -401,7 +451,7 @@ def downstream(store: Store, run, seen: set | None = None) -> dict:
         n["children"] = children
     scores = []
     for m in n.get("models", []):
-        for ev in store.search(f"tags.`gemctl.model_id` = '{m['id']}'"):
+        for ev in store.search({"gemctl.model_id": m["id"]}):
             scores.append(node(store, ev))
     if scores:
         n["scores"] = scores
@@ -482,7 +532,7 @@ def scores_of(n: dict) -> dict[str, float]:
 
 def with_scores(store: Store, n: dict) -> dict:
     """Add to an upstream node the evaluations of its own checkpoint (diff shows them side by side)."""
-    scores = [node(store, ev) for m in n.get("models", []) for ev in store.search(f"tags.`gemctl.model_id` = '{m['id']}'")]
+    scores = [node(store, ev) for m in n.get("models", []) for ev in store.search({"gemctl.model_id": m["id"]})]
     if scores:
         n["scores"] = scores
     return n
@@ -496,7 +546,7 @@ def rows(store: Store, params: set[str] | None = None) -> list[dict]:
     runs with their ~200 params each takes seconds (bench/bench_lineage.py); other stores through one paged
     search_runs."""
     runs = None
-    if store.uri.startswith("sqlite:///"):
+    if store.reader is not None:
         import sqlite3
 
         try:

@@ -8,13 +8,15 @@ one data digest."""
 import json
 import socket
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import pytest
 import yaml
 from PIL import Image
 
-from tests.pipeline.project_copy import gemctl, make_project
+from gemctl.lineage import READER_ENV
+from tests.pipeline.project_copy import GEMCTL, env, gemctl, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -45,13 +47,21 @@ def built(tmp_path_factory):
     return project, before
 
 
+@pytest.fixture(params=["sqlite", "mlflow"])
+def reader(request, monkeypatch):
+    """Lineage reads the project's sqlite store from its tables, or through MLflow (as it reads a server): the
+    tests that take this fixture run on both."""
+    monkeypatch.setenv(READER_ENV, request.param)
+    return request.param
+
+
 def lineage_json(project, *args):
     r = gemctl(project, "lineage", *args, "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     return json.loads(r.stdout)
 
 
-def test_upstream_field_by_field(built):
+def test_upstream_field_by_field(built, reader):
     project, before = built
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
     data_digest = lock_digest(before["lock"], "runs/ci/data")
@@ -80,7 +90,7 @@ def test_upstream_field_by_field(built):
         assert lineage_json(project, target)["run_id"] == s3["mlflow_run_id"], target
 
 
-def test_downstream_scores_and_sweep_points(built):
+def test_downstream_scores_and_sweep_points(built, reader):
     project, before = built
     results = json.loads((project / "runs/ci/eval/gem-synth-qa/results.json").read_text())
     down = lineage_json(project, before["stage3"]["mlflow_run_id"], "--down")
@@ -111,7 +121,7 @@ def test_downstream_scores_and_sweep_points(built):
     assert r.returncode == 0 and f"sweep {sweep['sweep']['id']}" in r.stdout and "eval gem-synth-qa" in r.stdout
 
 
-def test_diff_shows_exactly_the_recipe_key_and_the_data_digest(built):
+def test_diff_shows_exactly_the_recipe_key_and_the_data_digest(built, reader):
     project, before = built
     old, new = before["stage1"], summary(project, "stage1")
     assert old["mlflow_run_id"] != new["mlflow_run_id"]
@@ -128,6 +138,42 @@ def test_diff_shows_exactly_the_recipe_key_and_the_data_digest(built):
     d = lineage_json(project, "diff", "stage3@ci", str(point / "out"))
     assert set(d["recipe"]) == {"stages.stage3.lr"} and d["data"] == {} and d["parents"] == {}
     assert d["a"]["scores"] and not d["b"]["scores"]  # the pipeline's stage 3 was scored, the point was not
+
+
+def test_both_readers_give_the_same_lineage(built, monkeypatch):
+    """The sqlite reader and MLflow answer field for field alike: upstream, downstream (a stage, the data run, a
+    sweep), diff, and the ambiguous prefix's error."""
+    project, before = built
+    sweep = lineage_json(project, "stage2@ci", "--down")["children"]
+    sweep_id = next(c["run_id"] for c in sweep if c["kind"] == "sweep")
+    queries = [("stage3@ci",), ("stage2@ci", "--down"), ("data@ci", "--down"), (before["data"]["mlflow_run_id"], "--down"),
+               (sweep_id,), (sweep_id, "--down"), ("diff", before["stage1"]["mlflow_run_id"], "stage1@ci"),
+               ("runs/ci/stage2/model",), (before["stage3"]["model_id"][:14], "--down")]
+    answers = {}
+    for which in ("sqlite", "mlflow"):
+        monkeypatch.setenv(READER_ENV, which)
+        answers[which] = [lineage_json(project, *q) for q in queries]
+    for q, a, b in zip(queries, answers["sqlite"], answers["mlflow"]):
+        assert a == b, q
+    assert answers["sqlite"][2]["children"]  # the data run's stage-1 runs were found (by dataset digest)
+
+
+def test_sqlite_reader_never_imports_mlflow(built, tmp_path):
+    """On the project's sqlite store, lineage (upstream, --down, diff, --graph) imports neither mlflow nor pandas:
+    that import and opening MLflow's store were 2 s of every command."""
+    project, before = built
+
+    def imported(reader, *args):
+        r = subprocess.run([sys.executable, "-X", "importtime", GEMCTL, "lineage", *args], cwd=project,
+                           capture_output=True, text=True, env={**env(), READER_ENV: reader})
+        assert r.returncode == 0, r.stdout + r.stderr
+        return {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in r.stderr.splitlines()
+                if line.startswith("import time:")}
+
+    for args in (("stage3@ci", "--json"), ("stage2@ci", "--down", "--graph", str(tmp_path / "g.png")),
+                 ("diff", before["stage1"]["mlflow_run_id"], "stage1@ci")):
+        assert not imported("sqlite", *args) & {"mlflow", "pandas"}, args
+    assert "mlflow" in imported("mlflow", "stage3@ci", "--json")  # what this test would see if it did
 
 
 def test_graph_png_and_svg(built, tmp_path):
@@ -203,3 +249,23 @@ def test_bad_input(built, tmp_path):
     one_line_error(gemctl(project, "runs", "--sort", "metrics.a or b"), "--sort")
     one_line_error(gemctl(project, "lineage", "stage3@ci", "--graph", str(tmp_path / "g.gif")), ".png or .svg")
     one_line_error(gemctl(project, "lineage", "diff", "stage3@ci"), "exactly two")
+
+
+def test_reader_refuses_a_schema_it_does_not_know(built, tmp_path):
+    """A store whose tables differ from MLflow 3's (another MLflow version) gets no sqlite reader (lineage then asks
+    MLflow) rather than wrong answers."""
+    import shutil
+    import sqlite3
+
+    from gemctl import lineage_store
+
+    project, before = built
+    db = tmp_path / "mlflow.db"
+    shutil.copy(project / "mlruns" / "mlflow.db", db)
+    exp = lineage_store.experiment_id(str(db), "gemctl")
+    reader = lineage_store.open_reader(str(db), exp)
+    assert reader is not None and reader.get_run(before["stage3"]["mlflow_run_id"]).data.tags["gemctl.stage"] == "stage3"
+    reader.close()
+    with sqlite3.connect(db) as con:
+        con.execute("ALTER TABLE model_versions RENAME COLUMN source TO source_uri")
+    assert lineage_store.open_reader(str(db), exp) is None
