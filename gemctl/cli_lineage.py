@@ -1,5 +1,6 @@
 """`gemctl lineage` and `gemctl runs`: what made a checkpoint and what came of it, and a table of runs, read back
-from the MLflow store (and dvc.lock). mlflow is imported inside the commands, only for stores other than the project's sqlite one."""
+from the MLflow store (and dvc.lock). mlflow is imported inside the commands, and only for stores other than the
+project's sqlite one (read from its tables)."""
 
 from __future__ import annotations
 
