@@ -43,7 +43,16 @@ _MAX_PARAM_LEN = 6000
 
 
 def setup(project: Project) -> str:
-    """Point mlflow at the project's store; create the experiment with its artifact location. Returns its id."""
+    """Point mlflow at the project's store; create the experiment with its artifact location; deliver what stages
+    spooled while the store was away (tracking_spool). Returns the experiment's id."""
+    from .tracking_spool import deliver_all
+
+    exp = _setup(project)
+    deliver_all(project, quiet=True)
+    return exp
+
+
+def _setup(project: Project) -> str:
     import mlflow
 
     from .tracking_store import install
@@ -276,10 +285,9 @@ class StageRun:
     def __enter__(self) -> StageRun:
         import mlflow
 
-        from .tracking_spool import Outage, deliver_all
+        from .tracking_spool import Outage
 
         exp = setup(self.project)
-        deliver_all(self.project, quiet=True)  # what an earlier stage spooled while the store was away
         launch = {LAUNCH_TAG: os.environ[LAUNCH_ENV]} if os.environ.get(LAUNCH_ENV) else {}
         resume_id = self.run_id_file.read_text().strip() if self.run_id_file and self.run_id_file.is_file() else None
         if resume_id and _is_live(resume_id):

@@ -21,7 +21,9 @@ connection for about 4 minutes and gemctl's sqlite retries last about a minute, 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import sys
 import time
@@ -33,6 +35,7 @@ PROBE_S = 30.0  # during an outage, how often a stage tries again to deliver (ea
 HTTP_RETRIES = "1"  # MLflow's HTTP client, within a stage's budget: one retry (its default: 7, with backoff)
 HTTP_TIMEOUT_S = "20"  # seconds per HTTP request (MLflow's default: 120)
 _BATCH = 1000  # metrics per log_batch (MLflow's limit)
+_QUIET = ("mlflow.store.db.utils", "mlflow.utils.rest_utils", "urllib3.connectionpool", "urllib3.util.retry")
 
 
 def spool_dir(project: Project) -> Path:
@@ -43,9 +46,31 @@ def spool_file(project: Project, run_id: str) -> Path:
     return spool_dir(project) / f"{run_id}.jsonl"
 
 
+@contextlib.contextmanager
+def _locked(path: Path, wait: bool = True):
+    """Exclusive use of a run's spool among this machine's processes (a stage appending, a sync delivering: a
+    delivery must not drop what is appended meanwhile, nor two deliveries write a point twice). Yields whether it
+    got it (wait=False: False when another process holds it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def append(path: Path, records: list[dict], uri: str) -> None:
     """Add records to a run's spool, on disk (fsynced) before returning."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        _append(path, records, uri)
+
+
+def _append(path: Path, records: list[dict], uri: str) -> None:
     new = not path.exists()
     with open(path, "a") as f:
         if new:
@@ -75,10 +100,17 @@ def short_budget():
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = HTTP_TIMEOUT_S
     depth = getattr(tracking_store._local, "depth", 0)
     tracking_store._local.depth = 1  # `retrying` calls through once
+    # a failed call is handled here (spooled, one warning line): not also logged with its traceback by MLflow
+    loggers = [logging.getLogger(name) for name in _QUIET]
+    disabled = [log.disabled for log in loggers]
+    for log in loggers:
+        log.disabled = True
     try:
         yield
     finally:
         tracking_store._local.depth = depth
+        for log, was in zip(loggers, disabled, strict=True):
+            log.disabled = was
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -88,7 +120,13 @@ def short_budget():
 
 def deliver(path: Path) -> int:
     """Replay one run's spool into its store; remove the spool once all of it is there. Returns the metric points
-    written (those the store already had are skipped). Raises what the store raises while it is still away."""
+    written (those the store already had are skipped; 0 if another process is delivering it). Raises what the store
+    raises while it is still away."""
+    with _locked(path, wait=False) as mine:
+        return _deliver(path) if mine and path.exists() else 0
+
+
+def _deliver(path: Path) -> int:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
@@ -113,7 +151,6 @@ def deliver(path: Path) -> int:
 def deliver_all(project: Project, quiet: bool = False) -> dict[str, int | str]:
     """Every spool of the project: run id -> points delivered, or the one line saying why not (store still away).
     Before a command uses the store (quiet), and by `gemctl sync`."""
-    from .tracking import setup
     from .tracking_store import install
 
     install()
@@ -124,12 +161,15 @@ def deliver_all(project: Project, quiet: bool = False) -> dict[str, int | str]:
                 out[path.stem] = deliver(path)
         except Exception as e:  # the store is still away: the spool stays for later
             out[path.stem] = first_line(e)
-    if out:
-        setup(project)  # deliver() used each spool's own store; the command goes on with the project's
     return out
 
 
 def first_line(e: BaseException) -> str:
+    """The root of an error (database is locked, connection refused), not the layers that wrapped it."""
+    seen = {id(e)}
+    while e.__cause__ is not None and id(e.__cause__) not in seen:
+        e = e.__cause__
+        seen.add(id(e))
     text = str(getattr(e, "orig", None) or e).strip()
     return (text.splitlines() or [type(e).__name__])[0][:200]
 
@@ -173,6 +213,7 @@ class Outage:
             except Exception as e:
                 self._start(run_id, e)
         append(self.path, [{"op": "end", "status": status, "end_time": int(time.time() * 1000)}], self.uri)
+        _leave_active_run(run_id)
 
     def _start(self, run_id: str, e: BaseException) -> None:
         self.path = spool_file(self.project, run_id)
@@ -192,3 +233,14 @@ class Outage:
             self.path = None
         except Exception:
             self._next_probe = time.monotonic() + PROBE_S
+
+
+def _leave_active_run(run_id: str) -> None:
+    """What mlflow.end_run does in this process, less telling the store: else the next run of the process would
+    nest in this one, and MLflow's exit hook would wait minutes on the store to end it."""
+    from mlflow.tracking import fluent
+
+    stack = fluent._active_run_stack.get()
+    if stack and stack[-1].info.run_id == run_id:
+        stack.pop()
+        os.environ.pop("MLFLOW_RUN_ID", None)
