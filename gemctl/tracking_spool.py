@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import logging
 import os
@@ -143,7 +144,8 @@ def _deliver(path: Path) -> int:
         client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v, ts, step in todo[i:i + _BATCH]])
     for end in (r for r in records if r.get("op") == "end"):
         if client.get_run(run_id).info.status == "RUNNING":
-            client.set_terminated(run_id, end["status"], end_time=end["end_time"])
+            with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints the run's URL when a server ends it
+                client.set_terminated(run_id, end["status"], end_time=end["end_time"])
     path.unlink()
     return len(todo)
 
