@@ -1,5 +1,7 @@
-"""When the tracking store goes away mid-stage (a server stopped, a sqlite file locked by another process, a full
-disk), training goes on: what the stage logs is kept in a spool file and delivered when the store is back.
+"""When the tracking store goes away mid-stage (a server stopped, a sqlite file locked by another process), training
+goes on: the metrics the stage logs, and the end of its run, are kept in a spool file and delivered when the store is
+back: by `gemctl sync`, by every command that opens the store (tracking.setup), and by the stage itself, which tries
+again every PROBE_S seconds.
 
     .gemctl/spool/<run id>.jsonl      one JSON record a line, appended and fsynced before training goes on
       {"op": "store", "uri": ...}     the store the run lives in (first line)
@@ -12,7 +14,9 @@ run is ended only while it is still RUNNING. The spool file goes once everything
 delivery cut short leaves it whole, and the next one skips what got through.
 
 The store must answer when a stage starts (preflight refuses in one line otherwise): the run, and its id in the
-resume state, exist before training does. Only what is logged after that is spooled.
+resume state, exist before training does. Only what is logged after that is spooled: metric points and the run's
+end. Not (yet): the logged model, its registration and the model card's links at the end of a stage, evaluation
+runs, artifacts; a store away at those moments still fails the stage.
 
 Every store call of a stage runs on a short budget (`short_budget`): MLflow's HTTP client would retry a refused
 connection for about 4 minutes and gemctl's sqlite retries last about a minute, during which training would wait.
