@@ -21,6 +21,7 @@ from .cli_data import data_app
 from .cli_import import import_app
 from .cli_lineage import lineage, runs
 from .cli_mlflow import app as mlflow_app
+from .cli_sync import sync
 from .launch import Executor
 from .outcome import CANCELLED_EXIT, StageFailed
 
@@ -37,6 +38,7 @@ app.command("lineage")(lineage)
 app.command("runs")(runs)
 app.add_typer(mlflow_app, name="mlflow")
 app.command("ablate")(ablate)
+app.command("sync")(sync)
 
 console = Console()
 # soft_wrap: an error stays one line however narrow the terminal

@@ -43,7 +43,16 @@ _MAX_PARAM_LEN = 6000
 
 
 def setup(project: Project) -> str:
-    """Point mlflow at the project's store; create the experiment with its artifact location. Returns its id."""
+    """Point mlflow at the project's store; create the experiment with its artifact location; deliver what stages
+    spooled while the store was away (tracking_spool). Returns the experiment's id."""
+    from .tracking_spool import deliver_all
+
+    exp = _setup(project)
+    deliver_all(project, quiet=True)
+    return exp
+
+
+def _setup(project: Project) -> str:
     import mlflow
 
     from .tracking_store import install
@@ -271,9 +280,12 @@ class StageRun:
         self._points: list[str] = []  # lines for loss_log not yet written
         self._last_flush = 0.0
         self.preempted = False
+        self.outage = None  # tracking_spool.Outage: logging past a store outage, once the run exists
 
     def __enter__(self) -> StageRun:
         import mlflow
+
+        from .tracking_spool import Outage
 
         exp = setup(self.project)
         launch = {LAUNCH_TAG: os.environ[LAUNCH_ENV]} if os.environ.get(LAUNCH_ENV) else {}
@@ -292,6 +304,7 @@ class StageRun:
             atomic_write_text(self.run_id_file, self.run_id)
         if run.info.run_id != resume_id:
             self._log_start()
+        self.outage = Outage(self.project, self.project.tracking_uri)
         return self
 
     def _entry(self) -> str:
@@ -363,9 +376,7 @@ class StageRun:
 
     def flush(self) -> None:
         if self._buffer and self.run_id:
-            from mlflow import MlflowClient
-
-            MlflowClient().log_batch(self.run_id, metrics=self._buffer)
+            self.outage.metrics(self.run_id, self._buffer)  # or its spool, while the store is away
             self._buffer = []
         if self._points and self.loss_log is not None:
             with open(self.loss_log, "a") as f:
@@ -430,14 +441,14 @@ class StageRun:
         self.flush()
         if exc_type is None:
             # a preempted run is reopened (RUNNING again) by the requeued job that resumes it
-            mlflow.end_run("KILLED" if self.preempted else "FINISHED")
+            self.outage.end(self.run_id, "KILLED" if self.preempted else "FINISHED")
         elif issubclass(exc_type, InputError):
             mlflow.end_run("FAILED")
             mlflow.delete_run(self.run_id)
             if self.run_id_file is not None:  # the run is deleted: a fixed re-run starts a new one
                 self.run_id_file.unlink(missing_ok=True)
         else:
-            mlflow.end_run("FAILED")
+            self.outage.end(self.run_id, "FAILED")
         return False
 
 
