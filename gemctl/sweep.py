@@ -327,7 +327,8 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
             # log text, not rich markup; one line however narrow the terminal
             console.print(Text(f"{label}: {update.line}"), highlight=False, soft_wrap=True)
 
-    job_dir, name = project.jobs_dir / recipe / f"sweep-{sweep.id}", f"{sweep.id}-{stage}"
+    # the array is named after its recipe first: squeue and the test cluster's cleanup find a recipe's jobs by prefix
+    job_dir, name = project.jobs_dir / recipe / f"sweep-{sweep.id}", f"{recipe}-{sweep.id}-{stage}"
     os.environ[LAUNCH_ENV] = launch_id = uuid.uuid4().hex  # each point's job tags its MLflow run with it
     # one snapshot for every point, taken now: later waves must not pick up code edited meanwhile
     code_dir = snapshot.take(job_dir)
