@@ -327,7 +327,8 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
             # log text, not rich markup; one line however narrow the terminal
             console.print(Text(f"{label}: {update.line}"), highlight=False, soft_wrap=True)
 
-    job_dir, name = project.jobs_dir / recipe / f"sweep-{sweep.id}", f"{sweep.id}-{stage}"
+    # the array is named after its recipe first: squeue and the test cluster's cleanup find a recipe's jobs by prefix
+    job_dir, name = project.jobs_dir / recipe / f"sweep-{sweep.id}", f"{recipe}-{sweep.id}-{stage}"
     os.environ[LAUNCH_ENV] = launch_id = uuid.uuid4().hex  # each point's job tags its MLflow run with it
     # one snapshot for every point, taken now: later waves must not pick up code edited meanwhile
     code_dir = snapshot.take(job_dir)
@@ -380,3 +381,64 @@ def _finish_parent(run_id: str, status: str) -> None:
     import mlflow
 
     mlflow.MlflowClient().set_terminated(run_id, status)
+
+
+@dataclass
+class PointCheck:
+    point: SweepPoint
+    problems: list[str]  # what is missing or wrong; empty when the point's run, metrics and checkpoint are all there
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# what a saved GemModel holds (gem_models.gem.GemModel.save): config, the three parts, each part's weights
+CHECKPOINT_FILES = ("gem_config.json", "connector.safetensors", "backbone/config.json", "depth_generator/transformer")
+
+
+def verify(project: Project, sweep: Sweep) -> list[PointCheck]:
+    """Each point of a finished sweep, checked end to end: its summary says completed; its MLflow child run of the
+    sweep is FINISHED, with every final loss and the learning rate logged at the last step; its checkpoint holds
+    every model file and every safetensors file opens."""
+    import mlflow
+    from safetensors import safe_open
+
+    from .tracking import setup
+
+    exp = setup(project)
+    client = mlflow.MlflowClient()
+    runs = {r.data.tags.get("gemctl.sweep_point"): r for r in client.search_runs(
+        [exp], filter_string=f"tags.`gemctl.sweep` = '{sweep.id}'", max_results=50000)}
+    checks = []
+    for p in sweep.points:
+        problems: list[str] = []
+        out = point_dir(project, sweep, p) / "out"
+        summary = read_summary(out) or {}
+        if summary.get("status") != "completed" or not summary.get("model_id"):
+            problems.append(f"summary: status {summary.get('status')!r}, model_id {summary.get('model_id')!r}")
+        run = runs.get(p.id)
+        if run is None:
+            problems.append("no MLflow run")
+        else:
+            if run.info.status != "FINISHED":
+                problems.append(f"MLflow run {run.info.run_id} is {run.info.status}")
+            if summary.get("mlflow_run_id") not in (None, run.info.run_id):
+                problems.append(f"summary names run {summary['mlflow_run_id']}, the sweep's is {run.info.run_id}")
+            for key in [*(summary.get("losses") or {}), "lr"]:
+                steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+                if not steps or max(steps) != summary.get("step"):
+                    problems.append(f"metric {key}: logged at steps {steps}, last step is {summary.get('step')}")
+        model = out / "model"
+        problems += [f"checkpoint lacks {name}" for name in CHECKPOINT_FILES if not (model / name).exists()]
+        weights = sorted(model.rglob("*.safetensors")) if model.is_dir() else []
+        if not any(w.parent.name == "backbone" for w in weights):
+            problems.append("checkpoint lacks backbone weights")
+        for w in weights:
+            try:
+                with safe_open(str(w), "pt") as f:
+                    f.keys()
+            except Exception as e:  # a truncated or foreign file: safetensors raises its own error types
+                problems.append(f"checkpoint file {w.relative_to(model)} does not open: {e}")
+        checks.append(PointCheck(p, problems))
+    return checks
