@@ -16,6 +16,7 @@ Jobs submitted by tests are named with TEST_PREFIX; leftovers are cancelled when
 """
 
 import os
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -55,6 +56,11 @@ def cluster_base(shape: str) -> Path:
 
 # Every SLURM client in this session talks to the project's single-node cluster, never to a system one.
 os.environ["SLURM_CONF"] = str(cluster_base("single") / "etc/slurm.conf")
+# A suite started in the background of a non-interactive shell inherits SIGINT ignored (POSIX), and Python then keeps
+# ignoring it, as do the gemctl processes the tests start: every Ctrl-C test would wait for ever. Take SIGINT as a
+# process started from a terminal does.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # the digest cache of data and benchmark files: one of the test session's own, not the user's ~/.cache/gemctl
 os.environ["GEMCTL_DIGEST_CACHE"] = str(Path(tempfile.mkdtemp(prefix="gemctl-test-digests-")) / "digests.sqlite")
 
