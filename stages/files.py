@@ -64,6 +64,20 @@ def as_disk_full(err: BaseException, path: Path) -> BaseException:
 
 
 @contextlib.contextmanager
+def removed_on_failure(folder: Path) -> Iterator[None]:
+    """Remove `folder` (being filled) when the body fails, at once: it frees the space a full disk needs; a failure
+    that filled the disk is raised as OSError(ENOSPC) naming the folder (as_disk_full)."""
+    try:
+        yield
+    except BaseException as err:
+        reported = as_disk_full(err, folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        if reported is not err:
+            raise reported from err
+        raise
+
+
+@contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a hidden sibling folder to fill; on success it replaces `path` whole (renames, atomic on one
     filesystem), on error it is removed and `path` stays as it was. A killed writer cannot clean up after itself:
@@ -74,14 +88,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     staging = _sibling(path, "staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    try:
+    with removed_on_failure(staging):
         yield staging
-    except BaseException as err:
-        reported = as_disk_full(err, staging)
-        shutil.rmtree(staging, ignore_errors=True)
-        if reported is not err:
-            raise reported from err
-        raise
     if not path.exists():
         os.replace(staging, path)
         return

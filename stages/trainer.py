@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .accelerator import build_accelerator
 from .config import RuntimeConfig, TrainStageConfig
-from .files import as_disk_full
+from .files import removed_on_failure
 from .tracker import NullTracker, Tracker
 
 FINAL_LOSS_STEPS = 20  # micro-batches averaged into TrainResult.losses
@@ -268,15 +268,9 @@ class Trainer:
         acc.wait_for_everyone()
         # Resume state, read by this trainer only: torch's format keeps tied weights (lm_head = embeddings) tied,
         # where safetensors would drop one with a warning at every save. The stage's model stays safetensors.
-        try:
+        # a full disk (or a kill) mid-write: the newest complete checkpoint is untouched; the half one goes at once
+        with removed_on_failure(tmp):
             acc.save_state(str(tmp), safe_serialization=False)
-        except BaseException as err:
-            # a full disk (or a kill) mid-write: the newest complete checkpoint is untouched; free the space now
-            reported = as_disk_full(err, tmp)
-            shutil.rmtree(tmp, ignore_errors=True)
-            if reported is not err:
-                raise reported from err
-            raise
         acc.wait_for_everyone()
         if acc.is_main_process:
             _fsync_tree(tmp)  # the rename must not reach the disk before the files do (a crash of the machine)
