@@ -107,7 +107,7 @@ def _register(project: Project, name: str, checkpoint: Path, manifest: dict) -> 
             pass
         version = client.create_model_version(registered_name(name), source=f"models:/{model.model_id}",
                                               run_id=run.info.run_id, model_id=model.model_id)
-    return {"mlflow_run_id": run.info.run_id, "model_id": model.model_id,
+    return {"mlflow_run_id": run.info.run_id, "model_id": model.model_id, "tracking_uri": project.tracking_uri,
             "registered_model": registered_name(name), "registered_version": int(version.version)}
 
 

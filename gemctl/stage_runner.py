@@ -84,7 +84,7 @@ class StageInputs:
     data_dir: Path  # the prepared dataset
     data: dict  # its MLflow dataset input: name, uri, digest
     init_dir: Path | None  # the parent stage's model, when the stage starts from it
-    parent: dict | None  # the parent's lineage: run_id, model_id, checkpoint
+    parent: dict | None  # the parent's lineage: run_id, model_id, checkpoint, tracking_uri (its store)
     digests: dict[str, str]  # upstream output name -> DVC digest: part of the stage's identity (resume key)
 
 
@@ -143,7 +143,7 @@ def stage_inputs(recipe: Recipe, recipe_name: str, stage: str, upstream: dict[st
         manifest = upstream["imported"]["summary"]
         init_dir = Path(upstream["imported"]["dir"])
         parent = {"run_id": manifest.get("mlflow_run_id", ""), "model_id": manifest.get("model_id"),
-                  "checkpoint": str(init_dir)}
+                  "checkpoint": str(init_dir), "tracking_uri": manifest.get("tracking_uri")}
     elif stage != "stage1" and init == "previous":
         prev = previous_stage(stage)
         summary = upstream[prev]["summary"]
@@ -152,7 +152,7 @@ def stage_inputs(recipe: Recipe, recipe_name: str, stage: str, upstream: dict[st
             raise InputError(f"{stage}@{recipe_name} starts from {prev}'s checkpoint, which does not exist: "
                              f"run `gemctl train {stage} --recipe {recipe_name}` to build it first")
         parent = {"run_id": summary.get("mlflow_run_id", ""), "model_id": summary.get("model_id"),
-                  "checkpoint": str(init_dir)}
+                  "checkpoint": str(init_dir), "tracking_uri": summary.get("tracking_uri")}
     digests = {name: entry["digest"] for name, entry in sorted(upstream.items())}
     return StageInputs(data_dir=data_dir, data=data, init_dir=init_dir, parent=parent, digests=digests)
 

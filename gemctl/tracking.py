@@ -340,7 +340,10 @@ class StageRun:
             mlflow.set_tags({"gemctl.parent_run_id": self.parent["run_id"],
                              "gemctl.parent_model_id": self.parent.get("model_id") or "",
                              "gemctl.parent_checkpoint": self.parent["checkpoint"]})
-            if self.parent.get("model_id"):
+            elsewhere = self.parent.get("tracking_uri") not in (None, self.project.tracking_uri)
+            if elsewhere:  # the parent was logged to another store (--tracking-uri): its ids mean nothing here
+                mlflow.set_tag("gemctl.parent_tracking_uri", self.parent["tracking_uri"])
+            elif self.parent.get("model_id"):
                 # the parent's checkpoint as an input model: the UI links this run to it, and the parent's model
                 # page lists this run. mlflow.log_inputs(models=...) refuses it off Databricks; the client call
                 # works on a database store and through a tracking server alike (MLflow 3.17).

@@ -83,6 +83,17 @@ def test_a_run_in_another_store_is_shown_with_it_and_keeps_its_artifacts_there(p
     exp = mlflow.get_experiment_by_name("gemctl")
     assert exp.artifact_location == (other.parent / "artifacts").as_uri()
 
+    # the next stage, in the project's store, starts from that checkpoint: its parent's ids name runs of the
+    # other store, so they are tags (with that store), not an input model of this one
+    r = gemctl(project, "train", "stage2", "--recipe", "ci")
+    assert r.returncode == 0, r.stdout + r.stderr
+    child_id = json.loads((project / "runs/ci/stage2/summary.json").read_text())["mlflow_run_id"]
+    mlflow.set_tracking_uri(Project(project).tracking_uri)
+    child = mlflow.get_run(child_id)
+    assert child.data.tags["gemctl.parent_run_id"] == run_id
+    assert child.data.tags["gemctl.parent_tracking_uri"] == uri
+    assert not child.inputs.model_inputs
+
 
 def test_a_sweep_prints_each_points_progress_and_logs_show_each_point(project):
     r = gemctl(project, "sweep", "stage2", "--recipe", "ci", "-p", "stages.stage2.lr=1e-3,3e-3",

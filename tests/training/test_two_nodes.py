@@ -25,7 +25,8 @@ def test_two_node_stage_runs_one_rank_per_node_with_synchronised_gradients(slurm
     assert r.returncode == 0, r.stdout + r.stderr
 
     stage_dir = project / "runs" / "ci" / "stage1"
-    assert sorted(p.name for p in stage_dir.iterdir()) == ["model", "summary.json"]  # one checkpoint
+    # one checkpoint (and the model card written beside it)
+    assert sorted(p.name for p in stage_dir.iterdir()) == ["README.md", "model", "summary.json"]
     summary = json.loads((stage_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert sorted(summary["nodes"]) == sorted(slurm_two_nodes.nodes)  # rank 0 on one node, rank 1 on the other
