@@ -178,21 +178,34 @@ def scan(folder: Path, keys: dict, bad):
     return found, [ep.file for ep in found]
 
 
-class RdtEpisode:
-    def __init__(self, path: Path, keys: dict, name: str):
-        self.name, self.image_flip = name, keys.get("image_flip", "none")
+class Hdf5Episode:
+    """One episode in an HDF5 file, under `group` of it (the file's root, or a robomimic demo): a file or key that
+    cannot be read (truncated, rewritten since prepare) is one line naming the episode, not h5py's traceback."""
+
+    def __init__(self, path: Path, name: str, group: str = "/"):
+        self.name = name
         try:
             self.file = h5py.File(path, "r")
-        except OSError as e:
-            raise InputError(f"episode {name} cannot be opened ({str(e).split(';')[0]}): restore it or prepare "
-                             "again") from None
+            self.root = self.file[group]
+        except (OSError, KeyError) as e:
+            raise InputError(f"episode {name} cannot be opened ({str(e).split(';')[0]}): restore the file or "
+                             "prepare again") from None
 
     def _read(self, key: str, index=()):
         try:
-            return self.file[key][index]
-        except (OSError, KeyError) as e:  # truncated or rewritten since prepare
+            return self.root[key][index]
+        except (OSError, KeyError) as e:
             raise InputError(f"episode {self.name}: '{key}' cannot be read ({str(e).split(';')[0]}): restore "
                              "the file or prepare again") from None
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class RdtEpisode(Hdf5Episode):
+    def __init__(self, path: Path, keys: dict, name: str):
+        super().__init__(path, name)
+        self.image_flip = keys.get("image_flip", "none")
 
     @functools.cached_property
     def _actions(self) -> np.ndarray:
@@ -220,9 +233,6 @@ class RdtEpisode:
         if key not in self.file:
             return None
         return flip(self._read(key, step).astype(np.float32) / 1000.0, self.image_flip)
-
-    def close(self) -> None:
-        self.file.close()
 
 
 def open_reader(path: Path, locator, keys: dict, name: str) -> RdtEpisode:

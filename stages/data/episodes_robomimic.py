@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
-from .episode_format import _fallback_instruction
+from .episode_format import Hdf5Episode, _fallback_instruction
 from .episode_sources import Scanned, flip, hdf5_files
 
 # LIBERO's 8-dim state (the LIBERO evaluator's: eef position, axis-angle, gripper joints), then robomimic's
@@ -175,23 +175,11 @@ def scan(folder: Path, keys: dict, bad) -> tuple[list[Scanned], list[Path]]:
     return found, sorted({ep.file for ep in found})
 
 
-class RobomimicEpisode:
+class RobomimicEpisode(Hdf5Episode):
     def __init__(self, path: Path, locator: dict, keys: dict, name: str):
-        self.name, self.locator, self.image_flip = name, locator, keys.get("image_flip", "none")
+        super().__init__(path, name, group=f"data/{locator['name']}")
+        self.locator, self.image_flip = locator, keys.get("image_flip", "none")
         self.action_key = keys.get("action", "actions")
-        try:
-            self.file = h5py.File(path, "r")
-            self.demo = self.file["data"][locator["name"]]
-        except (OSError, KeyError) as e:
-            raise InputError(f"episode {name} cannot be opened ({str(e).split(';')[0]}): restore the file or "
-                             "prepare again") from None
-
-    def _read(self, key: str, index=()):
-        try:
-            return self.demo[key][index]
-        except (OSError, KeyError) as e:  # truncated or rewritten since prepare
-            raise InputError(f"episode {self.name}: '{key}' cannot be read ({str(e).split(';')[0]}): restore the "
-                             "file or prepare again") from None
 
     @functools.cached_property
     def _actions(self) -> np.ndarray:
@@ -214,9 +202,6 @@ class RobomimicEpisode:
 
     def depth(self, camera: str, step: int) -> None:
         return None
-
-    def close(self) -> None:
-        self.file.close()
 
 
 def open_reader(path: Path, locator: dict, keys: dict, name: str) -> RobomimicEpisode:
