@@ -1,4 +1,4 @@
-"""`gemctl sync`: deliver what stages spooled while the tracking store was away (tracking_spool.py)."""
+"""`gemctl sync`: deliver what stages and evaluations spooled while the tracking store was away (tracking_spool.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from rich.console import Console
 
 
 def sync() -> None:
-    """Deliver the metrics and run ends that stages kept locally while the MLflow store was unavailable."""
+    """Deliver what stages and evaluations kept locally while the MLflow store was unavailable (metrics, logged
+    models and their registration, evaluation runs, artifacts, run ends)."""
     from .project import find_project
     from .tracking_spool import deliver_all
 

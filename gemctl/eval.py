@@ -252,11 +252,12 @@ def record(project: Project, out: Path, *, benchmark: str, recipe: str | None, c
 
     results_path = out / "results.json"
     results = json.loads(results_path.read_text())
-    run_id = log_evaluation(project, results=results, out_dir=out, benchmark=benchmark, recipe=recipe,
-                            checkpoint=Path(checkpoint).resolve(), model_id=model_id, plan=plan,
-                            source_run=source_run)
-    results["lineage"] = {"mlflow_run_id": run_id, "model_id": model_id, "tracking_uri": project.tracking_uri,
-                          "checkpoint_digest": checkpoint_digest}
+    run_id, key = log_evaluation(project, results=results, out_dir=out, benchmark=benchmark, recipe=recipe,
+                                 checkpoint=Path(checkpoint).resolve(), model_id=model_id, plan=plan,
+                                 source_run=source_run)
+    # a run spooled while the store was away has no id yet: its gemctl.record tag (the key) finds it once delivered
+    results["lineage"] = {"mlflow_run_id": run_id, "record": key, "model_id": model_id,
+                          "tracking_uri": project.tracking_uri, "checkpoint_digest": checkpoint_digest}
     atomic_write_text(results_path, json.dumps(results, indent=2, default=str) + "\n")
     return results
 

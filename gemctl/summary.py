@@ -110,8 +110,10 @@ def print_eval(console: Console, results: dict, title: str, state: str, where, n
     console.print(table, highlight=False)
     console.print(f"unparsable answers: {counts.get('unparsable', 0)}, undecodable items: "
                   f"{counts.get('undecodable', 0)} (both scored 0)", highlight=False, markup=False)
-    run = (results.get("lineage") or {}).get("mlflow_run_id")
-    console.print(f"results: {where}/results.json, predictions.jsonl" + (f"; mlflow run {run}" if run else ""),
+    lineage = results.get("lineage") or {}
+    run = lineage.get("mlflow_run_id")
+    spooled = "; its mlflow run waits in the spool (gemctl sync)" if lineage.get("record") and not run else ""
+    console.print(f"results: {where}/results.json, predictions.jsonl" + (f"; mlflow run {run}" if run else spooled),
                   highlight=False, markup=False, soft_wrap=True)
 
 

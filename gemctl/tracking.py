@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import getpass
 import hashlib
 import importlib.metadata
 import io
@@ -26,7 +27,6 @@ import logging
 import os
 import subprocess
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,15 +70,22 @@ def _setup(project: Project) -> str:
 
         with contextlib.closing(sqlite3.connect(uri.split("sqlite:///", 1)[1], timeout=30)) as db:
             db.execute("PRAGMA journal_mode=WAL")
-    if exp is not None:
+    return exp.experiment_id if exp is not None else ensure_experiment(uri)
+
+
+def ensure_experiment(uri: str, name: str = EXPERIMENT) -> str:
+    """The id of experiment `name` in the store at `uri`, created if missing. Artifacts live with their store:
+    beside its database (the project's own: mlruns/artifacts); a server's store chooses its own."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    if (exp := client.get_experiment_by_name(name)) is not None:
         return exp.experiment_id
-    # artifacts live with their store: beside its database (the project's own: mlruns/artifacts); a server's
-    # store chooses its own
     artifacts = _artifacts_beside(uri) if uri.startswith("sqlite:") else None
     try:
-        return mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+        return client.create_experiment(name, artifact_location=artifacts)
     except Exception:  # another process created it first
-        return mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def _artifacts_beside(sqlite_uri: str) -> str:
@@ -105,16 +112,6 @@ def dvc_digest(root: Path, path: Path) -> str:
         _, _, obj = build(HashFileDB(fs, tmp), str(Path(path).resolve()), fs, "md5", dry_run=True,
                           ignore=DvcIgnoreFilter(fs, str(Path(root).resolve())))
     return obj.hash_info.value
-
-
-def _dataset(uri: str | Path, name: str, digest: str | None):
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
-        warnings.simplefilter("ignore")
-        source = resolve_dataset_source(str(uri))
-    return MetaDataset(source, name=name, digest=digest)
 
 
 def loss_curve_file(out_dir: Path) -> Path:
@@ -304,7 +301,7 @@ class StageRun:
             atomic_write_text(self.run_id_file, self.run_id)
         if run.info.run_id != resume_id:
             self._log_start()
-        self.outage = Outage(self.project, self.project.tracking_uri)
+        self.outage = Outage(self.project, self.project.tracking_uri, run_id=self.run_id)
         return self
 
     def _entry(self) -> str:
@@ -335,7 +332,10 @@ class StageRun:
             **package_versions(),
         })
         if self.data:
-            mlflow.log_input(_dataset(self.data["uri"], self.data["name"], self.data["digest"]), context="training")
+            from .tracking_spool import meta_dataset
+
+            mlflow.log_input(meta_dataset(self.data["uri"], self.data["name"], self.data["digest"]),
+                             context="training")
         if self.parent:
             mlflow.set_tags({"gemctl.parent_run_id": self.parent["run_id"],
                              "gemctl.parent_model_id": self.parent.get("model_id") or "",
@@ -358,11 +358,9 @@ class StageRun:
         """The data stage: its prepared dataset as this run's output (an input in MLflow's terms, with context
         "output": runs have no dataset outputs), under the name and digest the training stages log it with: the
         digest DVC records for the folder in dvc.lock. Returns that digest."""
-        import mlflow
-
         digest = dvc_digest(self.project.root, data_dir)
-        mlflow.log_input(_dataset(data_dir, name, digest), context="output")
-        mlflow.set_tag("gemctl.data_digest", digest)
+        self.outage.do({"op": "input", "source": str(data_dir), "name": name, "digest": digest, "context": "output"})
+        self.outage.do({"op": "tags", "tags": {"gemctl.data_digest": digest}})
         return digest
 
     # Tracker protocol ------------------------------------------------------------------------------------------
@@ -379,7 +377,7 @@ class StageRun:
 
     def flush(self) -> None:
         if self._buffer and self.run_id:
-            self.outage.metrics(self.run_id, self._buffer)  # or its spool, while the store is away
+            self.outage.metrics(self._buffer)  # or its spool, while the store is away
             self._buffer = []
         if self._points and self.loss_log is not None:
             with open(self.loss_log, "a") as f:
@@ -388,55 +386,37 @@ class StageRun:
         self._last_flush = time.monotonic()
 
     # ------------------------------------------------------------------------------------------------------------
-    def log_checkpoint(self, checkpoint: Path, step: int, register: bool = True) -> str:
+    def log_checkpoint(self, checkpoint: Path, step: int, register: bool = True) -> str | None:
         """Record the stage's checkpoint as a LoggedModel output (external: weights stay where DVC keeps them),
-        and (register) as a new version of the registered model <recipe>-<stage>."""
-        import mlflow
-        from mlflow.entities import LoggedModelOutput
-
-        from . import model_card
-
+        (register) as a new version of the registered model <recipe>-<stage>, and write its model card. Returns
+        the logged model's id; None while the store is away (the record is spooled: tracking_spool)."""
         name = f"{self.recipe.name}-{self.stage}"
         tags = {"gemctl.checkpoint": str(checkpoint), "gemctl.stage": self.stage,
                 "gemctl.recipe": self.recipe.name, "gemctl.recipe_hash": self.recipe.content_hash,
                 # the model page's "Logged from" and description (else: submitit's _submit.py, and none)
                 **source_tags(self.version, self._entry()),
                 MLFLOW_NOTE: f"The checkpoint of {self._about()}: {checkpoint} (weights stay there, tracked by DVC)."}
-        model = mlflow.create_external_model(name=name, source_run_id=self.run_id, tags=tags)
-        mlflow.log_outputs(models=[LoggedModelOutput(model.model_id, step)])
         self.flush()
         if self.loss_log is not None and self.loss_log.is_file():
             write_loss_curve(self.loss_log, loss_curve_file(checkpoint.parent))
-        if register:  # sweep points: logged models of their runs, not versions of the pipeline's model
-            self._register(name, model.model_id)
-        model_card.write(checkpoint.parent, run_id=self.run_id, model_id=model.model_id)
-        return model.model_id
+        # sweep points: logged models of their runs, not versions of the pipeline's model
+        registry = self._registry() if register else None
+        return self.outage.do({"op": "model", "name": name, "tags": tags, "step": step,
+                               "checkpoint": str(checkpoint), "registry": registry})
 
-    def _register(self, name: str, model_id: str) -> None:
-        """A new version of `name`, tagged so versions tell apart in the registry's UI, linked to its logged model
-        both ways (the version's model_id; the logged model's mlflow.modelVersions tag, which makes its page say
-        "registered": what mlflow.register_model does, which prints to stderr on every call)."""
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-        from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
-
-        client = MlflowClient()
-        try:
-            client.create_registered_model(name, description=f"GEM checkpoints of stage {self.stage} of recipe "
-                                           f"{self.recipe.name}, one version per run that trained it (gemctl).")
-        except MlflowException:  # registered by an earlier run: add a version
-            pass
+    def _registry(self) -> dict:
+        """The registered model's description and its new version's tags and description, so that versions tell
+        apart in the registry's UI (tracking_spool._model registers it and links it to its logged model both ways,
+        as mlflow.register_model does, less its printing to stderr on every call)."""
         commit = self.version["gemctl.git_commit"]
         dirty = self.version.get("gemctl.git_dirty") == "true"
-        tags = {"gemctl.stage": self.stage, "gemctl.recipe": self.recipe.name,
-                "gemctl.recipe_hash": self.recipe.content_hash, "gemctl.git_commit": commit,
-                "gemctl.run_name": run_name(self.stage, self.recipe)}
-        description = (f"{self._about()}, code {commit[:12]}{' with uncommitted changes' if dirty else ''}; "
-                       f"trained by run {self.run_id}.")
-        version = client.create_model_version(name, source=f"models:/{model_id}", run_id=self.run_id,
-                                              model_id=model_id, tags=tags, description=description)
-        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
-            [{"name": version.name, "version": str(version.version)}])})
+        return {"description": f"GEM checkpoints of stage {self.stage} of recipe {self.recipe.name}, one version "
+                               "per run that trained it (gemctl).",
+                "version_tags": {"gemctl.stage": self.stage, "gemctl.recipe": self.recipe.name,
+                                 "gemctl.recipe_hash": self.recipe.content_hash, "gemctl.git_commit": commit,
+                                 "gemctl.run_name": run_name(self.stage, self.recipe)},
+                "version_description": f"{self._about()}, code {commit[:12]}"
+                                       f"{' with uncommitted changes' if dirty else ''}; trained by run {self.run_id}."}
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         import mlflow
@@ -444,14 +424,14 @@ class StageRun:
         self.flush()
         if exc_type is None:
             # a preempted run is reopened (RUNNING again) by the requeued job that resumes it
-            self.outage.end(self.run_id, "KILLED" if self.preempted else "FINISHED")
+            self.outage.end("KILLED" if self.preempted else "FINISHED")
         elif issubclass(exc_type, InputError):
             mlflow.end_run("FAILED")
             mlflow.delete_run(self.run_id)
             if self.run_id_file is not None:  # the run is deleted: a fixed re-run starts a new one
                 self.run_id_file.unlink(missing_ok=True)
         else:
-            self.outage.end(self.run_id, "FAILED")
+            self.outage.end("FAILED")
         return False
 
 
@@ -495,15 +475,17 @@ def find_logged_model(project: Project, checkpoint: Path) -> str | None:
 
 
 def log_evaluation(project: Project, *, results: dict, out_dir: Path, benchmark: str, recipe: str | None,
-                   checkpoint: Path, model_id: str | None, plan: dict, source_run: str | None = None) -> str:
+                   checkpoint: Path, model_id: str | None, plan: dict, source_run: str | None = None) -> tuple[
+                       str | None, str]:
     """One MLflow run per evaluation: the benchmark as an evaluation dataset input (with its digest), the scores
     as metrics logged on the checkpoint's LoggedModel (when known), results.json and predictions.jsonl as
-    artifacts (and a depth benchmark's depth_sheet.png, a closed loop's rollout videos). Returns the run id."""
-    import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
+    artifacts (and a depth benchmark's depth_sheet.png, a closed loop's rollout videos), then the checkpoint's
+    model card again. While the store is away (or its artifacts' disk is full) the rest is spooled (tracking_spool).
+    Returns the run id (None until a spooled run is delivered) and the spool key the run is tagged with."""
+    from .tracking_spool import Outage, short_budget
+    from .tracking_store import install
 
-    exp = setup(project)
+    install()
     version = code_version(project.root)
     entry = f"gemctl stage eval {benchmark} --recipe {recipe}" if recipe else f"gemctl eval {benchmark} --ckpt"
     tags = {"gemctl.eval.benchmark": benchmark, "gemctl.checkpoint": str(checkpoint),
@@ -511,46 +493,52 @@ def log_evaluation(project: Project, *, results: dict, out_dir: Path, benchmark:
             **source_tags(version, entry)}
     if recipe:
         tags["gemctl.recipe"] = recipe
+    if not model_id and (Path(checkpoint).parent / "summary.json").is_file():
+        # a stage whose logged model was spooled: delivered since, found by its checkpoint
+        with contextlib.suppress(Exception), short_budget():
+            model_id = find_logged_model(project, Path(checkpoint))
     if model_id:
         tags["gemctl.model_id"] = model_id
     if source_run:
         tags["gemctl.checkpoint_run_id"] = source_run
     if os.environ.get(LAUNCH_ENV):
         tags[LAUNCH_TAG] = os.environ[LAUNCH_ENV]
-    name = f"eval {benchmark}@{recipe}" if recipe else f"eval {benchmark}"
-    with mlflow.start_run(experiment_id=exp, run_name=name, tags=tags) as run:
-        mlflow.log_params({k: str(v) for k, v in plan.items() if k not in ("path",)})
-        dataset = None
-        if plan.get("path"):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                source = resolve_dataset_source((project.root / plan["path"]).resolve().as_uri())
-            dataset = MetaDataset(source, name=benchmark, digest=plan.get("data_digest") or None)
-            mlflow.log_input(dataset, context="evaluation")
-        key = _metric_key(benchmark)
-        metrics = {f"{key}/{_metric_key(str(results.get('metric', 'score')))}": float(results["overall"])}
-        metrics |= {f"{key}/{_metric_key(c)}": float(v) for c, v in results.get("categories", {}).items()}
-        counts = results.get("counts", {})
-        metrics |= {f"{key}/items": float(counts.get("items", 0)),
-                    f"{key}/unparsable": float(counts.get("unparsable", 0)),
-                    f"{key}/undecodable": float(counts.get("undecodable", 0))}
-        metrics |= {f"{key}/{k}": float(v) for k, v in (results.get("depth") or {}).items()
-                    if k != "scored" and v is not None}  # AbsRel, delta1, RMSE of depth items
-        mlflow.log_metrics(metrics, model_id=model_id, dataset=dataset)
-        for f in ("results.json", "predictions.jsonl", "depth_sheet.png"):
-            if (out_dir / f).is_file():
-                mlflow.log_artifact(str(out_dir / f))
-        if (out_dir / "videos").is_dir():  # closed loop: rollout videos of the first episodes
-            mlflow.log_artifacts(str(out_dir / "videos"), "videos")
+    with contextlib.suppress(Exception):  # what MLflow's start_run adds (its git fields: of the entry script)
+        tags["mlflow.user"] = getpass.getuser()
+
+    outage = Outage(project, project.tracking_uri, doing="the evaluation")
+    outage.create_run(EXPERIMENT, f"eval {benchmark}@{recipe}" if recipe else f"eval {benchmark}", tags)
+    outage.do({"op": "params", "params": {k: str(v) for k, v in plan.items() if k not in ("path",)}})
+    dataset = None
+    if plan.get("path"):
+        dataset = {"source": (project.root / plan["path"]).resolve().as_uri(), "name": benchmark,
+                   "digest": plan.get("data_digest") or None}
+        outage.do({"op": "input", **dataset, "context": "evaluation"})
+    key = _metric_key(benchmark)
+    metrics = {f"{key}/{_metric_key(str(results.get('metric', 'score')))}": float(results["overall"])}
+    metrics |= {f"{key}/{_metric_key(c)}": float(v) for c, v in results.get("categories", {}).items()}
+    counts = results.get("counts", {})
+    metrics |= {f"{key}/items": float(counts.get("items", 0)),
+                f"{key}/unparsable": float(counts.get("unparsable", 0)),
+                f"{key}/undecodable": float(counts.get("undecodable", 0))}
+    metrics |= {f"{key}/{k}": float(v) for k, v in (results.get("depth") or {}).items()
+                if k != "scored" and v is not None}  # AbsRel, delta1, RMSE of depth items
+    now = int(time.time() * 1000)
+    outage.do({"op": "metrics", "metrics": [[k, v, now, 0] for k, v in metrics.items()], "model_id": model_id,
+               "dataset": dataset})
+    for f in ("results.json", "predictions.jsonl", "depth_sheet.png"):
+        if (out_dir / f).is_file():
+            outage.do({"op": "artifacts", "src": str(out_dir / f), "path": None})
+    if (out_dir / "videos").is_dir():  # closed loop: rollout videos of the first episodes
+        outage.do({"op": "artifacts", "src": str(out_dir / "videos"), "path": "videos"})
+    outage.end("FINISHED")
+    if model_id and (Path(checkpoint).parent / "summary.json").is_file():  # a stage's checkpoint: its card
+        outage.do({"op": "card", "dir": str(Path(checkpoint).parent)})
     # the same scores as DVC metrics (dvc.yaml's eval stage declares the file; not cached: git keeps it, so that
     # `dvc metrics diff` compares commits)
     atomic_write_text(metrics_file(out_dir), json.dumps(
         {k.split("/", 1)[1]: v for k, v in sorted(metrics.items())}, indent=2) + "\n")
-    if model_id and (Path(checkpoint).parent / "summary.json").is_file():  # a stage's checkpoint: its card
-        from . import model_card
-
-        model_card.write(Path(checkpoint).parent)
-    return run.info.run_id
+    return outage.run_id, outage.key
 
 
 def metrics_file(out_dir: Path) -> Path:

@@ -11,15 +11,12 @@ from gemctl import tracking_spool
 from gemctl.project import Project
 from gemctl.recipe import resolve
 from gemctl.tracking import StageRun
-from tests.pipeline.project_copy import gemctl, make_project
+from tests.pipeline.project_copy import gemctl
 from tests.tracking_store.server import Server, free_port, start
 
-STEPS = 8
+from .records import STEPS, loss_parts, warnings_in
+
 DOWN_AFTER = 3  # the store goes away after this many steps were delivered
-
-
-def loss_parts(step: int) -> dict[str, float]:
-    return {"loss": 1.0 / step, "loss_lm": 0.5 / step + 0.125, "loss_depth": step * 0.01}
 
 
 def train(project: Project, stage: str, outage=None, back=None) -> str:
@@ -40,17 +37,6 @@ def train(project: Project, stage: str, outage=None, back=None) -> str:
 def history(uri: str, run_id: str) -> list[tuple]:
     client = MlflowClient(tracking_uri=uri)
     return sorted((m.key, m.step, m.value) for key in loss_parts(1) for m in client.get_metric_history(run_id, key))
-
-
-def warnings_in(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.strip()]
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    root = make_project(tmp_path / "project")
-    monkeypatch.chdir(root)
-    return Project(root)
 
 
 @pytest.mark.slow
