@@ -173,10 +173,11 @@ def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[],
     if stage == "data":
         from gem_stages.data.generate import prepare_dataset
 
+        from .depth_stage import with_labelled_depth
         from .tracking import StageRun
 
         with StageRun(project, recipe, stage) as run:
-            manifest = prepare_dataset(recipe.data, out_dir)
+            manifest = prepare_dataset(with_labelled_depth(project, recipe_name, recipe.data), out_dir)
             summary = {"stage": stage, "recipe": recipe.name, "recipe_hash": recipe.content_hash,
                        "mlflow_run_id": run.run_id, "tracking_uri": project.tracking_uri,
                        "digest": manifest.get("digest"),
