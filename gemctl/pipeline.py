@@ -243,7 +243,8 @@ def _dvc_reproduce(project: Project, recipe: str, stage: str, wanted: list[str],
             failed = [e for e in (outcome.read_error(recipe_dir, s) for s in [LABEL_DEPTH, *wanted]) if e]
             # a stage that wrote its error file printed its one-line reason itself
             code = failed[0].get("exit_code", 1) if failed else 1
-            if not any(recorded_stages(project, recipe)):  # a first run that recorded nothing: not listed
+            # a first run that recorded nothing (labels, reused when it runs again, aside): not listed
+            if not [s for s in recorded_stages(project, recipe) if not s.startswith(f"{LABEL_DEPTH}@")]:
                 unlist(project, recipe)
             if failed and code == CANCELLED_EXIT:  # the user stopped it: this process says so, in one line
                 which = next((s for s in wanted if outcome.read_error(recipe_dir, s)), stage)
