@@ -230,7 +230,7 @@ def _dvc_reproduce(project: Project, recipe: str, stage: str, wanted: list[str],
             def run() -> list:
                 if force:
                     # Re-run just this stage; upstream is still brought up to date first.
-                    done = repo.reproduce(f"{wanted[-2]}@{recipe}") if len(wanted) > 1 else []
+                    done = repo.reproduce(f"{wanted[-2] if len(wanted) > 1 else LABEL_DEPTH}@{recipe}")
                     return done + repo.reproduce(f"{stage}@{recipe}", force=True, single_item=True)
                 return repo.reproduce(target or f"{stage}@{recipe}")
 
