@@ -89,7 +89,11 @@ def with_labelled_depth(project: Project, recipe_name: str, data):
     """The data section with each labelled set's depth_root at its labels (what the data stage reads)."""
     files = list(data.files)
     for i, s in labelled_sets(data):
-        files[i] = replace(s, depth_root=str((out_dir(project, recipe_name) / str(i)).resolve()), depth_model="")
+        labels = out_dir(project, recipe_name) / str(i)
+        if not (labels / "depth").is_dir():  # `gemctl stage run data` by hand, before the pipeline labelled it
+            raise InputError(f"data.files[{i}] ({s.name}) is labelled by the label_depth stage, which has not run: "
+                             f"run `gemctl train data --recipe {recipe_name}`")
+        files[i] = replace(s, depth_root=str(labels.resolve()), depth_model="")
     return replace(data, files=files)
 
 

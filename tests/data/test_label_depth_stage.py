@@ -70,6 +70,18 @@ def test_a_set_labelled_by_the_pipeline_trains_and_relabels_only_for_another_mod
     assert "stage1@own is up to date" in r.stdout, r.stdout
     assert _labels(project) == labels  # not even rewritten
 
+    # an image added to the tree: labelled alone (the labels of the same model are kept), the data stage re-reads
+    Image.fromarray(pixels(IMAGES)).save(tmp_path / "u" / "images" / f"{IMAGES}.png")
+    r = gemctl(project, "train", "data", "--recipe", "own")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ran label_depth, data" in r.stdout, r.stdout
+    grown = _labels(project)
+    assert sorted(grown) == sorted([*labels, f"{IMAGES}.png"]) and {n: grown[n] for n in labels} == labels
+    (tmp_path / "u" / "images" / f"{IMAGES}.png").unlink()
+    r = gemctl(project, "train", "stage1", "--recipe", "own")  # and removed again: its label goes too
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _labels(project) == labels
+
     second = _depth_anything(tmp_path / "model-b")  # the same architecture, other weights
     import torch
     from transformers import AutoModelForDepthEstimation
