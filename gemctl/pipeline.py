@@ -247,7 +247,7 @@ def _dvc_reproduce(project: Project, recipe: str, stage: str, wanted: list[str],
             if not [s for s in recorded_stages(project, recipe) if not s.startswith(f"{LABEL_DEPTH}@")]:
                 unlist(project, recipe)
             if failed and code == CANCELLED_EXIT:  # the user stopped it: this process says so, in one line
-                which = next((s for s in wanted if outcome.read_error(recipe_dir, s)), stage)
+                which = next((s for s in [LABEL_DEPTH, *wanted] if outcome.read_error(recipe_dir, s)), stage)
                 raise StageFailed(recipe, which, failed[0].get("message", "cancelled"), exit_code=code,
                                   cancelled=True) from e
             raise StageFailed(recipe, stage, str(cause), exit_code=code, reported=bool(failed)) from e

@@ -164,3 +164,16 @@ def test_an_unreadable_image_stops_or_is_skipped_and_counted(tmp_path):
                     max_skipped=0.2)
     assert np.asarray(Image.open(out / "depth" / "0.png")).shape == pixels(0).shape[:2]
 
+
+
+def test_an_unreadable_image_in_a_labelled_set_stops_the_pipeline_with_one_line(tmp_path):
+    project = make_project(tmp_path / "p")
+    ann = _user_set(tmp_path / "u")
+    bad = tmp_path / "u" / "images" / "2.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    _recipe(project, ann, depth_model=str(_depth_anything(tmp_path / "model")))
+    r = gemctl(project, "train", "data", "--recipe", "own")
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"label_depth@own: {bad}: not a readable image" in lines[0], r.stderr
+    assert not (project / "dvc.lock").exists()
