@@ -175,7 +175,7 @@ def reproduce_eval(project: Project, recipe: str, benchmark: str, stage: str) ->
     name = f"{EVAL}-{benchmark}"  # its error file, beside the training stages'
     wanted = upstream(stage)
     recipe_dir = project.recipe_dir(recipe)
-    for s in [*wanted, name]:
+    for s in [LABEL_DEPTH, *wanted, name]:
         outcome.clear_error(recipe_dir, s)
     stages, ran_now = _reproduce_noting(project, lambda: _dvc_reproduce(
         project, recipe, stage, [*wanted, name], False, target=f"{EVAL}@{eval_key(recipe, benchmark)}"))
