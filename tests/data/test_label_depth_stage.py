@@ -3,6 +3,8 @@ code of `gemctl data label-depth`) before the data stage, which reads the labels
 model and image tree is skipped by DVC; another model labels again; bad input stops before anything runs."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from gem_stages.errors import InputError
 from gem_stages.label_depth import label_shard
 from tests.data.test_data_mixture import pixels, turns
 from tests.data.test_label_depth import _depth_anything
-from tests.pipeline.project_copy import gemctl, make_project
+from tests.pipeline.project_copy import env, gemctl, make_project
 
 IMAGES = 4
 
@@ -69,6 +71,9 @@ def test_a_set_labelled_by_the_pipeline_trains_and_relabels_only_for_another_mod
     assert r.returncode == 0, r.stdout + r.stderr
     assert "stage1@own is up to date" in r.stdout, r.stdout
     assert _labels(project) == labels  # not even rewritten
+    status = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", "--json", "label_depth@own"],
+                            cwd=project, capture_output=True, text=True, env=env())
+    assert json.loads(status.stdout) == {}, status.stdout + status.stderr
 
     # an image added to the tree: labelled alone (the labels of the same model are kept), the data stage re-reads
     Image.fromarray(pixels(IMAGES)).save(tmp_path / "u" / "images" / f"{IMAGES}.png")
