@@ -9,7 +9,7 @@
 So a changed model or image tree re-labels, an unchanged one is skipped by DVC, and a recipe that labels nothing
 runs the stage once to write an empty labels.json (it starts no job). The output is persistent (dvc.yaml): labels
 of the same model are kept, so an image added labels that image only and a stopped run resumes; a set whose model
-changed is removed and labelled again. Labelling runs the code of `gemctl data label-depth`, as one local job.
+changed is removed and labelled again, as is the label of an image changed since it was labelled. Labelling runs the code of `gemctl data label-depth`, as one local job.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def label_job(images: str, out: str, model: str, on_error: str, max_skipped: flo
 def run(project: Project, recipe_name: str, on_update=None) -> tuple[int, str]:
     """The stage program: label each planned set into runs/<recipe>/depth/<index>. Returns the exit code and what
     to print."""
-    from gem_stages.label_depth import prune
+    from gem_stages.label_depth import drop_stale, prune
 
     from .launch import Executor, Resources, launch
 
@@ -131,6 +131,8 @@ def run(project: Project, recipe_name: str, on_update=None) -> tuple[int, str]:
         if old is None or (old["model"], old["model_digest"], old["images"]) != (
                 entry["model"], entry["model_digest"], entry["images"]):
             shutil.rmtree(folder, ignore_errors=True)  # labels of another model (or none known): start again
+        elif folder.is_dir():
+            drop_stale(Path(entry["images"]), folder)  # images changed since: labelled again
         # recorded before labelling: a stopped run resumes with the labels it wrote
         done[str(entry["index"])] = {**entry, "written": 0, "skipped": 0, "unreadable": []}
         atomic_write_text(out / LABELS, json.dumps({"sets": list(done.values())}, indent=2) + "\n")

@@ -232,6 +232,23 @@ def label_shard(images: Path, out: Path, model: Path, shard: int, shards: int, d
             "unreadable": unreadable}
 
 
+def drop_stale(images: Path, out: Path, shards: int = 1) -> int:
+    """Remove the labels of images changed since they were labelled (the image is newer than its label), and the
+    done markers of their shards, so that a re-run labels them again; returns how many."""
+    stale = []
+    for rel in list_images(images):
+        label = out / "depth" / depth_name(rel)
+        try:
+            if (images / rel).stat().st_mtime_ns > label.stat().st_mtime_ns:
+                stale.append(rel)
+        except FileNotFoundError:  # not labelled yet
+            continue
+    for rel in stale:
+        (out / "depth" / depth_name(rel)).unlink()
+        done_marker(out, zlib.crc32(rel.encode()) % shards, shards).unlink(missing_ok=True)
+    return len(stale)
+
+
 def prune(images: Path, out: Path) -> int:
     """Remove labels whose image is no longer in the tree (a re-run over a changed tree); returns how many."""
     keep = {depth_name(f) for f in list_images(images)}

@@ -75,17 +75,23 @@ def test_a_set_labelled_by_the_pipeline_trains_and_relabels_only_for_another_mod
                             cwd=project, capture_output=True, text=True, env=env())
     assert json.loads(status.stdout) == {}, status.stdout + status.stderr
 
-    # an image added to the tree: labelled alone (the labels of the same model are kept), the data stage re-reads
+    # an image added to the tree and one changed: those two are labelled (the labels of the same model are kept),
+    # the data stage re-reads
     Image.fromarray(pixels(IMAGES)).save(tmp_path / "u" / "images" / f"{IMAGES}.png")
+    Image.fromarray(255 - pixels(0)).save(tmp_path / "u" / "images" / "0.png")
     r = gemctl(project, "train", "data", "--recipe", "own")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ran label_depth, data" in r.stdout, r.stdout
     grown = _labels(project)
-    assert sorted(grown) == sorted([*labels, f"{IMAGES}.png"]) and {n: grown[n] for n in labels} == labels
+    assert sorted(grown) == sorted([*labels, f"{IMAGES}.png"])
+    assert {n: grown[n] for n in labels if n != "0.png"} == {n: labels[n] for n in labels if n != "0.png"}
+    assert grown["0.png"][0] != labels["0.png"][0]
+    Image.fromarray(pixels(0)).save(tmp_path / "u" / "images" / "0.png")
     (tmp_path / "u" / "images" / f"{IMAGES}.png").unlink()
-    r = gemctl(project, "train", "stage1", "--recipe", "own")  # and removed again: its label goes too
+    r = gemctl(project, "train", "stage1", "--recipe", "own")  # the added image removed again: its label goes
     assert r.returncode == 0, r.stdout + r.stderr
-    assert _labels(project) == labels
+    labels = _labels(project)
+    assert sorted(labels) == [f"{k}.png" for k in range(IMAGES)]
 
     second = _depth_anything(tmp_path / "model-b")  # the same architecture, other weights
     import torch
