@@ -9,7 +9,8 @@
 So a changed model or image tree re-labels, an unchanged one is skipped by DVC, and a recipe that labels nothing
 runs the stage once to write an empty labels.json (it starts no job). The output is persistent (dvc.yaml): labels
 of the same model are kept, so an image added labels that image only and a stopped run resumes; a set whose model
-changed is removed and labelled again, as is the label of an image changed since it was labelled. Labelling runs the code of `gemctl data label-depth`, as one local job.
+changed is removed and labelled again, as is the label of an image changed since it was labelled. Labelling runs
+the code of `gemctl data label-depth`, as one local job (SLURM shards stay with that command).
 """
 
 from __future__ import annotations
