@@ -188,3 +188,19 @@ def test_an_unreadable_image_in_a_labelled_set_stops_the_pipeline_with_one_line(
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and f"label_depth@own: {bad}: not a readable image" in lines[0], r.stderr
     assert not (project / "dvc.lock").exists()
+
+
+def test_with_on_error_skip_the_stage_labels_the_rest_and_counts_the_unreadable(tmp_path):
+    project = make_project(tmp_path / "p")
+    ann = _user_set(tmp_path / "u")
+    bad = tmp_path / "u" / "images" / "2.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    _recipe(project, ann, depth_model=str(_depth_anything(tmp_path / "model")))
+    recipe = yaml.safe_load((project / "recipes" / "own.yaml").read_text())
+    recipe["data"].update(on_error="skip", max_skipped=0.25)
+    (project / "recipes" / "own.yaml").write_text(yaml.safe_dump(recipe))
+    r = gemctl(project, "train", "data", "--recipe", "own")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(_labels(project)) == ["0.png", "1.png", "3.png"]
+    (entry,) = json.loads((project / "runs" / "own" / "depth" / "labels.json").read_text())["sets"]
+    assert (entry["written"], entry["unreadable"]) == (3, ["images/2.png"])
