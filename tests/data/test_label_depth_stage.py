@@ -114,7 +114,7 @@ def test_a_set_labelled_by_the_pipeline_trains_and_relabels_only_for_another_mod
 
 def test_a_recipe_that_labels_nothing_starts_no_labelling_job(tmp_path):
     project = make_project(tmp_path / "p")
-    r = gemctl(project, "train", "data", "--recipe", "ci")
+    r = gemctl(project, "train", "data", "--recipe", "ci", "--force")  # --force on a first run: labels first too
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads((project / "runs" / "ci" / "depth" / "labels.json").read_text()) == {"sets": []}
     assert not (project / ".gemctl" / "jobs" / "ci" / "label_depth").exists()
