@@ -29,6 +29,7 @@ import typer
 from gem_stages.errors import InputError
 from gem_stages.files import atomic_write_text
 
+from .outcome import CANCELLED_EXIT
 from .project import Project
 
 STAGE = "label_depth"
@@ -145,7 +146,7 @@ def run(project: Project, recipe_name: str, on_update=None) -> tuple[int, str]:
         if result.ok and result.value.status in ("input_error", "no_space"):
             return (2 if result.value.status == "input_error" else 1), result.value.message
         if result.state == "CANCELLED" or (result.ok and result.value.status == "preempted"):
-            return 130, f"cancelled (job {result.job_id}); the labels written are kept: running it again resumes"
+            return CANCELLED_EXIT, f"cancelled (job {result.job_id}); the labels written are kept: running it again resumes"
         if not result.ok:
             return result.exit_code or 1, (f"job {result.job_id} ended {result.state}; last lines of its log:\n"
                                            f"{result.log_tail(20) or result.error or ''}")
@@ -180,7 +181,7 @@ def stage_label_depth(
     code, message = run(project, recipe, on_update=partial(_show_job, STAGE))
     if code:
         outcome.write_error(project.recipe_dir(recipe), STAGE, message, code)
-        label = () if code == 130 else (("error:", "red"), " ")
+        label = () if code == CANCELLED_EXIT else (("error:", "red"), " ")
         Console(stderr=True, soft_wrap=True).print(Text.assemble(*label, f"{STAGE}@{recipe}: {message}"),
                                                    highlight=False, emoji=False)
         raise typer.Exit(code)
