@@ -146,7 +146,8 @@ def run(project: Project, recipe_name: str, on_update=None) -> tuple[int, str]:
         if result.ok and result.value.status in ("input_error", "no_space"):
             return (2 if result.value.status == "input_error" else 1), result.value.message
         if result.state == "CANCELLED" or (result.ok and result.value.status == "preempted"):
-            return CANCELLED_EXIT, f"cancelled (job {result.job_id}); the labels written are kept: running it again resumes"
+            return CANCELLED_EXIT, (f"cancelled (job {result.job_id}); the labels written are kept: running it "
+                                    "again resumes")
         if not result.ok:
             return result.exit_code or 1, (f"job {result.job_id} ended {result.state}; last lines of its log:\n"
                                            f"{result.log_tail(20) or result.error or ''}")

@@ -31,7 +31,7 @@ from .recipe import Recipe, write_params
 PIPELINE = ("data", *STAGES)
 INDEX_HEADER = ("# Recipes whose pipelines this repo builds, and the benchmarks that score them (dvc.yaml's `foreach`).\n"
                 "# gemctl adds a recipe the first time you run it, and a benchmark the first time you evaluate it.\n")
-LABEL_DEPTH = "label_depth"  # depth labels of the sets that name a depth_model (gemctl/depth_stage.py), before data
+LABEL_DEPTH = "label_depth"  # labels the depth of sets that name a depth_model, before data (depth_stage.py)
 EVAL = "eval"  # the evaluation stage: one per recipe x benchmark, eval@<recipe>__<benchmark>
 
 
