@@ -204,3 +204,14 @@ def test_with_on_error_skip_the_stage_labels_the_rest_and_counts_the_unreadable(
     assert sorted(_labels(project)) == ["0.png", "1.png", "3.png"]
     (entry,) = json.loads((project / "runs" / "own" / "depth" / "labels.json").read_text())["sets"]
     assert (entry["written"], entry["unreadable"]) == (3, ["images/2.png"])
+
+
+def test_the_data_stage_run_by_hand_before_labelling_names_the_command_that_labels(tmp_path):
+    project = make_project(tmp_path / "p")
+    _recipe(project, _user_set(tmp_path / "u"), depth_model=str(_depth_anything(tmp_path / "model")))
+    r = gemctl(project, "stage", "run", "data", "--recipe", "own")
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and ("data.files[0] (u) is labelled by the label_depth stage, which has not run: run "
+                                "`gemctl train data --recipe own`") in lines[0], r.stderr
+    assert not (project / "runs" / "own" / "data").exists()
