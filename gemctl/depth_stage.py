@@ -99,6 +99,17 @@ def with_labelled_depth(project: Project, recipe_name: str, data):
     return replace(data, files=files)
 
 
+def labelling_counts(project: Project, recipe_name: str) -> dict[str, int]:
+    """What the label_depth stage did, for the data stage's counts (and its MLflow metrics data/depth_labels/...);
+    {} when it labelled nothing."""
+    path = out_dir(project, recipe_name) / LABELS
+    sets = json.loads(path.read_text())["sets"] if path.is_file() else []
+    if not sets:
+        return {}
+    return {f"depth_labels/{k}": sum(len(s[k]) if k == "unreadable" else s[k] for s in sets)
+            for k in ("written", "skipped", "unreadable")}
+
+
 def label_job(images: str, out: str, model: str, on_error: str, max_skipped: float):
     """The local job: one shard of stages/label_depth.py (the launcher stops it between two files on Ctrl-C)."""
     from gem_stages.label_depth import label_shard

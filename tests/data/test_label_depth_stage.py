@@ -204,6 +204,14 @@ def test_with_on_error_skip_the_stage_labels_the_rest_and_counts_the_unreadable(
     assert sorted(_labels(project)) == ["0.png", "1.png", "3.png"]
     (entry,) = json.loads((project / "runs" / "own" / "depth" / "labels.json").read_text())["sets"]
     assert (entry["written"], entry["unreadable"]) == (3, ["images/2.png"])
+    summary = json.loads((project / "runs" / "own" / "data" / "summary.json").read_text())
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    metrics = client.get_run(summary["mlflow_run_id"]).data.metrics
+    assert {k: v for k, v in metrics.items() if k.startswith("data/depth_labels/")} == {
+        "data/depth_labels/written": 3.0, "data/depth_labels/skipped": 0.0, "data/depth_labels/unreadable": 1.0}
 
 
 def test_the_data_stage_run_by_hand_before_labelling_names_the_command_that_labels(tmp_path):
