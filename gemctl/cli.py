@@ -22,6 +22,7 @@ from .cli_import import import_app
 from .cli_lineage import lineage, runs
 from .cli_mlflow import app as mlflow_app
 from .cli_sync import sync
+from .depth_stage import stage_label_depth
 from .launch import Executor
 from .outcome import CANCELLED_EXIT, StageFailed
 
@@ -32,6 +33,7 @@ stage_app = typer.Typer(help="Run one stage program directly (this is the comman
                         no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(stage_app, name="stage")
+stage_app.command("label-depth")(stage_label_depth)
 app.add_typer(import_app, name="import")
 app.add_typer(data_app, name="data")
 app.command("lineage")(lineage)

@@ -31,6 +31,7 @@ from .recipe import Recipe, write_params
 PIPELINE = ("data", *STAGES)
 INDEX_HEADER = ("# Recipes whose pipelines this repo builds, and the benchmarks that score them (dvc.yaml's `foreach`).\n"
                 "# gemctl adds a recipe the first time you run it, and a benchmark the first time you evaluate it.\n")
+LABEL_DEPTH = "label_depth"  # labels the depth of sets that name a depth_model, before data (depth_stage.py)
 EVAL = "eval"  # the evaluation stage: one per recipe x benchmark, eval@<recipe>__<benchmark>
 
 
@@ -48,9 +49,11 @@ def upstream(stage: str) -> list[str]:
 
 def render(project: Project, recipe: Recipe) -> Path:
     """Write the resolved recipe where its DVC stages read it; list the recipe in params.yaml's `recipes`."""
+    from .depth_stage import write_plan
     from .importer import write_init_files
 
     write_init_files(project, recipe)  # first: an unknown imported model is refused before anything is written
+    write_plan(project, recipe)  # the label_depth stage's dependency (runs/<recipe>/init/label_depth.json)
     path = project.params_file(recipe.name)
     write_params(path, recipe)
     index = project.root / "params.yaml"
@@ -156,7 +159,7 @@ def reproduce(project: Project, recipe: str, stage: str, force: bool = False) ->
     it printed its reason already); a recipe none of whose stages DVC has recorded is taken off params.yaml."""
     wanted = upstream(stage)
     recipe_dir = project.recipe_dir(recipe)
-    for s in wanted:
+    for s in [LABEL_DEPTH, *wanted]:
         outcome.clear_error(recipe_dir, s)
     stages, ran_now = _reproduce_noting(project, lambda: _dvc_reproduce(project, recipe, stage, wanted, force))
     done = [s.addressing.split("@")[0] for s in stages if s.addressing.split("@")[0] != EVAL]
@@ -172,7 +175,7 @@ def reproduce_eval(project: Project, recipe: str, benchmark: str, stage: str) ->
     name = f"{EVAL}-{benchmark}"  # its error file, beside the training stages'
     wanted = upstream(stage)
     recipe_dir = project.recipe_dir(recipe)
-    for s in [*wanted, name]:
+    for s in [LABEL_DEPTH, *wanted, name]:
         outcome.clear_error(recipe_dir, s)
     stages, ran_now = _reproduce_noting(project, lambda: _dvc_reproduce(
         project, recipe, stage, [*wanted, name], False, target=f"{EVAL}@{eval_key(recipe, benchmark)}"))
@@ -187,7 +190,7 @@ def reproduce_eval(project: Project, recipe: str, benchmark: str, stage: str) ->
 def _restore_cards(project: Project, recipe: str, restored: list[str]) -> None:
     """DVC ignores model cards (.dvcignore): a stage it restored from its run-cache has the card of whatever was
     there before, or none. Write the restored checkpoint's own."""
-    stages = [s for s in restored if s != "data"]
+    stages = [s for s in restored if s not in ("data", LABEL_DEPTH)]
     if stages:
         from . import model_card
         from .tracking import setup
@@ -227,7 +230,7 @@ def _dvc_reproduce(project: Project, recipe: str, stage: str, wanted: list[str],
             def run() -> list:
                 if force:
                     # Re-run just this stage; upstream is still brought up to date first.
-                    done = repo.reproduce(f"{wanted[-2]}@{recipe}") if len(wanted) > 1 else []
+                    done = repo.reproduce(f"{wanted[-2] if len(wanted) > 1 else LABEL_DEPTH}@{recipe}")
                     return done + repo.reproduce(f"{stage}@{recipe}", force=True, single_item=True)
                 return repo.reproduce(target or f"{stage}@{recipe}")
 
@@ -237,13 +240,14 @@ def _dvc_reproduce(project: Project, recipe: str, stage: str, wanted: list[str],
             cause = e
             while cause.__cause__ is not None and not isinstance(cause, StageCmdFailedError):
                 cause = cause.__cause__
-            failed = [e for e in (outcome.read_error(recipe_dir, s) for s in wanted) if e]
+            failed = [e for e in (outcome.read_error(recipe_dir, s) for s in [LABEL_DEPTH, *wanted]) if e]
             # a stage that wrote its error file printed its one-line reason itself
             code = failed[0].get("exit_code", 1) if failed else 1
-            if not any(recorded_stages(project, recipe)):  # a first run that recorded nothing: not listed
+            # a first run that recorded nothing (labels, reused when it runs again, aside): not listed
+            if not [s for s in recorded_stages(project, recipe) if not s.startswith(f"{LABEL_DEPTH}@")]:
                 unlist(project, recipe)
             if failed and code == CANCELLED_EXIT:  # the user stopped it: this process says so, in one line
-                which = next((s for s in wanted if outcome.read_error(recipe_dir, s)), stage)
+                which = next((s for s in [LABEL_DEPTH, *wanted] if outcome.read_error(recipe_dir, s)), stage)
                 raise StageFailed(recipe, which, failed[0].get("message", "cancelled"), exit_code=code,
                                   cancelled=True) from e
             raise StageFailed(recipe, stage, str(cause), exit_code=code, reported=bool(failed)) from e

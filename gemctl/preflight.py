@@ -165,10 +165,28 @@ def check_data(recipe: Recipe, root: Path) -> str:
             raise InputError(f"depth root '{_shown(s.depth_root)}' ({key}.depth_root) has no 'depth' folder: "
                              "depth maps must be at <depth_root>/depth/<image basename>; fix the path or leave "
                              "depth_root empty")
+        if s.depth_model:
+            check_depth_model(s, key, local)
     if data.episodes_dir and not local(data.episodes_dir).is_dir():
         raise InputError(f"episodes directory '{_shown(data.episodes_dir)}' (data.episodes_dir) does not exist: "
                          "fix the path or leave it empty")
     return f"{len(data.files)} annotation set(s){' + episodes' if data.episodes_dir else ''} found"
+
+
+def check_depth_model(s, key: str, local: Callable[[str], Path]) -> None:
+    """A set labelled by the label_depth stage: its model is a depth estimator's folder, its image tree has images."""
+    from gem_stages.label_depth import list_images, read_model_config
+
+    model = local(s.depth_model)
+    if not model.is_dir():
+        raise InputError(f"depth model '{_shown(s.depth_model)}' ({key}.depth_model) is not an existing directory: "
+                         "give the folder of a depth estimator saved with save_pretrained")
+    try:
+        read_model_config(model)
+        list_images(local(s.data_path or str(Path(s.annotations).parent)))
+    except InputError as e:  # its own line names the CLI's flags: name the recipe's keys instead
+        what = str(e).replace("--model", f"{key}.depth_model").replace("--images", f"{key} image root")
+        raise InputError(what) from None
 
 
 # ----- tracking store ---------------------------------------------------------------------------------------------

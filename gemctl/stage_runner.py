@@ -173,14 +173,15 @@ def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[],
     if stage == "data":
         from gem_stages.data.generate import prepare_dataset
 
+        from .depth_stage import labelling_counts, with_labelled_depth
         from .tracking import StageRun
 
         with StageRun(project, recipe, stage) as run:
-            manifest = prepare_dataset(recipe.data, out_dir)
+            manifest = prepare_dataset(with_labelled_depth(project, recipe_name, recipe.data), out_dir)
             summary = {"stage": stage, "recipe": recipe.name, "recipe_hash": recipe.content_hash,
                        "mlflow_run_id": run.run_id, "tracking_uri": project.tracking_uri,
                        "digest": manifest.get("digest"),
-                       "counts": manifest.get("counts", {})}
+                       "counts": {**manifest.get("counts", {}), **labelling_counts(project, recipe_name)}}
             outcome.write_summary(out_dir, summary)
             run.log_dataset(out_dir, dataset_name(recipe, recipe_name))  # hashes the folder: the summary is in it
             run.log_metrics(data_count_metrics(summary["counts"]), step=0)  # records, skipped (by reason), samples

@@ -168,16 +168,20 @@ def load_estimator(model: Path, device: str):
 
 def label_shard(images: Path, out: Path, model: Path, shard: int, shards: int, device: str = "auto",
                 should_stop: Callable[[], bool] | None = None, on_file: Callable[[str], None] | None = None,
-                progress=None) -> dict:
+                progress=None, on_error: str = "stop", max_skipped: float = 0.0) -> dict:
     """Label shard `shard` of `shards`: every image of it without a label yet. Returns {"status", "shard",
-    "written", "skipped"}; status "preempted" when should_stop() asked it to stop between two files."""
+    "written", "skipped", "unreadable"}; status "preempted" when should_stop() asked it to stop between two files.
+    An unreadable image stops it with one line naming the file (on_error "stop"), or is left unlabelled and listed
+    in "unreadable" (on_error "skip"), failing the shard when more than max_skipped of its images are."""
     import torch
     from PIL import Image, UnidentifiedImageError
 
     files = list_images(images)
     mine = shard_files(files, shard, shards)
     if shard_done(out, files, shard, shards):
-        return {"status": "completed", "shard": shard, "written": 0, "skipped": len(mine)}
+        unreadable = json.loads(done_marker(out, shard, shards).read_text()).get("unreadable", [])
+        return {"status": "completed", "shard": shard, "written": 0, "skipped": len(mine) - len(unreadable),
+                "unreadable": unreadable}
     kind = plan(images, out, model, files)["kind"]
     depth_dir = out / "depth"
     names = {depth_name(f) for f in mine}
@@ -187,7 +191,7 @@ def label_shard(images: Path, out: Path, model: Path, shard: int, shards: int, d
     todo = [f for f in mine if not (depth_dir / depth_name(f)).is_file()]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    written, start = 0, time.monotonic()
+    written, unreadable, start = 0, [], time.monotonic()
     if todo:
         processor, estimator = load_estimator(model, device)
     if progress is None:
@@ -197,11 +201,15 @@ def label_shard(images: Path, out: Path, model: Path, shard: int, shards: int, d
     with progress:
         for i, rel in enumerate(todo, 1):
             if should_stop is not None and should_stop():
-                return {"status": "preempted", "shard": shard, "written": written, "skipped": len(mine) - len(todo)}
+                return {"status": "preempted", "shard": shard, "written": written, "skipped": len(mine) - len(todo),
+                        "unreadable": unreadable}
             try:
                 with Image.open(images / rel) as opened:
                     image = opened.convert("RGB")
             except (UnidentifiedImageError, OSError) as e:
+                if on_error == "skip":
+                    unreadable.append(rel)
+                    continue
                 raise InputError(f"{images / rel}: not a readable image ({str(e).splitlines()[0]}): fix or remove "
                                  "it, then run again (finished labels are kept)") from None
             inputs = processor(images=image, return_tensors="pt").to(device)
@@ -214,6 +222,37 @@ def label_shard(images: Path, out: Path, model: Path, shard: int, shards: int, d
             if on_file is not None:
                 on_file(rel)
             progress.update(i, len(todo), {}, time.monotonic() - start)
+    if len(unreadable) > max_skipped * len(mine):
+        raise InputError(f"{len(unreadable)} of {len(mine)} images unreadable (more than max_skipped "
+                         f"{max_skipped:g}), e.g. {images / unreadable[0]}: fix or remove them, then run again")
     atomic_write_text(done_marker(out, shard, shards),
-                      json.dumps({"files": len(mine), "written": written, "list_sha256": _list_digest(mine)}) + "\n")
-    return {"status": "completed", "shard": shard, "written": written, "skipped": len(mine) - len(todo)}
+                      json.dumps({"files": len(mine), "written": written, "unreadable": unreadable,
+                                  "list_sha256": _list_digest(mine)}) + "\n")
+    return {"status": "completed", "shard": shard, "written": written, "skipped": len(mine) - len(todo),
+            "unreadable": unreadable}
+
+
+def drop_stale(images: Path, out: Path, shards: int = 1) -> int:
+    """Remove the labels of images changed since they were labelled (the image is newer than its label), and the
+    done markers of their shards, so that a re-run labels them again; returns how many."""
+    stale = []
+    for rel in list_images(images):
+        label = out / "depth" / depth_name(rel)
+        try:
+            if (images / rel).stat().st_mtime_ns > label.stat().st_mtime_ns:
+                stale.append(rel)
+        except FileNotFoundError:  # not labelled yet
+            continue
+    for rel in stale:
+        (out / "depth" / depth_name(rel)).unlink()
+        done_marker(out, zlib.crc32(rel.encode()) % shards, shards).unlink(missing_ok=True)
+    return len(stale)
+
+
+def prune(images: Path, out: Path) -> int:
+    """Remove labels whose image is no longer in the tree (a re-run over a changed tree); returns how many."""
+    keep = {depth_name(f) for f in list_images(images)}
+    stale = [p for p in (out / "depth").glob("*.png") if p.name not in keep]
+    for p in stale:
+        p.unlink()
+    return len(stale)

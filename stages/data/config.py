@@ -22,9 +22,20 @@ class AnnotationSet:
     depth_root: Str = setting(
         "", 'Depth of image p: <depth_root>/depth/<basename of p>, else that name with .png (16-bit mm PNG); '
         '"" = none.')
+    depth_model: Str = setting(
+        "", 'Local folder of a transformers depth estimator (Depth Anything, DPT, ...): the label_depth stage labels '
+        'the set\'s images with it into runs/<recipe>/depth/<set index>, the set\'s depth root (instead of '
+        'depth_root); a changed model or image tree labels again. "" = no labelling.')
     weight: Float = setting(
         1.0, "Mixture weight: each kept sample is listed this many times per epoch (2.0 doubles the set; 0.5 keeps "
         "a seeded half, after the %NN share).", gt=0.0, le=100.0)
+
+    @model_validator(mode="after")
+    def _one_depth_source(self):
+        if self.depth_root and self.depth_model:
+            raise ValueError(f"set {self.name!r} has both depth_root and depth_model: give depth_root for depth you "
+                             "have, or depth_model to label it, not both")
+        return self
 
 
 @settings

@@ -170,7 +170,7 @@ def test_a_killed_shard_resumes_without_redoing_finished_files(tmp_path, depth_m
     before = _mtimes(out)
 
     result = label_shard(image_tree, out, depth_model, 0, 1, "cpu")
-    assert result == {"status": "completed", "shard": 0, "written": 4, "skipped": 2}
+    assert result == {"status": "completed", "shard": 0, "written": 4, "skipped": 2, "unreadable": []}
     assert len(list((out / "depth").iterdir())) == len(IMAGES) and done_marker(out, 0, 1).is_file()
     assert {k: v for k, v in _mtimes(out).items() if k in before} == before  # the killed run's labels kept
     assert label_shard(image_tree, out, depth_model, 0, 1, "cpu")["written"] == 0
