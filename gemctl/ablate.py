@@ -175,7 +175,7 @@ def run(project: Project, ab: Ablation, runs: list[Run], *, executor: str, track
 
     progress = Progress()
     plans = {r.recipe.name: [plan(project, r.recipe, e.benchmark) for e in r.recipe.eval] for r in runs}
-    stages = sorted({s for ps in plans.values() for p in ps for s in pipeline.upstream(p["stage"])},
+    stages = sorted({s for r in runs for p in plans[r.recipe.name] for s in pipeline.upstream(p["stage"], r.recipe)},
                     key=pipeline.PIPELINE.index)
     for r in runs:  # the first one's preflight refuses what cannot run on this machine before anything runs
         rec = r.recipe

@@ -183,7 +183,7 @@ def _train(stage: str, recipe_name: str, overrides: list[str] | None, executor: 
     if dry_run:
         _print_dry_run(project, recipe, stage, executor, tracking_uri)
         return
-    pipeline.prepare_launch(project, recipe, executor.value, tracking_uri, pipeline.upstream(stage))
+    pipeline.prepare_launch(project, recipe, executor.value, tracking_uri, pipeline.upstream(stage, recipe))
     t0 = time.perf_counter()
     result = pipeline.reproduce(project, recipe.name, stage, force=force)
     summary.print_run(console, project, recipe, stage, result, time.perf_counter() - t0)
@@ -195,7 +195,7 @@ def _print_dry_run(project, recipe, stage: str, executor: Executor, tracking_uri
     from . import pipeline, preflight
     from .launch import dry_run
 
-    preflight.check(project, recipe, executor.value, tracking_uri, pipeline.upstream(stage))
+    preflight.check(project, recipe, executor.value, tracking_uri, pipeline.upstream(stage, recipe))
     r = recipe.resources_for(stage)
     console.print(f"[bold]{stage}@{recipe.name}[/bold] (hash {recipe.content_hash}) on executor {executor.value}: "
                   f"{r.nodes} node(s) x {r.ntasks_per_node} task(s), {r.gpus_per_node} GPU(s)/node, "
@@ -349,7 +349,8 @@ def _evaluate(project, recipe, names: list[str], given: dict, executor: Executor
 
     plans = [plan(project, recipe, name, **given) for name in names]
     if not prepared:
-        stages = sorted({s for p in plans for s in pipeline.upstream(p["stage"])}, key=pipeline.PIPELINE.index)
+        stages = sorted({s for p in plans for s in pipeline.upstream(p["stage"], recipe)},
+                        key=pipeline.PIPELINE.index)
         pipeline.prepare_launch(project, recipe, executor.value, tracking_uri, stages)
     for p in plans:
         write_plan(project, recipe.name, p)

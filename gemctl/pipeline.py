@@ -26,7 +26,7 @@ from . import outcome
 from .launch import Resources
 from .outcome import CANCELLED_EXIT, StageFailed
 from .project import Project
-from .recipe import Recipe, write_params
+from .recipe import Recipe, from_params, write_params
 
 PIPELINE = ("data", *STAGES)
 INDEX_HEADER = ("# Recipes whose pipelines this repo builds, and the benchmarks that score them (dvc.yaml's `foreach`).\n"
@@ -40,11 +40,31 @@ def previous_stage(stage: str) -> str:
     return PIPELINE[PIPELINE.index(stage) - 1]
 
 
-def upstream(stage: str) -> list[str]:
-    """The stage and everything it depends on, in run order."""
+def parent_stage(recipe: Recipe, stage: str) -> str:
+    """The stage whose output `stage` starts from: the previous one when its weights do (init: previous), else the
+    data alone (a stage starting from an imported model or the base weights needs nothing trained before it)."""
+    return previous_stage(stage) if getattr(recipe.stages, stage).init == "previous" else "data"
+
+
+def upstream(stage: str, recipe: Recipe | None = None) -> list[str]:
+    """The stage and everything it depends on, in run order: the whole chain, or with the recipe only what its
+    stages start from (stage 3 of a recipe that starts it from an imported model: data, stage3)."""
     if stage not in PIPELINE:
         raise InputError(f"unknown stage '{stage}': choose one of {', '.join(PIPELINE)}")
-    return list(PIPELINE[: PIPELINE.index(stage) + 1])
+    if recipe is None:
+        return list(PIPELINE[: PIPELINE.index(stage) + 1])
+    chain = [stage]
+    while chain[0] != "data":
+        chain.insert(0, parent_stage(recipe, chain[0]))
+    return chain
+
+
+def starts(recipe: Recipe) -> dict[str, str]:
+    """params.yaml's `starts` entry of a recipe: dvc.yaml's dependency of stages 2-4 on what each starts from, the
+    previous stage's output, or (not starting from it) the stage's own init file, already its dependency: so that
+    DVC does not train stages a stage does not start from."""
+    return {s: f"runs/{recipe.name}/{previous_stage(s)}" if parent_stage(recipe, s) != "data"
+            else f"runs/{recipe.name}/init/{s}.json" for s in STAGES[1:]}
 
 
 def render(project: Project, recipe: Recipe) -> Path:
@@ -62,11 +82,15 @@ def render(project: Project, recipe: Recipe) -> Path:
     with open(lock, "w") as held:  # two `gemctl train` at once must not drop each other's recipe name
         fcntl.flock(held, fcntl.LOCK_EX)
         data = (yaml.safe_load(index.read_text()) if index.is_file() else None) or {}
-        names = list(data.get("recipes") or [])
-        if recipe.name not in names or "evals" not in data:  # dvc.yaml's eval stages need the key, empty or not
-            data["recipes"] = list(dict.fromkeys([*names, recipe.name]))
-            data.setdefault("evals", {})
-            atomic_write_text(index, INDEX_HEADER + yaml.safe_dump(data, sort_keys=False))
+        names = list(dict.fromkeys([*(data.get("recipes") or []), recipe.name]))
+        entries = dict(data.get("starts") or {})
+        for name in names:  # a project from before `starts`: its other recipes' entries, from their params.json
+            if name not in entries and name != recipe.name and project.params_file(name).is_file():
+                entries[name] = starts(from_params(project.params_file(name)))
+        entries[recipe.name] = starts(recipe)
+        wanted = {**data, "recipes": names, "starts": entries, "evals": data.get("evals") or {}}
+        if wanted != data:  # dvc.yaml's stages need each key, empty or not
+            atomic_write_text(index, INDEX_HEADER + yaml.safe_dump(wanted, sort_keys=False))
     return path
 
 
@@ -97,6 +121,7 @@ def unlist(project: Project, name: str) -> None:
         names = list(data.get("recipes") or [])
         if name in names:
             data["recipes"] = [n for n in names if n != name]
+            data["starts"] = {k: v for k, v in (data.get("starts") or {}).items() if k != name}
             atomic_write_text(index, INDEX_HEADER + yaml.safe_dump(data, sort_keys=False))
 
 
@@ -153,11 +178,17 @@ def prepare_launch(project: Project, recipe: Recipe, executor: str, tracking_uri
         warm.start_soon()
 
 
+def _rendered(project: Project, recipe: str) -> Recipe | None:
+    """The recipe as rendered for its DVC stages (None before its first render)."""
+    path = project.params_file(recipe)
+    return from_params(path) if path.is_file() else None
+
+
 def reproduce(project: Project, recipe: str, stage: str, force: bool = False) -> ReproResult:
     """Bring `stage@recipe` and its upstream up to date with DVC: which stages ran, which DVC restored from its
     run-cache, which were up to date. Raises StageFailed with the exit code of the stage that failed (and whether
     it printed its reason already); a recipe none of whose stages DVC has recorded is taken off params.yaml."""
-    wanted = upstream(stage)
+    wanted = upstream(stage, _rendered(project, recipe))
     recipe_dir = project.recipe_dir(recipe)
     for s in [LABEL_DEPTH, *wanted]:
         outcome.clear_error(recipe_dir, s)
@@ -173,7 +204,7 @@ def reproduce_eval(project: Project, recipe: str, benchmark: str, stage: str) ->
     """Bring eval@<recipe>__<benchmark> (and the stages it scores) up to date. Returns whether the evaluation ran
     now (False: its results were current, or restored from the run-cache) and what happened upstream."""
     name = f"{EVAL}-{benchmark}"  # its error file, beside the training stages'
-    wanted = upstream(stage)
+    wanted = upstream(stage, _rendered(project, recipe))
     recipe_dir = project.recipe_dir(recipe)
     for s in [LABEL_DEPTH, *wanted, name]:
         outcome.clear_error(recipe_dir, s)

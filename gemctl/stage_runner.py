@@ -32,9 +32,18 @@ def read_summary(project: Project, recipe: str, stage: str) -> dict | None:
     return outcome.read_summary(project.stage_dir(recipe, stage))
 
 
-def input_stages(stage: str) -> list[str]:
-    """The stages whose outputs `stage` reads: the data and the previous stage (for stage1, the data alone)."""
-    return list(dict.fromkeys(["data", previous_stage(stage)]))
+def input_stages(stage: str, init: str = "previous") -> list[str]:
+    """The stages whose outputs `stage` reads: the data, and the previous stage when the weights start from it
+    (for stage1, the data alone)."""
+    return list(dict.fromkeys(["data", previous_stage(stage) if init == "previous" else "data"]))
+
+
+def rendered_init(project: Project, recipe_name: str, stage: str) -> str:
+    """Where `stage` of the rendered recipe starts (its `init`); "previous" before the recipe is rendered."""
+    params = project.params_file(recipe_name)
+    if stage not in STAGES or not params.is_file():
+        return "previous"
+    return str(((json.loads(params.read_text()).get("stages") or {}).get(stage) or {}).get("init", "previous"))
 
 
 def dvc_digests(project: Project, recipe: str, stages: list[str]) -> dict[str, str | None]:
@@ -92,7 +101,7 @@ def upstream_outputs(project: Project, recipe_name: str, stage: str) -> dict[str
     """The outputs `stage` reads, where `gemctl train` builds them: {name: {dir, digest, summary}} for the data and
     the previous stage. The digest is DVC's (dvc.lock), else the data's own digest (a stage run outside DVC)."""
     outputs = {}
-    names = input_stages(stage)
+    names = input_stages(stage, rendered_init(project, recipe_name, stage))
     recorded = dvc_digests(project, recipe_name, names)
     for up in names:
         summary = read_summary(project, recipe_name, up) or {}
@@ -107,11 +116,7 @@ def imported_input(project: Project, recipe_name: str, stage: str) -> dict[str, 
     its checkpoint folder, the manifest's content digest and the manifest itself; {} otherwise."""
     from .importer import imported_name, resolve
 
-    params = project.params_file(recipe_name)
-    if stage not in STAGES or not params.is_file():
-        return {}
-    init = ((json.loads(params.read_text()).get("stages") or {}).get(stage) or {}).get("init", "")
-    name = imported_name(str(init))
+    name = imported_name(rendered_init(project, recipe_name, stage))
     if name is None:
         return {}
     manifest = resolve(project, name)

@@ -32,7 +32,7 @@ def print_run(console: Console, project: Project, recipe: Recipe, stage: str, re
     table.add_column("final losses", no_wrap=True)  # mean of the last micro-batches
     table.add_column("mlflow run", no_wrap=True)  # whole: it is what `mlflow runs describe` and the UI take
     stores: dict[str, list[str]] = {}
-    for s in upstream(stage):
+    for s in upstream(stage, recipe):
         summary = read_summary(project.stage_dir(recipe.name, s)) or {}
         state = (Text("ran", "yellow") if s in result.ran else Text("restored", "cyan") if s in result.restored
                  else Text("up to date", "dim"))

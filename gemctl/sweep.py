@@ -27,7 +27,6 @@ import yaml
 from gem_stages.errors import InputError
 
 from .outcome import StageOutcome, read_summary
-from .pipeline import previous_stage
 from .project import Project
 from .recipe import Recipe, from_params, parse_override, resolve, write_params
 from .stage_runner import (
@@ -184,10 +183,10 @@ def is_done(project: Project, sweep: Sweep, point: SweepPoint, pinned: dict) -> 
             and summary.get("inputs") == {name: entry["digest"] for name, entry in sorted(pinned.items())})
 
 
-def pin_inputs(project: Project, recipe: str, stage: str) -> dict:
+def pin_inputs(project: Project, recipe: str, stage: str, init: str = "previous") -> dict:
     """Pinned copies (hard links, keyed by DVC digest) of the data and the parent checkpoint of `stage`."""
     pinned: dict[str, Any] = {}
-    needed = input_stages(stage)
+    needed = input_stages(stage, init)
     recorded = dvc_digests(project, recipe, needed)
     for up in needed:
         digest = recorded[up]
@@ -297,8 +296,8 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
         resources = type(resources)(**{**resources.__dict__, "array_parallelism": parallel})
     pipeline.prepare_launch(project, sweep.base, executor, tracking_uri, [sweep.stage], resources)
     # the shared upstream is brought up to date first, where the sweep runs, then pinned by its DVC digests
-    pipeline.reproduce(project, sweep.base.name, previous_stage(sweep.stage))
-    pinned = pin_inputs(project, sweep.base.name, sweep.stage)
+    pipeline.reproduce(project, sweep.base.name, pipeline.parent_stage(sweep.base, sweep.stage))
+    pinned = pin_inputs(project, sweep.base.name, sweep.stage, getattr(sweep.base.stages, sweep.stage).init)
     todo = [p for p in sweep.points if not is_done(project, sweep, p, pinned)]
     stage, recipe = sweep.stage, sweep.recipe
     console.print(f"sweep {sweep.id}: {stage}@{recipe}, {len(sweep.points)} point(s), "
