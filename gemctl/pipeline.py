@@ -188,12 +188,13 @@ def reproduce(project: Project, recipe: str, stage: str, force: bool = False) ->
     """Bring `stage@recipe` and its upstream up to date with DVC: which stages ran, which DVC restored from its
     run-cache, which were up to date. Raises StageFailed with the exit code of the stage that failed (and whether
     it printed its reason already); a recipe none of whose stages DVC has recorded is taken off params.yaml."""
-    wanted = upstream(stage, _rendered(project, recipe))
+    rendered = _rendered(project, recipe)
+    wanted = upstream(stage, rendered)
     recipe_dir = project.recipe_dir(recipe)
     for s in [LABEL_DEPTH, *wanted]:
         outcome.clear_error(recipe_dir, s)
     stages, ran_now = _reproduce_noting(project, lambda: _dvc_reproduce(project, recipe, stage, wanted, force))
-    done = [s.addressing.split("@")[0] for s in stages if s.addressing.split("@")[0] != EVAL]
+    done = [s for s in _names(stages, rendered) if s != EVAL]
     result = ReproResult(ran=[s for s in done if s in ran_now], restored=[s for s in done if s not in ran_now],
                          skipped=[s for s in wanted if s not in done])
     _restore_cards(project, recipe, result.restored)
@@ -204,18 +205,30 @@ def reproduce_eval(project: Project, recipe: str, benchmark: str, stage: str) ->
     """Bring eval@<recipe>__<benchmark> (and the stages it scores) up to date. Returns whether the evaluation ran
     now (False: its results were current, or restored from the run-cache) and what happened upstream."""
     name = f"{EVAL}-{benchmark}"  # its error file, beside the training stages'
-    wanted = upstream(stage, _rendered(project, recipe))
+    rendered = _rendered(project, recipe)
+    wanted = upstream(stage, rendered)
     recipe_dir = project.recipe_dir(recipe)
     for s in [LABEL_DEPTH, *wanted, name]:
         outcome.clear_error(recipe_dir, s)
     stages, ran_now = _reproduce_noting(project, lambda: _dvc_reproduce(
         project, recipe, stage, [*wanted, name], False, target=f"{EVAL}@{eval_key(recipe, benchmark)}"))
-    done = [s.addressing.split("@")[0] for s in stages]
+    done = _names(stages, rendered)
     train = [s for s in done if s != EVAL]
     result = ReproResult(ran=[s for s in train if s in ran_now], restored=[s for s in train if s not in ran_now],
                          skipped=[s for s in wanted if s not in train])
     _restore_cards(project, recipe, result.restored)
     return name in ran_now, result
+
+
+def _names(stages: list, recipe: Recipe | None) -> list[str]:
+    """The names of the DVC stages that ran or were restored, less label_depth when the recipe labels nothing (it
+    only wrote an empty labels.json: not worth a line of what ran)."""
+    from .depth_stage import labelled_sets
+
+    names = [s.addressing.split("@")[0] for s in stages]
+    if recipe is None or not labelled_sets(recipe.data):
+        names = [n for n in names if n != LABEL_DEPTH]
+    return names
 
 
 def _restore_cards(project: Project, recipe: str, restored: list[str]) -> None:
