@@ -176,13 +176,18 @@ def test_an_unreadable_image_stops_or_is_skipped_and_counted(tmp_path):
     assert np.asarray(Image.open(out / "depth" / "0.png")).shape == pixels(0).shape[:2]
 
 
-
-def test_an_unreadable_image_in_a_labelled_set_stops_the_pipeline_with_one_line(tmp_path):
+def _labelled_set_with_a_truncated_image(tmp_path):
+    """A project whose recipe `own` labels a set in which image 2.png is cut short; the project and that image."""
     project = make_project(tmp_path / "p")
     ann = _user_set(tmp_path / "u")
     bad = tmp_path / "u" / "images" / "2.png"
     bad.write_bytes(bad.read_bytes()[:40])
     _recipe(project, ann, depth_model=str(_depth_anything(tmp_path / "model")))
+    return project, bad
+
+
+def test_an_unreadable_image_in_a_labelled_set_stops_the_pipeline_with_one_line(tmp_path):
+    project, bad = _labelled_set_with_a_truncated_image(tmp_path)
     r = gemctl(project, "train", "data", "--recipe", "own")
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
@@ -191,11 +196,7 @@ def test_an_unreadable_image_in_a_labelled_set_stops_the_pipeline_with_one_line(
 
 
 def test_with_on_error_skip_the_stage_labels_the_rest_and_counts_the_unreadable(tmp_path):
-    project = make_project(tmp_path / "p")
-    ann = _user_set(tmp_path / "u")
-    bad = tmp_path / "u" / "images" / "2.png"
-    bad.write_bytes(bad.read_bytes()[:40])
-    _recipe(project, ann, depth_model=str(_depth_anything(tmp_path / "model")))
+    project, bad = _labelled_set_with_a_truncated_image(tmp_path)
     recipe = yaml.safe_load((project / "recipes" / "own.yaml").read_text())
     recipe["data"].update(on_error="skip", max_skipped=0.25)
     (project / "recipes" / "own.yaml").write_text(yaml.safe_dump(recipe))
