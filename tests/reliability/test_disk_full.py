@@ -13,6 +13,7 @@ import subprocess
 import textwrap
 
 import pytest
+import yaml
 
 from tests.pipeline.project_copy import GEMCTL, env, make_project
 
@@ -109,4 +110,8 @@ def test_a_dataset_that_does_not_fit_leaves_nothing_and_records_nothing(project)
     assert "no space left on the filesystem of" in last and "Traceback" not in err, err
     listing = (project / "data.ls").read_text().split()
     assert not any("staging" in p or p.endswith("/data") for p in listing), listing  # no half dataset left
-    assert (project / "dvc.lock").read_text() == lock_before
+    # no data stage recorded (the recipe's label_depth, which labels nothing and ran before it, may be)
+    def recorded(text: str) -> dict:
+        return {k: v for k, v in yaml.safe_load(text)["stages"].items() if not k.startswith("label_depth@")}
+
+    assert recorded((project / "dvc.lock").read_text()) == recorded(lock_before)
