@@ -46,6 +46,11 @@ def parent_stage(recipe: Recipe, stage: str) -> str:
     return previous_stage(stage) if getattr(recipe.stages, stage).init == "previous" else "data"
 
 
+def input_stages(recipe: Recipe, stage: str) -> list[str]:
+    """The outputs training `stage` reads: the data, and its parent stage's when it starts from it."""
+    return list(dict.fromkeys(["data", parent_stage(recipe, stage)]))
+
+
 def upstream(stage: str, recipe: Recipe | None = None) -> list[str]:
     """The stage and everything it depends on, in run order: the whole chain, or with the recipe only what its
     stages start from (stage 3 of a recipe that starts it from an imported model: data, stage3)."""

@@ -23,27 +23,13 @@ from gem_stages.errors import InputError
 
 from . import outcome
 from .outcome import CANCELLED_EXIT, StageOutcome
-from .pipeline import previous_stage
+from .pipeline import input_stages, previous_stage
 from .project import Project
 from .recipe import Recipe, from_params
 
 
 def read_summary(project: Project, recipe: str, stage: str) -> dict | None:
     return outcome.read_summary(project.stage_dir(recipe, stage))
-
-
-def input_stages(stage: str, init: str = "previous") -> list[str]:
-    """The stages whose outputs `stage` reads: the data, and the previous stage when the weights start from it
-    (for stage1, the data alone)."""
-    return list(dict.fromkeys(["data", previous_stage(stage) if init == "previous" else "data"]))
-
-
-def rendered_init(project: Project, recipe_name: str, stage: str) -> str:
-    """Where `stage` of the rendered recipe starts (its `init`); "previous" before the recipe is rendered."""
-    params = project.params_file(recipe_name)
-    if stage not in STAGES or not params.is_file():
-        return "previous"
-    return str(((json.loads(params.read_text()).get("stages") or {}).get(stage) or {}).get("init", "previous"))
 
 
 def dvc_digests(project: Project, recipe: str, stages: list[str]) -> dict[str, str | None]:
@@ -97,26 +83,26 @@ class StageInputs:
     digests: dict[str, str]  # upstream output name -> DVC digest: part of the stage's identity (resume key)
 
 
-def upstream_outputs(project: Project, recipe_name: str, stage: str) -> dict[str, dict]:
+def upstream_outputs(project: Project, recipe: Recipe, recipe_name: str, stage: str) -> dict[str, dict]:
     """The outputs `stage` reads, where `gemctl train` builds them: {name: {dir, digest, summary}} for the data and
     the previous stage. The digest is DVC's (dvc.lock), else the data's own digest (a stage run outside DVC)."""
     outputs = {}
-    names = input_stages(stage, rendered_init(project, recipe_name, stage))
+    names = input_stages(recipe, stage)
     recorded = dvc_digests(project, recipe_name, names)
     for up in names:
         summary = read_summary(project, recipe_name, up) or {}
         digest = recorded[up] or str(summary.get("digest") or summary.get("model_id") or "")
         outputs[up] = {"dir": str(project.stage_dir(recipe_name, up)), "digest": digest, "summary": summary}
-    outputs.update(imported_input(project, recipe_name, stage))
+    outputs.update(imported_input(project, recipe, stage))
     return outputs
 
 
-def imported_input(project: Project, recipe_name: str, stage: str) -> dict[str, dict]:
+def imported_input(project: Project, recipe: Recipe, stage: str) -> dict[str, dict]:
     """{"imported": {dir, digest, summary}} when the stage starts from an imported model (`init: imported:NAME`):
     its checkpoint folder, the manifest's content digest and the manifest itself; {} otherwise."""
     from .importer import imported_name, resolve
 
-    name = imported_name(rendered_init(project, recipe_name, stage))
+    name = imported_name(getattr(recipe.stages, stage).init)
     if name is None:
         return {}
     manifest = resolve(project, name)
@@ -192,7 +178,7 @@ def run_stage(root: str, recipe_name: str, stage: str, should_stop: Callable[[],
             run.log_metrics(data_count_metrics(summary["counts"]), step=0)  # records, skipped (by reason), samples
         return summary
 
-    inputs = stage_inputs(recipe, recipe_name, stage, upstream_outputs(project, recipe_name, stage))
+    inputs = stage_inputs(recipe, recipe_name, stage, upstream_outputs(project, recipe, recipe_name, stage))
     return train_with_lineage(project, recipe, stage, inputs, out_dir=out_dir,
                               work_dir=work_dir(project.resume_dir(recipe_name), recipe, stage, inputs),
                               should_stop=should_stop)
@@ -318,7 +304,7 @@ def _work_dir(project: Project, recipe: Recipe, recipe_name: str, stage: str) ->
     if stage == "data":
         return None
     try:
-        inputs = stage_inputs(recipe, recipe_name, stage, upstream_outputs(project, recipe_name, stage))
+        inputs = stage_inputs(recipe, recipe_name, stage, upstream_outputs(project, recipe, recipe_name, stage))
     except InputError:
         return None
     return work_dir(project.resume_dir(recipe_name), recipe, stage, inputs)

@@ -27,11 +27,11 @@ import yaml
 from gem_stages.errors import InputError
 
 from .outcome import StageOutcome, read_summary
+from .pipeline import input_stages
 from .project import Project
 from .recipe import Recipe, from_params, parse_override, resolve, write_params
 from .stage_runner import (
     dvc_digests,
-    input_stages,
     job_outcome,
     quiet_libraries,
     stage_inputs,
@@ -183,10 +183,11 @@ def is_done(project: Project, sweep: Sweep, point: SweepPoint, pinned: dict) -> 
             and summary.get("inputs") == {name: entry["digest"] for name, entry in sorted(pinned.items())})
 
 
-def pin_inputs(project: Project, recipe: str, stage: str, init: str = "previous") -> dict:
+def pin_inputs(project: Project, recipe: Recipe, stage: str) -> dict:
     """Pinned copies (hard links, keyed by DVC digest) of the data and the parent checkpoint of `stage`."""
     pinned: dict[str, Any] = {}
-    needed = input_stages(stage, init)
+    needed = input_stages(recipe, stage)
+    recipe = recipe.name
     recorded = dvc_digests(project, recipe, needed)
     for up in needed:
         digest = recorded[up]
@@ -297,7 +298,7 @@ def run(project: Project, sweep: Sweep, grid: dict, seeds: int, *, executor: str
     pipeline.prepare_launch(project, sweep.base, executor, tracking_uri, [sweep.stage], resources)
     # the shared upstream is brought up to date first, where the sweep runs, then pinned by its DVC digests
     pipeline.reproduce(project, sweep.base.name, pipeline.parent_stage(sweep.base, sweep.stage))
-    pinned = pin_inputs(project, sweep.base.name, sweep.stage, getattr(sweep.base.stages, sweep.stage).init)
+    pinned = pin_inputs(project, sweep.base, sweep.stage)
     todo = [p for p in sweep.points if not is_done(project, sweep, p, pinned)]
     stage, recipe = sweep.stage, sweep.recipe
     console.print(f"sweep {sweep.id}: {stage}@{recipe}, {len(sweep.points)} point(s), "

@@ -38,8 +38,6 @@ from .schema import flatten
 
 EXPERIMENT = "gemctl"
 MLFLOW_NOTE = "mlflow.note.content"  # a run's or logged model's description in MLflow's UI
-_MAX_PARAMS_PER_BATCH = 100
-_MAX_PARAM_LEN = 6000
 
 
 def setup(project: Project) -> str:
@@ -315,11 +313,13 @@ class StageRun:
 
     def _log_start(self) -> None:
         import mlflow
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+        from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH as per_batch
 
-        params = {k: str(v)[:_MAX_PARAM_LEN] for k, v in flatten(self.recipe.to_dict()).items()}
+        params = {k: str(v)[:MAX_PARAM_VAL_LENGTH] for k, v in flatten(self.recipe.to_dict()).items()}
         items = list(params.items())
-        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
-            mlflow.log_params(dict(items[i:i + _MAX_PARAMS_PER_BATCH]))
+        for i in range(0, len(items), per_batch):
+            mlflow.log_params(dict(items[i:i + per_batch]))
         start = (f"starts from {self.parent['checkpoint']}" if self.parent
                  else "prepares the data" if self.stage == "data" else "starts from the base weights")
         mlflow.set_tags({

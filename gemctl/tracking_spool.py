@@ -50,7 +50,6 @@ PROBE_S = 30.0  # during an outage, how often a stage tries again to deliver (ea
 HTTP_RETRIES = "1"  # MLflow's HTTP client, within a stage's budget: one retry (its default: 7, with backoff)
 HTTP_TIMEOUT_S = "20"  # seconds per HTTP request (MLflow's default: 120)
 RECORD_TAG = "gemctl.record"  # an evaluation run's spool key: a run created on delivery is found by it, not made twice
-_BATCH = 1000  # metrics per log_batch (MLflow's limit)
 _QUIET = ("mlflow.store.db.utils", "mlflow.utils.rest_utils", "urllib3.connectionpool", "urllib3.util.retry")
 
 
@@ -183,10 +182,11 @@ def _create_run(rec: dict, state: _Delivery, files_root, live: bool) -> str:
 def _params(rec: dict, state: _Delivery, files_root, live: bool) -> None:
     from mlflow import MlflowClient
     from mlflow.entities import Param
+    from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH as per_batch
 
     items = [Param(k, str(v)) for k, v in rec["params"].items()]
-    for i in range(0, len(items), 100):  # MLflow's limit per batch
-        MlflowClient().log_batch(state.run_id, params=items[i:i + 100])
+    for i in range(0, len(items), per_batch):
+        MlflowClient().log_batch(state.run_id, params=items[i:i + per_batch])
 
 
 def _tags(rec: dict, state: _Delivery, files_root, live: bool) -> None:
@@ -243,9 +243,11 @@ def _metrics(rec: dict, state: _Delivery, files_root, live: bool) -> int:
             mlflow.log_metrics(values, step=step, timestamp=ts, model_id=rec.get("model_id"), dataset=dataset,
                                run_id=state.run_id)
     else:
-        for i in range(0, len(points), _BATCH):
+        from mlflow.utils.validation import MAX_METRICS_PER_BATCH as per_batch
+
+        for i in range(0, len(points), per_batch):
             client.log_batch(state.run_id, metrics=[Metric(k, float(v), ts, step)
-                                                    for k, v, ts, step in points[i:i + _BATCH]])
+                                                    for k, v, ts, step in points[i:i + per_batch]])
     for key, value, ts, step in points:
         state.have.setdefault(key, set()).add((key, float(value), ts, step))
     return len(points)

@@ -79,4 +79,4 @@ def test_stage3_starts_from_the_imported_model_and_depends_on_it(tmp_path):
     before = (project / "runs/imp/stage3/summary.json").stat().st_mtime_ns
     r = gemctl(project, "train", "stage3", "--recipe", "imp")  # nothing changed: DVC runs nothing
     assert r.returncode == 0, r.stdout + r.stderr
-    assert (project / "runs/imp/stage3/summary.json").stat().st_mtime_ns == before
+    assert (project / "runs/imp/stage3/summary.json").stat().st_mtime_ns == before, r.stdout
