@@ -10,7 +10,9 @@ So a changed model or image tree re-labels, an unchanged one is skipped by DVC, 
 runs the stage once to write an empty labels.json (it starts no job). The output is persistent (dvc.yaml): labels
 of the same model are kept, so an image added labels that image only and a stopped run resumes; a set whose model
 changed is removed and labelled again, as is the label of an image changed since it was labelled. Labelling runs
-the code of `gemctl data label-depth`, as one local job (SLURM shards stay with that command).
+the code of `gemctl data label-depth`: `data.depth_shards` jobs per set, one array on the pipeline's executor (a
+SLURM array under `--executor slurm`, each job with `stage_resources.label_depth`), finished shards not started
+again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import typer
 from gem_stages.errors import InputError
 from gem_stages.files import atomic_write_text
 
+from .launch.resources import Resources
 from .outcome import CANCELLED_EXIT
 from .project import Project
 
@@ -110,25 +113,37 @@ def labelling_counts(project: Project, recipe_name: str) -> dict[str, int]:
             for k in ("written", "skipped", "unreadable")}
 
 
-def label_job(images: str, out: str, model: str, on_error: str, max_skipped: float):
-    """The local job: one shard of stages/label_depth.py (the launcher stops it between two files on Ctrl-C)."""
+def shard_resources(recipe) -> Resources:
+    """What each labelling job asks for: `stage_resources.label_depth` over `resources`, as one process on one node
+    with at most one GPU (a depth estimator runs on one device; more shards, not more GPUs per job, go faster)."""
+    res = recipe.resources_for(STAGE)
+    return replace(res, nodes=1, tasks_per_node=None, gpus_per_node=min(res.gpus_per_node, 1))
+
+
+def label_job(images: str, out: str, model: str, shard: int, shards: int, on_error: str):
+    """One job of the array: one shard of stages/label_depth.py (the launcher stops it between two files on
+    Ctrl-C, preemption or its time limit; requeued, it resumes). max_skipped is checked over the whole set, by
+    run(), not per shard."""
     from gem_stages.label_depth import label_shard
 
     from .launch import should_stop
     from .stage_runner import job_outcome
 
-    return job_outcome(partial(label_shard, Path(images), Path(out), Path(model), 0, 1, "auto",
-                               should_stop=should_stop, on_error=on_error, max_skipped=max_skipped))
+    return job_outcome(partial(label_shard, Path(images), Path(out), Path(model), shard, shards, "auto",
+                               should_stop=should_stop, on_error=on_error, max_skipped=1.0))
 
 
 def run(project: Project, recipe_name: str, on_update=None) -> tuple[int, str]:
-    """The stage program: label each planned set into runs/<recipe>/depth/<index>. Returns the exit code and what
-    to print."""
-    from gem_stages.label_depth import drop_stale, prune
+    """The stage program: label each planned set into runs/<recipe>/depth/<index>, data.depth_shards jobs per set
+    (one array on $GEMCTL_EXECUTOR). Returns the exit code and what to print."""
+    from gem_stages.label_depth import check_unreadable, drop_stale, finished, list_images, prune
 
-    from .launch import Executor, Resources, launch
+    from .launch import kind_from_env, launch_array, wait_all
+    from .recipe import from_params
 
     plan = json.loads(plan_file(project, recipe_name).read_text())
+    recipe = from_params(project.params_file(recipe_name))
+    shards, kind, resources = recipe.data.depth_shards, kind_from_env(), shard_resources(recipe)
     out = out_dir(project, recipe_name)
     out.mkdir(parents=True, exist_ok=True)
     before = json.loads((out / LABELS).read_text()) if (out / LABELS).is_file() else {}
@@ -139,33 +154,48 @@ def run(project: Project, recipe_name: str, on_update=None) -> tuple[int, str]:
             shutil.rmtree(old)
     record = []
     for entry in plan["sets"]:
-        folder = out / str(entry["index"])
+        folder, images = out / str(entry["index"]), Path(entry["images"])
         old = done.get(str(entry["index"]))
         if old is None or (old["model"], old["model_digest"], old["images"]) != (
                 entry["model"], entry["model_digest"], entry["images"]):
             shutil.rmtree(folder, ignore_errors=True)  # labels of another model (or none known): start again
         elif folder.is_dir():
-            drop_stale(Path(entry["images"]), folder)  # images changed since: labelled again
+            drop_stale(images, folder, shards)  # images changed since: labelled again
         # recorded before labelling: a stopped run resumes with the labels it wrote
         done[str(entry["index"])] = {**entry, "written": 0, "skipped": 0, "unreadable": []}
         atomic_write_text(out / LABELS, json.dumps({"sets": list(done.values())}, indent=2) + "\n")
-        result = launch(partial(label_job, entry["images"], str(folder), entry["model"], plan["on_error"],
-                                plan["max_skipped"]),
-                        kind=Executor.LOCAL, resources=Resources(), job_dir=project.jobs_dir / recipe_name / STAGE,
-                        name=f"{STAGE}@{recipe_name}", on_update=on_update, project=project.root,
-                        tags={"stage": STAGE, "point": recipe_name, "run": f"{STAGE}@{recipe_name}"})
-        if result.ok and result.value.status in ("input_error", "no_space"):
-            return (2 if result.value.status == "input_error" else 1), result.value.message
-        if result.state == "CANCELLED" or (result.ok and result.value.status == "preempted"):
-            return CANCELLED_EXIT, (f"cancelled (job {result.job_id}); the labels written are kept: running it "
-                                    "again resumes")
-        if not result.ok:
-            return result.exit_code or 1, (f"job {result.job_id} ended {result.state}; last lines of its log:\n"
-                                           f"{result.log_tail(20) or result.error or ''}")
-        removed = prune(Path(entry["images"]), folder)
-        done[str(entry["index"])] = {**entry, **{k: result.value.summary[k] for k in ("written", "skipped",
-                                                                                     "unreadable")},
-                                     "removed": removed}
+        files = list_images(images)
+        results = {k: r for k in range(shards) if (r := finished(folder, files, k, shards)) is not None}
+        todo = [k for k in range(shards) if k not in results]
+        handles = launch_array(
+            [partial(label_job, str(images), str(folder), entry["model"], k, shards, plan["on_error"]) for k in todo],
+            kind=kind, resources=replace(resources, array_parallelism=min(resources.array_parallelism, shards)),
+            job_dir=project.jobs_dir / recipe_name / STAGE, name=f"{STAGE}@{recipe_name}", project=project.root,
+            tags=[{"stage": STAGE, "point": f"{recipe_name}/{entry['index']}/shard-{k}-of-{shards}",
+                   "run": f"{STAGE}@{recipe_name}"} for k in todo])
+        try:
+            ended = wait_all(handles, on_update)
+        except KeyboardInterrupt:
+            return CANCELLED_EXIT, "interrupted; the labels written are kept: running it again resumes"
+        for k, result in zip(todo, ended, strict=True):
+            if result.ok and result.value.status in ("input_error", "no_space"):
+                return (2 if result.value.status == "input_error" else 1), result.value.message
+            if result.state == "CANCELLED" or (result.ok and result.value.status == "preempted"):
+                return CANCELLED_EXIT, (f"cancelled (job {result.job_id}); the labels written are kept: running it "
+                                        "again resumes")
+            if not result.ok:
+                return result.exit_code or 1, (f"job {result.job_id} (shard {k} of {shards}) ended {result.state}; "
+                                               f"last lines of its log:\n{result.log_tail(20) or result.error or ''}")
+            results[k] = result.value.summary
+        unreadable = sorted(u for r in results.values() for u in r["unreadable"])
+        try:
+            check_unreadable(images, unreadable, len(files), plan["max_skipped"])
+        except InputError as e:
+            return 2, str(e)
+        removed = prune(images, folder)
+        done[str(entry["index"])] = {**entry, "written": sum(r["written"] for r in results.values()),
+                                     "skipped": sum(r["skipped"] for r in results.values()),
+                                     "unreadable": unreadable, "removed": removed}
         record.append(done[str(entry["index"])])
     atomic_write_text(out / LABELS, json.dumps({"sets": record}, indent=2) + "\n")
     return 0, ""

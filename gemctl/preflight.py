@@ -383,10 +383,15 @@ def _checks(project: Project, recipe: Recipe, tracking_uri: str | None) -> list[
 
 def stage_requests(recipe: Recipe, stages: list[str]) -> dict[str, Resources]:
     """The distinct resources `stages` ask for, keyed by where they are set: "resources" or
-    "stage_resources.<stage>" (the data stage runs on one CPU task and is not a cluster request to check)."""
+    "stage_resources.<stage>" (the data stage runs on one CPU task and is not a cluster request to check; the
+    label_depth jobs before it are, keyed stage_resources.label_depth whether set there or not)."""
+    from .depth_stage import labelled_sets, shard_resources
+
     out = {}
     for stage in stages:
-        if stage == "data":
+        if stage == "data":  # what runs before it on the cluster: the label_depth stage's jobs, if it labels
+            if labelled_sets(recipe.data):
+                out["stage_resources.label_depth"] = shard_resources(recipe)
             continue
         own = getattr(recipe.stage_resources, stage, None)
         out.setdefault(f"stage_resources.{stage}" if own is not None else "resources", recipe.resources_for(stage))

@@ -131,6 +131,23 @@ def shard_done(out: Path, files: list[str], shard: int, shards: int) -> bool:
     return json.loads(marker.read_text()).get("list_sha256") == _list_digest(shard_files(files, shard, shards))
 
 
+def finished(out: Path, files: list[str], shard: int, shards: int) -> dict | None:
+    """label_shard's result for a shard already done with today's files (nothing labelled now), else None."""
+    if not shard_done(out, files, shard, shards):
+        return None
+    mine = len(shard_files(files, shard, shards))
+    unreadable = json.loads(done_marker(out, shard, shards).read_text()).get("unreadable", [])
+    return {"status": "completed", "shard": shard, "written": 0, "skipped": mine - len(unreadable),
+            "unreadable": unreadable}
+
+
+def check_unreadable(images: Path, unreadable: list[str], total: int, max_skipped: float) -> None:
+    """Refuse (one line) more unreadable images than max_skipped of `total` allows."""
+    if len(unreadable) > max_skipped * total:
+        raise InputError(f"{len(unreadable)} of {total} images unreadable (more than max_skipped {max_skipped:g}), "
+                         f"e.g. {images / unreadable[0]}: fix or remove them, then run again")
+
+
 def to_millimetres(prediction: np.ndarray, kind: str) -> np.ndarray:
     """The estimator's (H, W) output -> uint16 millimetres, 0 = invalid (see the module's scaling)."""
     pred = np.asarray(prediction, dtype=np.float64)
@@ -177,11 +194,9 @@ def label_shard(images: Path, out: Path, model: Path, shard: int, shards: int, d
     from PIL import Image, UnidentifiedImageError
 
     files = list_images(images)
+    if (done := finished(out, files, shard, shards)) is not None:
+        return done
     mine = shard_files(files, shard, shards)
-    if shard_done(out, files, shard, shards):
-        unreadable = json.loads(done_marker(out, shard, shards).read_text()).get("unreadable", [])
-        return {"status": "completed", "shard": shard, "written": 0, "skipped": len(mine) - len(unreadable),
-                "unreadable": unreadable}
     kind = plan(images, out, model, files)["kind"]
     depth_dir = out / "depth"
     names = {depth_name(f) for f in mine}
@@ -222,9 +237,7 @@ def label_shard(images: Path, out: Path, model: Path, shard: int, shards: int, d
             if on_file is not None:
                 on_file(rel)
             progress.update(i, len(todo), {}, time.monotonic() - start)
-    if len(unreadable) > max_skipped * len(mine):
-        raise InputError(f"{len(unreadable)} of {len(mine)} images unreadable (more than max_skipped "
-                         f"{max_skipped:g}), e.g. {images / unreadable[0]}: fix or remove them, then run again")
+    check_unreadable(images, unreadable, len(mine), max_skipped)
     atomic_write_text(done_marker(out, shard, shards),
                       json.dumps({"files": len(mine), "written": written, "unreadable": unreadable,
                                   "list_sha256": _list_digest(mine)}) + "\n")

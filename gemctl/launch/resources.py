@@ -83,6 +83,9 @@ class StageResources:
     stage2: Resources | None = setting(None, "Stage 2's resources: the keys given replace the recipe's.")
     stage3: Resources | None = setting(None, "Stage 3's resources: the keys given replace the recipe's.")
     stage4: Resources | None = setting(None, "Stage 4's resources: the keys given replace the recipe's.")
+    label_depth: Resources | None = setting(
+        None, "Each job of the label_depth stage (data.depth_shards of them): the keys given replace the recipe's; "
+        "always one node, one process, at most one GPU.")
 
 
 def merge_stage_resources(data: dict) -> dict:

@@ -98,6 +98,9 @@ class DataConfig:
     episode_image_flip: Literal["none", "vertical", "rotate180"] = setting(
         "none", "Turn every episode frame: robosuite (LIBERO, robomimic) stores images bottom row first, so "
         "vertical shows them upright as the LIBERO evaluator does (rotate180: OpenVLA's regenerated LIBERO).")
+    depth_shards: Int = setting(
+        1, "Jobs the label_depth stage splits each set that names a depth_model into: one job array on the stage's "
+        "executor (SLURM: `stage_resources.label_depth`, one process and at most one GPU per job).", ge=1, le=10000)
     check_images: Literal["stat", "header", "decode"] = setting(
         "stat", 'How hard prepare checks each image: "stat" only that it is a non-empty file inside its root '
         '(millions of records in seconds; read errors are met when training reads the sample); "header" also '

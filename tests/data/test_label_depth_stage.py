@@ -14,7 +14,7 @@ from PIL import Image
 
 from gem_stages.data.config import AnnotationSet
 from gem_stages.errors import InputError
-from gem_stages.label_depth import label_shard
+from gem_stages.label_depth import done_marker, label_shard, list_images, shard_files
 from tests.data.test_data_mixture import pixels, turns
 from tests.data.test_label_depth import _depth_anything
 from tests.pipeline.project_copy import env, gemctl, make_project
@@ -195,16 +195,24 @@ def test_an_unreadable_image_in_a_labelled_set_stops_the_pipeline_with_one_line(
     assert not (project / "dvc.lock").exists()
 
 
-def test_with_on_error_skip_the_stage_labels_the_rest_and_counts_the_unreadable(tmp_path):
+@pytest.mark.parametrize("shards", [1, 3])
+def test_with_on_error_skip_the_stage_labels_the_rest_and_counts_the_unreadable(tmp_path, shards):
     project, bad = _labelled_set_with_a_truncated_image(tmp_path)
     recipe = yaml.safe_load((project / "recipes" / "own.yaml").read_text())
-    recipe["data"].update(on_error="skip", max_skipped=0.25)
+    recipe["data"].update(on_error="skip", max_skipped=0.25, depth_shards=shards)
     (project / "recipes" / "own.yaml").write_text(yaml.safe_dump(recipe))
+    if shards > 1:  # max_skipped is the whole set's: the bad image's own shard holds a larger share of bad images
+        files = list_images(bad.parents[1])
+        mine = next(shard_files(files, k, shards) for k in range(shards) if "images/2.png" in
+                    shard_files(files, k, shards))
+        assert 1 / len(mine) > 0.25 >= 1 / len(files)
     r = gemctl(project, "train", "data", "--recipe", "own")
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(_labels(project)) == ["0.png", "1.png", "3.png"]
     (entry,) = json.loads((project / "runs" / "own" / "depth" / "labels.json").read_text())["sets"]
     assert (entry["written"], entry["unreadable"]) == (3, ["images/2.png"])
+    depth = project / "runs" / "own" / "depth" / "0"
+    assert all(done_marker(depth, k, shards).is_file() for k in range(shards))
     summary = json.loads((project / "runs" / "own" / "data" / "summary.json").read_text())
 
     from mlflow import MlflowClient
@@ -224,3 +232,46 @@ def test_the_data_stage_run_by_hand_before_labelling_names_the_command_that_labe
     assert len(lines) == 1 and ("data.files[0] (u) is labelled by the label_depth stage, which has not run: run "
                                 "`gemctl train data --recipe own`") in lines[0], r.stderr
     assert not (project / "runs" / "own" / "data").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_the_stage_labels_a_set_as_one_slurm_array_of_depth_shards_jobs(slurm_cluster, tmp_path):
+    project = make_project(tmp_path / "p")
+    ann = _user_set(tmp_path / "u")
+    data = {"source": "files", "depth_shards": 3,
+            "files": [{"name": "u", "annotations": str(ann), "depth_model": str(_depth_anything(tmp_path / "m"))}]}
+    (project / "recipes" / "own.yaml").write_text(yaml.safe_dump({"extends": "ci", "data": data}))
+    r = gemctl(project, "train", "data", "--recipe", "own", "--executor", "slurm")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ran label_depth, data" in r.stdout, r.stdout
+    assert sorted(_labels(project)) == [f"{k}.png" for k in range(IMAGES)]
+    (entry,) = json.loads((project / "runs" / "own" / "depth" / "labels.json").read_text())["sets"]
+    assert (entry["written"], entry["skipped"], entry["unreadable"]) == (IMAGES, 0, [])
+    status = gemctl(project, "status", "--json")
+    jobs = [j for j in json.loads(status.stdout) if j["stage"] == "label_depth"]
+    assert sorted(j["point"] for j in jobs) == [f"own/0/shard-{k}-of-3" for k in range(3)], jobs
+    assert {j["kind"] for j in jobs} == {"slurm"} and {j["state"] for j in jobs} == {"COMPLETED"}
+    assert len({j["job_id"].split("_")[0] for j in jobs}) == 1  # one array
+
+    Image.fromarray(pixels(IMAGES)).save(tmp_path / "u" / "images" / f"{IMAGES}.png")  # in one shard only
+    files = list_images(tmp_path / "u")
+    grown = next(k for k in range(3) if "images/4.png" in shard_files(files, k, 3))
+    r = gemctl(project, "train", "data", "--recipe", "own", "--executor", "slurm")
+    assert r.returncode == 0, r.stdout + r.stderr
+    jobs = [j for j in json.loads(gemctl(project, "status", "--json").stdout) if j["stage"] == "label_depth"]
+    assert len(jobs) == 4 and jobs[-1]["point"] == f"own/0/shard-{grown}-of-3", jobs  # the other shards: done
+    assert sorted(_labels(project)) == [f"{k}.png" for k in range(IMAGES + 1)]
+
+
+@pytest.mark.slurm
+def test_the_labelling_jobs_resources_are_checked_against_the_cluster_before_anything_runs(slurm_cluster, tmp_path):
+    project = make_project(tmp_path / "p")
+    _recipe(project, _user_set(tmp_path / "u"), depth_model=str(_depth_anything(tmp_path / "m")))
+    r = gemctl(project, "train", "data", "--recipe", "own", "--executor", "slurm",
+               "-o", "stage_resources.label_depth.gpus_per_node=1")
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: stage_resources.label_depth: ") and \
+        "gpus_per_node=1 but the nodes of partition 'debug' have at most 0" in lines[0], r.stderr
+    assert not (project / "dvc.lock").exists() and not (project / ".gemctl" / "jobs" / "own").exists()
