@@ -31,7 +31,7 @@ import json
 import os
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +50,7 @@ def list_images(images: Path) -> list[str]:
     """Image paths under `images`, relative, sorted; refused when two share a stem (one depth file each)."""
     if not images.is_dir():
         raise InputError(f"--images {images} is not a folder: give the root of the image tree")
-    found = sorted(str(p.relative_to(images)) for p in images.rglob("*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and STATE_DIR not in p.parts)
+    found = sorted(_image_files(images))
     if not found:
         raise InputError(f"--images {images} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     seen: dict[str, str] = {}
@@ -64,8 +63,25 @@ def list_images(images: Path) -> list[str]:
     return found
 
 
+def _image_files(images: Path) -> Iterator[str]:
+    """Relative paths of the image files under `images` (symlinked files too; symlinked folders and the state
+    folder are not entered), in no order. os.scandir's entries know their type without a stat: a million-image
+    tree is walked in seconds, where Path.rglob and is_file() stat each file."""
+    folders = [""]
+    while folders:
+        folder = folders.pop()
+        with os.scandir(os.path.join(images, folder)) as entries:
+            for entry in entries:
+                rel = f"{folder}/{entry.name}" if folder else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name != STATE_DIR:
+                        folders.append(rel)
+                elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file():
+                    yield rel
+
+
 def depth_name(image: str) -> str:
-    return Path(image).stem + ".png"
+    return os.path.splitext(os.path.basename(image))[0] + ".png"
 
 
 def shard_files(files: list[str], shard: int, shards: int) -> list[str]:
@@ -200,10 +216,12 @@ def label_shard(images: Path, out: Path, model: Path, shard: int, shards: int, d
     kind = plan(images, out, model, files)["kind"]
     depth_dir = out / "depth"
     names = {depth_name(f) for f in mine}
-    for stale in depth_dir.glob(".*.tmp-*"):  # a killed run's half-written label (never renamed into place)
-        if stale.name[1:].rsplit(".tmp-", 1)[0] in names:
-            stale.unlink(missing_ok=True)
-    todo = [f for f in mine if not (depth_dir / depth_name(f)).is_file()]
+    with os.scandir(depth_dir) as entries:  # one listing, not a stat per file
+        labelled = {e.name for e in entries}
+    for name in labelled:  # a killed run's half-written label (never renamed into place)
+        if name.startswith(".") and ".tmp-" in name and name[1:].rsplit(".tmp-", 1)[0] in names:
+            (depth_dir / name).unlink(missing_ok=True)
+    todo = [f for f in mine if depth_name(f) not in labelled]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     written, unreadable, start = 0, [], time.monotonic()
@@ -248,11 +266,11 @@ def label_shard(images: Path, out: Path, model: Path, shard: int, shards: int, d
 def drop_stale(images: Path, out: Path, shards: int = 1) -> int:
     """Remove the labels of images changed since they were labelled (the image is newer than its label), and the
     done markers of their shards, so that a re-run labels them again; returns how many."""
-    stale = []
+    stale, depth_dir = [], os.path.join(out, "depth")
     for rel in list_images(images):
-        label = out / "depth" / depth_name(rel)
         try:
-            if (images / rel).stat().st_mtime_ns > label.stat().st_mtime_ns:
+            if os.stat(os.path.join(images, rel)).st_mtime_ns > os.stat(
+                    os.path.join(depth_dir, depth_name(rel))).st_mtime_ns:
                 stale.append(rel)
         except FileNotFoundError:  # not labelled yet
             continue
@@ -265,7 +283,8 @@ def drop_stale(images: Path, out: Path, shards: int = 1) -> int:
 def prune(images: Path, out: Path) -> int:
     """Remove labels whose image is no longer in the tree (a re-run over a changed tree); returns how many."""
     keep = {depth_name(f) for f in list_images(images)}
-    stale = [p for p in (out / "depth").glob("*.png") if p.name not in keep]
-    for p in stale:
-        p.unlink()
+    with os.scandir(out / "depth") as labels:
+        stale = [e.path for e in labels if e.name.endswith(".png") and e.name not in keep]
+    for path in stale:
+        os.unlink(path)
     return len(stale)
