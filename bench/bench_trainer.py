@@ -28,7 +28,7 @@ STEPS = 100
 def bare_loop(model, cfg, batch) -> float:
     set_trainable(model, model.module_groups(), cfg.trainable)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, fused=True)  # as the trainer
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.schedule, 0, STEPS))
     weights = {"lm": cfg.loss.lm, "depth": cfg.loss.depth, "action": cfg.loss.action}
     model.train()

@@ -159,7 +159,9 @@ class Trainer:
         self.weights = {"lm": cfg.loss.lm, "depth": cfg.loss.depth, "action": cfg.loss.action}
         set_trainable(model, groups, cfg.trainable)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused: one kernel over all parameters instead of a handful per update (CPU and CUDA): at gem-2b's 3.44 B
+        # trainable parameters the optimiser is a pass over memory that a multi-kernel update makes several times
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         self.total = total_steps(cfg, len(samples), self.world)
         warmup = int(round(cfg.warmup_ratio * self.total))
         # Not prepared by accelerate: its wrapper steps a scheduler once per process, which would change the schedule
