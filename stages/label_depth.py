@@ -70,7 +70,12 @@ def _image_files(images: Path) -> Iterator[str]:
     folders = [""]
     while folders:
         folder = folders.pop()
-        with os.scandir(os.path.join(images, folder)) as entries:
+        try:
+            entries = os.scandir(os.path.join(images, folder))
+        except PermissionError:
+            raise InputError(f"{os.path.join(images, folder)}: permission denied: make the image tree readable, or "
+                             "move that folder out of it") from None
+        with entries:
             for entry in entries:
                 rel = f"{folder}/{entry.name}" if folder else entry.name
                 if entry.is_dir(follow_symlinks=False):

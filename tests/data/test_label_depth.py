@@ -286,3 +286,38 @@ def test_a_bad_shard_count_is_one_line(tmp_path, image_tree):
                "--shards", "0")
     assert r.returncode == 2 and r.stderr.strip() == "error: --shards 0: give 1 or more", r.stderr
     assert not (tmp_path / "l").exists()
+
+
+def test_the_walk_lists_image_files_the_way_a_recursive_glob_does(tmp_path):
+    """list_images walks with os.scandir (no stat per file): the same files as Path.rglob with is_file()."""
+    tree = tmp_path / "t"
+    for rel in ("a/x.jpg", "a/deep/er/y.PNG", "b/z.webp", "b/notes.txt", "top.jpeg", ".label-depth/skip.png",
+                "c/.label-depth/skip2.png", "c/keep.bmp", "c/.hidden.png", "c/.png"):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(b"x")
+    (tree / "linked.jpg").symlink_to(tree / "a" / "x.jpg")  # a symlinked file counts
+    (tree / "broken.jpg").symlink_to(tree / "missing.jpg")  # a broken one does not
+    (tree / "dirlink").symlink_to(tree / "b", target_is_directory=True)  # a symlinked folder is not entered
+    (tree / "folder.png").mkdir()  # a folder named like an image is not one
+    expected = ["a/deep/er/y.PNG", "a/x.jpg", "b/z.webp", "c/.hidden.png", "c/keep.bmp", "linked.jpg", "top.jpeg"]
+    assert list_images(tree) == expected
+    rglob = sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.suffix.lower() in
+                   (".jpg", ".jpeg", ".png", ".bmp", ".webp") and p.is_file() and ".label-depth" not in p.parts)
+    assert rglob == expected
+
+
+def test_an_unreadable_folder_in_the_tree_is_one_line(tmp_path, monkeypatch):
+    tree = tmp_path / "t"
+    (tree / "ok").mkdir(parents=True)
+    (tree / "ok" / "x.jpg").write_bytes(b"x")
+    (tree / "locked").mkdir()
+    real = os.scandir
+
+    def scandir(path):  # the tests run as root, whom chmod does not stop
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(InputError, match=f"^{tree / 'locked'}: permission denied: make the image tree readable"):
+        list_images(tree)
