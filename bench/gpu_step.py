@@ -356,7 +356,7 @@ def main() -> None:
                    help="fp32 master weights under bf16 autocast (the trainer's), or bf16 weights without autocast "
                         "(a what-if: no casts, half the optimiser traffic)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile each LLM, ViT and DiT block (a what-if: the trainer runs them eagerly)")
+                   help="torch.compile each LLM, ViT and DiT block, as runtime.compile_blocks: true")
     p.add_argument("--packed", action="store_true",
                    help="the step's samples packed into one sequence (stages.<s>.packing: the release's data_flatten) "
                         "instead of a padded batch, attending sample by sample as the stage does (sdpa_packed); "
@@ -390,11 +390,8 @@ def main() -> None:
         model.to(torch.bfloat16)
         bf16 = False
     model.to(device).train()
-    if args.compile:  # not what the trainer does: how much fusing the elementwise work between the matmuls buys
-        blocks = [*model.backbone.model.language_model.layers, *model.backbone.model.visual.blocks,
-                  *model.depth_generator.transformer.transformer_blocks]
-        for block in blocks:
-            block.compile()
+    if args.compile:  # runtime.compile_blocks: true
+        model.compile_blocks()
     model.enable_gradient_checkpointing()  # runtime.gradient_checkpointing: true in gem-2b
     if args.packed:
         from gem_models import packed_attention

@@ -209,8 +209,22 @@ class GemModel(nn.Module):
             self.backbone.set_attn_implementation({"text_config": packed_attention.NAME})
 
     def enable_gradient_checkpointing(self) -> None:
-        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # activation_checkpointing_enable is transformers 5's name; the older one still works but warns at every run
+        enable = getattr(self.backbone, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable({"use_reentrant": False})
+        else:
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.depth_generator.transformer.enable_gradient_checkpointing()
+
+    def compile_blocks(self) -> None:
+        """torch.compile each transformer block of the backbone (LLM and ViT) and of the DiT, in place: the
+        elementwise work between a block's matrix products (norms, rotary, activations, casts) fuses into few
+        kernels. In place (nn.Module.compile), so parameter names and checkpoints stay those of the eager model.
+        The first steps pay the compilation, and again for each new input shape until torch marks it dynamic."""
+        for block in (*self.backbone.model.language_model.layers, *self.backbone.model.visual.blocks,
+                      *self.depth_generator.transformer.transformer_blocks):
+            block.compile()
 
     # ----- pieces -----
     def backbone_states(self, batch: dict, all_layers: bool = False):

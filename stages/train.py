@@ -199,6 +199,8 @@ def train_stage(stage: str, *, model_cfg: GemModelConfig, stage_cfg: TrainStageC
     model = load_model(stage, model_cfg, stage_cfg, seed, data_dir, init_dir)
     if runtime.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    if runtime.compile_blocks:
+        model.compile_blocks()
     if stage_cfg.packing:
         model.enable_packed_attention()
     if stage_cfg.depth_long_side is not None:  # saved with the checkpoint's processor settings
