@@ -186,15 +186,14 @@ def is_done(project: Project, sweep: Sweep, point: SweepPoint, pinned: dict) -> 
 def pin_inputs(project: Project, recipe: Recipe, stage: str) -> dict:
     """Pinned copies (hard links, keyed by DVC digest) of the data and the parent checkpoint of `stage`."""
     pinned: dict[str, Any] = {}
-    needed = input_stages(recipe, stage)
-    recipe = recipe.name
-    recorded = dvc_digests(project, recipe, needed)
+    needed, name = input_stages(recipe, stage), recipe.name
+    recorded = dvc_digests(project, name, needed)
     for up in needed:
         digest = recorded[up]
-        src = project.stage_dir(recipe, up)
+        src = project.stage_dir(name, up)
         if digest is None or not src.is_dir():
-            raise InputError(f"{up}@{recipe} is not built: run `gemctl train {up} --recipe {recipe}` first")
-        dest = project.recipe_dir(recipe) / "sweeps" / "inputs" / digest.replace(".dir", "")
+            raise InputError(f"{up}@{name} is not built: run `gemctl train {up} --recipe {name}` first")
+        dest = project.recipe_dir(name) / "sweeps" / "inputs" / digest.replace(".dir", "")
         if not dest.is_dir():
             tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
