@@ -22,7 +22,8 @@ from .cli_import import import_app
 from .cli_lineage import lineage, runs
 from .cli_mlflow import app as mlflow_app
 from .cli_sync import sync
-from .depth_stage import stage_label_depth
+from .depth_stage import STAGE as LABEL_DEPTH
+from .depth_stage import labelled_sets, stage_label_depth
 from .launch import Executor
 from .outcome import CANCELLED_EXIT, StageFailed
 
@@ -196,13 +197,20 @@ def _print_dry_run(project, recipe, stage: str, executor: Executor, tracking_uri
     from .launch import dry_run
 
     preflight.check(project, recipe, executor.value, tracking_uri, pipeline.upstream(stage, recipe))
-    r = recipe.resources_for(stage)
-    console.print(f"[bold]{stage}@{recipe.name}[/bold] (hash {recipe.content_hash}) on executor {executor.value}: "
-                  f"{r.nodes} node(s) x {r.ntasks_per_node} task(s), {r.gpus_per_node} GPU(s)/node, "
-                  f"{r.cpus_per_task} CPU(s)/task, mem {r.mem_gb or 'default'} GB, {r.time_min} min, "
-                  f"partition {r.partition or 'default'}, max {r.max_requeues} requeue(s)", highlight=False)
-    if executor == Executor.SLURM:
-        print(dry_run(resources=r, job_dir=project.jobs_dir / recipe.name / stage, name=f"{stage}@{recipe.name}"))
+    from .stage_runner import job_resources
+
+    # the label_depth jobs run first (an array of data.depth_shards per set), when the recipe labels any set
+    jobs = [(LABEL_DEPTH, recipe.data.depth_shards)] if labelled_sets(recipe.data) else []
+    for name, array in [*jobs, (stage, None)]:
+        r = job_resources(recipe, name)
+        what = f"{len(labelled_sets(recipe.data))} set(s) x {array} job(s) (data.depth_shards), each " if array else ""
+        console.print(f"[bold]{name}@{recipe.name}[/bold] (hash {recipe.content_hash}) on executor "
+                      f"{executor.value}: {what}{r.nodes} node(s) x {r.ntasks_per_node} task(s), {r.gpus_per_node} "
+                      f"GPU(s)/node, {r.cpus_per_task} CPU(s)/task, mem {r.mem_gb or 'default'} GB, {r.time_min} min, "
+                      f"partition {r.partition or 'default'}, max {r.max_requeues} requeue(s)", highlight=False)
+        if executor == Executor.SLURM:
+            print(dry_run(resources=r, job_dir=project.jobs_dir / recipe.name / name, name=f"{name}@{recipe.name}",
+                          array_size=array))
 
 
 @app.command("train")

@@ -115,9 +115,11 @@ def labelling_counts(project: Project, recipe_name: str) -> dict[str, int]:
 
 def shard_resources(recipe) -> Resources:
     """What each labelling job asks for: `stage_resources.label_depth` over `resources`, as one process on one node
-    with at most one GPU (a depth estimator runs on one device; more shards, not more GPUs per job, go faster)."""
+    with at most one GPU (a depth estimator runs on one device; more shards, not more GPUs per job, go faster);
+    array_parallelism at most the shards of a set (one array per set)."""
     res = recipe.resources_for(STAGE)
-    return replace(res, nodes=1, tasks_per_node=None, gpus_per_node=min(res.gpus_per_node, 1))
+    return replace(res, nodes=1, tasks_per_node=None, gpus_per_node=min(res.gpus_per_node, 1),
+                   array_parallelism=min(res.array_parallelism, recipe.data.depth_shards))
 
 
 def label_job(images: str, out: str, model: str, shard: int, shards: int, on_error: str):
@@ -169,7 +171,7 @@ def run(project: Project, recipe_name: str, on_update=None) -> tuple[int, str]:
         todo = [k for k in range(shards) if k not in results]
         handles = launch_array(
             [partial(label_job, str(images), str(folder), entry["model"], k, shards, plan["on_error"]) for k in todo],
-            kind=kind, resources=replace(resources, array_parallelism=min(resources.array_parallelism, shards)),
+            kind=kind, resources=resources,
             job_dir=project.jobs_dir / recipe_name / STAGE, name=f"{STAGE}@{recipe_name}", project=project.root,
             tags=[{"stage": STAGE, "point": f"{recipe_name}/{entry['index']}/shard-{k}-of-{shards}",
                    "run": f"{STAGE}@{recipe_name}"} for k in todo])

@@ -22,6 +22,7 @@ from gem_stages.config import STAGES
 from gem_stages.errors import InputError
 
 from . import outcome
+from .launch.resources import Resources
 from .outcome import CANCELLED_EXIT, StageOutcome
 from .pipeline import input_stages, previous_stage
 from .project import Project
@@ -244,6 +245,21 @@ def stage_job(root: str, recipe_name: str, stage: str) -> StageOutcome:
     return job_outcome(partial(run_stage, root, recipe_name, stage, should_stop=should_stop))
 
 
+def job_resources(recipe: Recipe, stage: str) -> Resources:
+    """What the job of `stage` asks the cluster for: the stage's resources, except that data preparation is one
+    CPU process (it must not hold, or multiply over, the training allocation) and the label_depth stage's jobs
+    are depth_stage.shard_resources."""
+    from dataclasses import replace
+
+    from .depth_stage import STAGE as LABEL_DEPTH
+    from .depth_stage import shard_resources
+
+    if stage == LABEL_DEPTH:
+        return shard_resources(recipe)
+    resources = recipe.resources_for(stage)
+    return replace(resources, nodes=1, gpus_per_node=0, tasks_per_node=None) if stage == "data" else resources
+
+
 def launch_stage(project: Project, recipe_name: str, stage: str, on_update=None) -> tuple[int, str]:
     """`gemctl stage run`: run the stage as a job on $GEMCTL_EXECUTOR and block until it ends. Returns the exit
     code and what to print (empty when the job's own log said it). A failure leaves its error file (read by
@@ -256,11 +272,7 @@ def launch_stage(project: Project, recipe_name: str, stage: str, on_update=None)
 
     kind = kind_from_env()
     recipe = from_params(project.params_file(recipe_name))
-    resources = recipe.resources_for(stage)
-    if stage == "data":  # data preparation is one process: don't hold (or multiply over) the training allocation
-        from dataclasses import replace
-
-        resources = replace(resources, nodes=1, gpus_per_node=0, tasks_per_node=None)
+    resources = job_resources(recipe, stage)
     recipe_dir = project.recipe_dir(recipe_name)
     os.environ[LAUNCH_ENV] = launch_id = uuid.uuid4().hex  # the job tags its MLflow run with it
     try:

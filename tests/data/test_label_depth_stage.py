@@ -275,3 +275,20 @@ def test_the_labelling_jobs_resources_are_checked_against_the_cluster_before_any
     assert len(lines) == 1 and lines[0].startswith("error: stage_resources.label_depth: ") and \
         "gpus_per_node=1 but the nodes of partition 'debug' have at most 0" in lines[0], r.stderr
     assert not (project / "dvc.lock").exists() and not (project / ".gemctl" / "jobs" / "own").exists()
+
+
+@pytest.mark.slurm
+def test_a_dry_run_shows_the_labelling_array_before_the_stage(slurm_cluster, tmp_path):
+    project = make_project(tmp_path / "p")
+    ann = _user_set(tmp_path / "u")
+    _recipe(project, ann, depth_model=str(_depth_anything(tmp_path / "m")))
+    r = gemctl(project, "train", "data", "--recipe", "own", "--executor", "slurm", "--dry-run",
+               "-o", "data.depth_shards=4", "-o", "stage_resources.label_depth.cpus_per_task=2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    labelling, data = r.stdout.split("data@own (hash")
+    summary = " ".join(labelling.split())  # the console folds long lines
+    assert "label_depth@own (hash" in summary and "1 set(s) x 4 job(s) (data.depth_shards), each 1 node(s) x 1 " \
+        "task(s), 0 GPU(s)/node, 2 CPU(s)/task" in summary, r.stdout
+    assert "#SBATCH --array=0-3%4" in labelling and "#SBATCH --cpus-per-task=2" in labelling, labelling
+    assert "#SBATCH --array" not in data and "#SBATCH --cpus-per-task=1" in data, data
+    assert not (project / "dvc.lock").exists() and not (project / ".gemctl" / "jobs").exists()
