@@ -81,8 +81,8 @@ def main() -> None:
         files, walk = timed(list_images, images)
         digest, new_digest = timed(stat_digest, images, files)
         assert files == old and digest == baseline_digest(images, files)  # the same plan, faster
-        stale, stale_s = timed(drop_stale, images, labels)
-        removed, prune_s = timed(prune, images, labels)
+        stale, stale_s = timed(drop_stale, images, files, labels)
+        removed, prune_s = timed(prune, files, labels)
         assert stale == 0 and removed == 0
 
         rows = [("walk (list_images)", old_walk, walk), ("stat digest", old_digest, new_digest),

@@ -158,15 +158,15 @@ def run(project: Project, recipe_name: str, on_update=None) -> tuple[int, str]:
     for entry in plan["sets"]:
         folder, images = out / str(entry["index"]), Path(entry["images"])
         old = done.get(str(entry["index"]))
+        files = list_images(images)
         if old is None or (old["model"], old["model_digest"], old["images"]) != (
                 entry["model"], entry["model_digest"], entry["images"]):
             shutil.rmtree(folder, ignore_errors=True)  # labels of another model (or none known): start again
         elif folder.is_dir():
-            drop_stale(images, folder, shards)  # images changed since: labelled again
+            drop_stale(images, files, folder, shards)  # images changed since: labelled again
         # recorded before labelling: a stopped run resumes with the labels it wrote
         done[str(entry["index"])] = {**entry, "written": 0, "skipped": 0, "unreadable": []}
         atomic_write_text(out / LABELS, json.dumps({"sets": list(done.values())}, indent=2) + "\n")
-        files = list_images(images)
         results = {k: r for k in range(shards) if (r := finished(folder, files, k, shards)) is not None}
         todo = [k for k in range(shards) if k not in results]
         handles = launch_array(
@@ -194,7 +194,7 @@ def run(project: Project, recipe_name: str, on_update=None) -> tuple[int, str]:
             check_unreadable(images, unreadable, len(files), plan["max_skipped"])
         except InputError as e:
             return 2, str(e)
-        removed = prune(images, folder)
+        removed = prune(files, folder)
         done[str(entry["index"])] = {**entry, "written": sum(r["written"] for r in results.values()),
                                      "skipped": sum(r["skipped"] for r in results.values()),
                                      "unreadable": unreadable, "removed": removed}

@@ -268,11 +268,11 @@ def label_shard(images: Path, out: Path, model: Path, shard: int, shards: int, d
             "unreadable": unreadable}
 
 
-def drop_stale(images: Path, out: Path, shards: int = 1) -> int:
+def drop_stale(images: Path, files: list[str], out: Path, shards: int = 1) -> int:
     """Remove the labels of images changed since they were labelled (the image is newer than its label), and the
-    done markers of their shards, so that a re-run labels them again; returns how many."""
+    done markers of their shards, so that a re-run labels them again; returns how many. files: list_images(images)."""
     stale, depth_dir = [], os.path.join(out, "depth")
-    for rel in list_images(images):
+    for rel in files:
         try:
             if os.stat(os.path.join(images, rel)).st_mtime_ns > os.stat(
                     os.path.join(depth_dir, depth_name(rel))).st_mtime_ns:
@@ -285,9 +285,10 @@ def drop_stale(images: Path, out: Path, shards: int = 1) -> int:
     return len(stale)
 
 
-def prune(images: Path, out: Path) -> int:
-    """Remove labels whose image is no longer in the tree (a re-run over a changed tree); returns how many."""
-    keep = {depth_name(f) for f in list_images(images)}
+def prune(files: list[str], out: Path) -> int:
+    """Remove labels whose image is not among `files` (list_images of the tree, which changed since); returns how
+    many."""
+    keep = {depth_name(f) for f in files}
     with os.scandir(out / "depth") as labels:
         stale = [e.path for e in labels if e.name.endswith(".png") and e.name not in keep]
     for path in stale:
